@@ -1,0 +1,258 @@
+//! Configuration: the per-store `user_config.json` and the process-wide settings read from the
+//! environment variables of the design tvs replaces.
+//!
+//! Invariants: a store's dims, metric and scalar kind are fixed when it is created and never
+//! change afterwards; every bad environment value is reported with the variable's name.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Distance metric of a store. Scores returned by search follow FAISS/LangChain conventions
+/// (see [`crate::store::Hit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Cosine distance `1 - cos(a, b)`.
+    Cos,
+    /// Inner product distance `1 - a·b`.
+    Ip,
+    /// Squared Euclidean distance.
+    L2,
+}
+
+impl std::str::FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cos" | "cosine" => Ok(Metric::Cos),
+            "ip" | "dot" => Ok(Metric::Ip),
+            "l2" | "l2sq" | "euclidean" => Ok(Metric::L2),
+            other => Err(format!("unknown metric {other:?}: expected cos, ip or l2")),
+        }
+    }
+}
+
+/// How the HNSW index stores vector components. The document log always keeps full f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScalarKind {
+    F32,
+    F16,
+    I8,
+}
+
+impl std::str::FromStr for ScalarKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(ScalarKind::F32),
+            "f16" => Ok(ScalarKind::F16),
+            "i8" => Ok(ScalarKind::I8),
+            other => Err(format!("unknown scalar kind {other:?}: expected f32, f16 or i8")),
+        }
+    }
+}
+
+/// Live documents below which a store is served by exact scan; at or above it an HNSW graph is
+/// built in the background. Exact scan of 10k × 384 f32 takes about a millisecond.
+pub const DEFAULT_HNSW_THRESHOLD: usize = 10_000;
+
+/// Contents of `config/user_config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Vector dimensionality; every vector of the store has exactly this many components.
+    pub dims: usize,
+    pub metric: Metric,
+    /// Storage of vectors inside the HNSW graph.
+    pub scalar: ScalarKind,
+    /// Name of the embedding model whose vectors this store holds (`none`: client vectors).
+    pub embedding_model: String,
+    /// Live document count at which search switches from exact scan to HNSW.
+    #[serde(default = "default_hnsw_threshold")]
+    pub hnsw_threshold: usize,
+    /// Optional quota on live documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_documents: Option<u64>,
+}
+
+fn default_hnsw_threshold() -> usize {
+    DEFAULT_HNSW_THRESHOLD
+}
+
+/// Largest accepted vector dimensionality.
+pub const MAX_DIMS: usize = 16_384;
+
+impl StoreConfig {
+    pub fn new(dims: usize, metric: Metric, scalar: ScalarKind, embedding_model: &str) -> Self {
+        Self {
+            dims,
+            metric,
+            scalar,
+            embedding_model: embedding_model.to_owned(),
+            hnsw_threshold: DEFAULT_HNSW_THRESHOLD,
+            max_documents: None,
+        }
+    }
+
+    /// Checks values a hand-edited or hostile config file could get wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dims == 0 || self.dims > MAX_DIMS {
+            return Err(format!("dims must be between 1 and {MAX_DIMS}, got {}", self.dims));
+        }
+        if self.embedding_model.is_empty() {
+            return Err("embedding_model must not be empty (use \"none\" for client vectors)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Process-wide settings, from the environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `TVS_DATA_DIR`: root of the tenant directories.
+    pub data_dir: PathBuf,
+    /// `VECTOR_STORE_FOLDER`: the single-tenant store used when no tenant is given.
+    pub vector_store_folder: PathBuf,
+    /// `VECTOR_STORE_POOL_SIZE`: open stores kept in the pool.
+    pub pool_size: usize,
+    /// `VECTOR_STORE_TTL_SECONDS`: idle time after which an open store is dropped.
+    pub ttl: Duration,
+    /// `TVS_POOL_MAX_BYTES`: optional bound on the estimated memory of open stores.
+    pub pool_max_bytes: Option<u64>,
+    /// `DEFAULT_TOP_K`: k when a search does not say.
+    pub default_top_k: usize,
+    /// `EMBEDDING_MODEL`: the model new tenants get unless told otherwise.
+    pub embedding_model: String,
+}
+
+/// A bad environment value, naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}={value:?} is invalid: {reason}")]
+pub struct SettingsError {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Embedding model used when `EMBEDDING_MODEL` is unset (the old stack's default).
+pub const DEFAULT_EMBEDDING_MODEL: &str = "all-MiniLM-L6-v2";
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("user_data"),
+            vector_store_folder: PathBuf::from("vector_store_data"),
+            pool_size: 10,
+            ttl: Duration::from_secs(3600),
+            pool_max_bytes: None,
+            default_top_k: 5,
+            embedding_model: DEFAULT_EMBEDDING_MODEL.to_owned(),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let mut settings = Settings::default();
+        let get = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("TVS_DATA_DIR") {
+            settings.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("VECTOR_STORE_FOLDER") {
+            settings.vector_store_folder = PathBuf::from(v);
+        }
+        if let Some(v) = get("VECTOR_STORE_POOL_SIZE") {
+            settings.pool_size = parse_positive("VECTOR_STORE_POOL_SIZE", &v)?;
+        }
+        if let Some(v) = get("VECTOR_STORE_TTL_SECONDS") {
+            let secs = parse_positive("VECTOR_STORE_TTL_SECONDS", &v)?;
+            settings.ttl = Duration::from_secs(secs as u64);
+        }
+        if let Some(v) = get("TVS_POOL_MAX_BYTES") {
+            settings.pool_max_bytes = Some(parse_positive("TVS_POOL_MAX_BYTES", &v)? as u64);
+        }
+        if let Some(v) = get("DEFAULT_TOP_K") {
+            settings.default_top_k = parse_positive("DEFAULT_TOP_K", &v)?;
+        }
+        if let Some(v) = get("EMBEDDING_MODEL") {
+            settings.embedding_model = v.trim().to_owned();
+        }
+        Ok(settings)
+    }
+}
+
+fn parse_positive(name: &'static str, value: &str) -> Result<usize, SettingsError> {
+    let err = |reason: &str| SettingsError {
+        name,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let n: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| err("expected a positive whole number"))?;
+    if n == 0 {
+        return Err(err("must be at least 1"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings_from(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_old_factory() {
+        let s = settings_from(&[]).expect("defaults");
+        assert_eq!(s.pool_size, 10);
+        assert_eq!(s.ttl, Duration::from_secs(3600));
+        assert_eq!(s.default_top_k, 5);
+        assert_eq!(s.vector_store_folder, PathBuf::from("vector_store_data"));
+        assert_eq!(s.data_dir, PathBuf::from("user_data"));
+    }
+
+    #[test]
+    fn env_values_are_honoured() {
+        let s = settings_from(&[
+            ("VECTOR_STORE_POOL_SIZE", "3"),
+            ("VECTOR_STORE_TTL_SECONDS", "60"),
+            ("DEFAULT_TOP_K", "7"),
+            ("VECTOR_STORE_FOLDER", "legacy"),
+            ("TVS_DATA_DIR", "/srv/tvs"),
+            ("EMBEDDING_MODEL", "none"),
+        ])
+        .expect("valid");
+        assert_eq!((s.pool_size, s.ttl.as_secs(), s.default_top_k), (3, 60, 7));
+        assert_eq!(s.vector_store_folder, PathBuf::from("legacy"));
+        assert_eq!(s.data_dir, PathBuf::from("/srv/tvs"));
+        assert_eq!(s.embedding_model, "none");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        for (name, value) in [
+            ("VECTOR_STORE_POOL_SIZE", "ten"),
+            ("VECTOR_STORE_POOL_SIZE", "0"),
+            ("VECTOR_STORE_TTL_SECONDS", "-5"),
+            ("DEFAULT_TOP_K", "1.5"),
+        ] {
+            let err = settings_from(&[(name, value)]).expect_err(value);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+}

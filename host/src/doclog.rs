@@ -1,0 +1,542 @@
+//! The append-only document log, `docs.jsonl`.
+//!
+//! Format: one JSON object per line. The first line is a header naming the format and the log's
+//! generation (bumped by every compaction, so a snapshot taken against an older log is never
+//! replayed against a newer one). Every other line is an `upsert` or a `delete` record.
+//!
+//! Invariants:
+//! - A record is appended with a single `write` call and is acknowledged only after an fsync
+//!   covering its last byte; concurrent writers share fsyncs (group commit).
+//! - A failed append is cut off again (`set_len`), so the log never holds a partial record
+//!   followed by good ones. After a crash, a torn or unparsable *last* line is dropped and
+//!   logged; an unparsable line followed by good ones is corruption and refuses to open.
+//! - After an fsync fails the log is poisoned: every later write fails until the store is
+//!   reopened, because the kernel may have dropped the dirty pages (see PostgreSQL's
+//!   "fsyncgate").
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::fsutil;
+
+/// Name written in the header line.
+pub const LOG_FORMAT: &str = "tvs-doclog";
+/// Version of the record format.
+pub const LOG_VERSION: u32 = 1;
+
+/// A record as read back from the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Record {
+    Header {
+        format: String,
+        version: u32,
+        generation: u64,
+    },
+    Upsert {
+        id: String,
+        #[serde(default)]
+        text: String,
+        #[serde(default)]
+        metadata: Map<String, Value>,
+        vector: Vec<f32>,
+    },
+    Delete {
+        ids: Vec<String>,
+    },
+}
+
+/// An upsert record borrowed from the caller, for writing without copies.
+#[derive(Debug, Serialize)]
+pub struct UpsertRef<'a> {
+    pub op: &'static str,
+    pub id: &'a str,
+    pub text: &'a str,
+    pub metadata: &'a Map<String, Value>,
+    pub vector: &'a [f32],
+}
+
+impl<'a> UpsertRef<'a> {
+    pub fn new(id: &'a str, text: &'a str, metadata: &'a Map<String, Value>, vector: &'a [f32]) -> Self {
+        Self {
+            op: "upsert",
+            id,
+            text,
+            metadata,
+            vector,
+        }
+    }
+}
+
+/// Appends `record` as one line to `buf`.
+pub fn encode_line(buf: &mut Vec<u8>, record: &impl Serialize) {
+    serde_json::to_writer(&mut *buf, record).expect("records serialise: keys are strings, floats finite");
+    buf.push(b'\n');
+}
+
+/// Errors opening or replaying a log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    #[error("I/O error on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path} line {line} (byte {offset}) is corrupt and is followed by further records: {reason}. Restore the file from a backup or cut it at that line"
+    )]
+    Corrupt {
+        path: PathBuf,
+        line: u64,
+        offset: u64,
+        reason: String,
+    },
+    #[error("{path} does not start with a tvs log header; it is not a tvs document log")]
+    NoHeader { path: PathBuf },
+    #[error("{path} has format version {found}; this tvs reads version {LOG_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("an earlier fsync of {path} failed ({reason}); writes are refused until the store is reopened")]
+    Poisoned { path: PathBuf, reason: String },
+}
+
+/// What replay found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Records applied.
+    pub records: u64,
+    /// Bytes of a torn tail that were cut off (0 when the log ended cleanly).
+    pub torn_bytes: u64,
+    /// Offset where the next record goes.
+    pub end: u64,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    synced: u64,
+    syncing: bool,
+    failed: Option<String>,
+}
+
+/// An open document log.
+#[derive(Debug)]
+pub struct DocLog {
+    path: PathBuf,
+    file: File,
+    generation: u64,
+    /// Serialises appends so that `written` always marks whole records.
+    append_lock: Mutex<()>,
+    written: AtomicU64,
+    sync: Mutex<SyncState>,
+    synced_cv: Condvar,
+}
+
+impl DocLog {
+    /// Creates a new log at `path` (which must not exist) with a header of `generation`.
+    pub fn create(path: &Path, generation: u64) -> Result<DocLog, LogError> {
+        let io_err = |source| LogError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = fsutil::create_new(path).map_err(io_err)?;
+        let mut header = Vec::new();
+        encode_line(
+            &mut header,
+            &Record::Header {
+                format: LOG_FORMAT.into(),
+                version: LOG_VERSION,
+                generation,
+            },
+        );
+        file.write_all(&header).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        drop(file);
+        let file = fsutil::open_append(path).map_err(io_err)?;
+        Ok(Self::from_parts(path, file, generation, header.len() as u64))
+    }
+
+    fn from_parts(path: &Path, file: File, generation: u64, end: u64) -> DocLog {
+        DocLog {
+            path: path.to_owned(),
+            file,
+            generation,
+            append_lock: Mutex::new(()),
+            written: AtomicU64::new(end),
+            sync: Mutex::new(SyncState {
+                synced: end,
+                ..Default::default()
+            }),
+            synced_cv: Condvar::new(),
+        }
+    }
+
+    /// Opens an existing log, replaying records from `from` (a record boundary recorded by a
+    /// snapshot of this generation; `None` replays everything). A torn tail is cut off.
+    pub fn open(
+        path: &Path,
+        from: Option<u64>,
+        mut apply: impl FnMut(u64, Record) -> Result<(), String>,
+    ) -> Result<(DocLog, ReplayReport), LogError> {
+        let io_err = |source| LogError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = fsutil::open_append(path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        if len == 0 {
+            // An empty file only arises from an interrupted legacy create; start it afresh.
+            drop(file);
+            std::fs::remove_file(path).map_err(io_err)?;
+            let log = DocLog::create(path, 1)?;
+            let end = log.written.load(Ordering::Acquire);
+            return Ok((
+                log,
+                ReplayReport {
+                    records: 0,
+                    torn_bytes: 0,
+                    end,
+                },
+            ));
+        }
+        let mut reader = BufReader::with_capacity(1 << 20, (&file).take(len));
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).map_err(io_err)?;
+        let generation = match serde_json::from_slice::<Record>(&line) {
+            Ok(Record::Header {
+                format,
+                version,
+                generation,
+            }) if format == LOG_FORMAT => {
+                if version != LOG_VERSION {
+                    return Err(LogError::Version {
+                        path: path.to_owned(),
+                        found: version,
+                    });
+                }
+                generation
+            }
+            _ => return Err(LogError::NoHeader { path: path.to_owned() }),
+        };
+        let header_end = line.len() as u64;
+        let start = from.filter(|o| *o >= header_end && *o <= len).unwrap_or(header_end);
+        let mut reader = BufReader::with_capacity(1 << 20, &file);
+        reader.seek(SeekFrom::Start(start)).map_err(io_err)?;
+        let mut reader = reader.take(len - start);
+        let mut offset = start;
+        let mut records = 0u64;
+        let mut line_no = 0u64;
+        let mut pending_bad: Option<(u64, u64, String)> = None;
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(io_err)? as u64;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            if let Some((bad_line, bad_offset, reason)) = pending_bad.take() {
+                return Err(LogError::Corrupt {
+                    path: path.to_owned(),
+                    line: bad_line,
+                    offset: bad_offset,
+                    reason,
+                });
+            }
+            let complete = line.last() == Some(&b'\n');
+            match serde_json::from_slice::<Record>(&line) {
+                Ok(Record::Header { .. }) => {
+                    pending_bad = Some((line_no, offset, "a second header".into()));
+                }
+                Ok(record) if complete => {
+                    if let Err(reason) = apply(offset, record) {
+                        return Err(LogError::Corrupt {
+                            path: path.to_owned(),
+                            line: line_no,
+                            offset,
+                            reason,
+                        });
+                    }
+                    records += 1;
+                    offset += n;
+                }
+                Ok(_) => pending_bad = Some((line_no, offset, "no line terminator".into())),
+                Err(e) => pending_bad = Some((line_no, offset, e.to_string())),
+            }
+        }
+        let mut torn_bytes = 0;
+        if let Some((bad_line, bad_offset, reason)) = pending_bad {
+            torn_bytes = len - bad_offset;
+            tracing::warn!(
+                log = %path.display(), line = bad_line, offset = bad_offset, bytes = torn_bytes, %reason,
+                "dropping a torn last record (a write interrupted by a crash; it was never acknowledged)"
+            );
+            file.set_len(bad_offset).map_err(io_err)?;
+            file.sync_all().map_err(io_err)?;
+            offset = bad_offset;
+        }
+        let log = Self::from_parts(path, file, generation, offset);
+        Ok((
+            log,
+            ReplayReport {
+                records,
+                torn_bytes,
+                end: offset,
+            },
+        ))
+    }
+
+    /// Reads the generation from a log's header line, and the log's length.
+    pub fn read_generation(path: &Path) -> Result<(u64, u64), LogError> {
+        let io_err = |source| LogError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = fsutil::open_read(path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        let mut line = Vec::new();
+        BufReader::new(file.take(64 * 1024))
+            .read_until(b'\n', &mut line)
+            .map_err(io_err)?;
+        match serde_json::from_slice::<Record>(&line) {
+            Ok(Record::Header { format, generation, .. }) if format == LOG_FORMAT => Ok((generation, len)),
+            _ => Err(LogError::NoHeader { path: path.to_owned() }),
+        }
+    }
+
+    /// Atomically replaces the log at `path` with a new one of `generation` whose body
+    /// `write_body` produces (compaction). The new log is durable before it replaces the old.
+    pub fn replace(
+        path: &Path,
+        generation: u64,
+        write_body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<DocLog, LogError> {
+        let io_err = |source| LogError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".docs.jsonl.compact-{}", uuid::Uuid::new_v4().simple()));
+        let result = (|| {
+            let file = fsutil::create_new(&tmp)?;
+            let mut out = io::BufWriter::with_capacity(1 << 20, file);
+            let mut header = Vec::new();
+            encode_line(
+                &mut header,
+                &Record::Header {
+                    format: LOG_FORMAT.into(),
+                    version: LOG_VERSION,
+                    generation,
+                },
+            );
+            out.write_all(&header)?;
+            write_body(&mut out)?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            fsutil::sync_dir(dir)
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err(e));
+        }
+        let file = fsutil::open_append(path).map_err(io_err)?;
+        let end = file.metadata().map_err(io_err)?.len();
+        Ok(Self::from_parts(path, file, generation, end))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Offset one past the last appended byte.
+    pub fn end(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    fn check_poison(&self) -> Result<(), LogError> {
+        let state = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        match &state.failed {
+            Some(reason) => Err(LogError::Poisoned {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends whole lines (not yet durable). Returns the offset of their first byte and of the
+    /// byte after them. On failure nothing of `lines` stays in the log.
+    pub fn append(&self, lines: &[u8]) -> Result<(u64, u64), LogError> {
+        debug_assert!(lines.is_empty() || lines.last() == Some(&b'\n'));
+        self.check_poison()?;
+        let _guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let start = self.written.load(Ordering::Acquire);
+        if let Err(source) = (&self.file).write_all(lines) {
+            if let Err(cut) = self.file.set_len(start) {
+                self.poison(format!("cutting off a failed append failed: {cut}"));
+            }
+            return Err(LogError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        let end = start + lines.len() as u64;
+        self.written.store(end, Ordering::Release);
+        Ok((start, end))
+    }
+
+    fn poison(&self, reason: String) {
+        let mut state = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        state.failed.get_or_insert(reason);
+        self.synced_cv.notify_all();
+    }
+
+    /// Blocks until every byte before `offset` is on disk. One caller fsyncs for all waiters.
+    pub fn sync_to(&self, offset: u64) -> Result<(), LogError> {
+        let mut state = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(reason) = &state.failed {
+                return Err(LogError::Poisoned {
+                    path: self.path.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            if state.synced >= offset {
+                return Ok(());
+            }
+            if state.syncing {
+                state = self.synced_cv.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state.syncing = true;
+            let upto = self.written.load(Ordering::Acquire);
+            drop(state);
+            let result = self.file.sync_data();
+            state = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+            state.syncing = false;
+            match result {
+                Ok(()) => state.synced = state.synced.max(upto),
+                Err(e) => {
+                    state.failed.get_or_insert(e.to_string());
+                }
+            }
+            self.synced_cv.notify_all();
+        }
+    }
+
+    /// Reads the record line starting at `offset` (used by compaction to copy live records
+    /// verbatim, keeping full-precision vectors).
+    pub fn read_line_at(&self, offset: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.clear();
+        let mut chunk = [0u8; 64 * 1024];
+        let mut pos = offset;
+        loop {
+            let n = self.file.read_at(&mut chunk, pos)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "record runs past the end of the log",
+                ));
+            }
+            if let Some(i) = chunk[..n].iter().position(|b| *b == b'\n') {
+                buf.extend_from_slice(&chunk[..=i]);
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            pos += n as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upsert_line(id: &str) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode_line(&mut buf, &UpsertRef::new(id, "t", &Map::new(), &[1.0, 2.0]));
+        buf
+    }
+
+    fn replay_ids(path: &Path) -> (Vec<String>, ReplayReport) {
+        let mut ids = Vec::new();
+        let (_, report) = DocLog::open(path, None, |_, r| {
+            if let Record::Upsert { id, .. } = r {
+                ids.push(id)
+            }
+            Ok(())
+        })
+        .expect("open");
+        (ids, report)
+    }
+
+    #[test]
+    fn appended_records_replay_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docs.jsonl");
+        let log = DocLog::create(&path, 1).expect("create");
+        for id in ["a", "b", "c"] {
+            let (_, end) = log.append(&upsert_line(id)).expect("append");
+            log.sync_to(end).expect("sync");
+        }
+        drop(log);
+        let (ids, report) = replay_ids(&path);
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(report.torn_bytes, 0);
+    }
+
+    #[test]
+    fn a_torn_last_record_is_dropped_and_the_log_stays_appendable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docs.jsonl");
+        let log = DocLog::create(&path, 1).expect("create");
+        log.append(&upsert_line("a")).expect("append");
+        drop(log);
+        let torn = upsert_line("b");
+        let mut file = fsutil::open_append(&path).expect("open");
+        file.write_all(&torn[..torn.len() / 2]).expect("write half a record");
+        drop(file);
+        let (ids, report) = replay_ids(&path);
+        assert_eq!(ids, ["a"]);
+        assert_eq!(report.torn_bytes as usize, torn.len() / 2);
+        let (log, _) = DocLog::open(&path, None, |_, _| Ok(())).expect("reopen");
+        log.append(&upsert_line("c")).expect("append after repair");
+        drop(log);
+        assert_eq!(replay_ids(&path).0, ["a", "c"]);
+    }
+
+    #[test]
+    fn corruption_before_good_records_refuses_to_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docs.jsonl");
+        let log = DocLog::create(&path, 1).expect("create");
+        log.append(&upsert_line("a")).expect("append");
+        log.append(b"{not json}\n").expect("append garbage");
+        log.append(&upsert_line("b")).expect("append");
+        drop(log);
+        let err = DocLog::open(&path, None, |_, _| Ok(())).expect_err("corrupt");
+        assert!(matches!(err, LogError::Corrupt { line: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_header_is_not_taken_for_a_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docs.jsonl");
+        std::fs::write(&path, b"{\"page_content\":\"x\"}\n").expect("write");
+        assert!(matches!(
+            DocLog::open(&path, None, |_, _| Ok(())),
+            Err(LogError::NoHeader { .. })
+        ));
+    }
+}

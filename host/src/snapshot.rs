@@ -1,0 +1,261 @@
+//! Snapshots of a store in `vector_store/`: what lets a store open without parsing its log.
+//!
+//! Files: `manifest.json` names the snapshot files and the log generation and offset they
+//! cover; `snap-{generation}-{offset}.docs` holds every live document except its vector;
+//! `.vectors` holds the exact-mode slab as raw little-endian f32 rows, or `.usearch` the HNSW
+//! graph. Every data file ends with a CRC-32 of its contents.
+//!
+//! Commit protocol: data files are written and fsynced under fresh names, then the manifest is
+//! replaced atomically (temp, fsync, rename, fsync dir), then files of older snapshots are
+//! removed. A crash at any point leaves the previous manifest and its files intact. A snapshot
+//! that fails its checksum is ignored and the store replays its whole log instead.
+
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::fsutil;
+
+pub const MANIFEST: &str = "manifest.json";
+const DOCS_MAGIC: &[u8; 8] = b"TVSDOCS1";
+
+/// Contents of `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    /// Generation of the log this snapshot was taken against.
+    pub log_generation: u64,
+    /// Log offset up to which records are reflected in the snapshot.
+    pub log_offset: u64,
+    pub docs_file: String,
+    /// `vectors` (raw slab) or `usearch` (graph).
+    pub vectors_kind: String,
+    pub vectors_file: String,
+    /// Graph node key the next vector gets (graph snapshots; 0 otherwise).
+    #[serde(default)]
+    pub next_node: u64,
+    pub documents: u64,
+}
+
+/// One document of a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapDoc {
+    pub slot: u64,
+    /// Graph node holding the document's vector (`u64::MAX` for slab snapshots).
+    pub node: u64,
+    pub offset: u64,
+    pub id: String,
+    pub text: String,
+    pub metadata: Map<String, Value>,
+}
+
+/// Writes a data file with a trailing CRC; the file is fsynced before returning.
+pub fn write_data_file(path: &Path, body: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+    struct Crc<W> {
+        inner: W,
+        hasher: crc32fast::Hasher,
+    }
+    impl<W: Write> Write for Crc<W> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.hasher.update(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let file = fsutil::create_new(path)?;
+    let mut out = Crc {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: crc32fast::Hasher::new(),
+    };
+    body(&mut out)?;
+    let crc = out.hasher.finalize();
+    out.inner.write_all(&crc.to_le_bytes())?;
+    let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
+}
+
+/// Reads a data file and checks its CRC, returning the contents without it.
+pub fn read_data_file(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = fsutil::read_all(path)?;
+    if bytes.len() < 4 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file too short"));
+    }
+    let body_len = bytes.len() - 4;
+    let stored = u32::from_le_bytes(bytes[body_len..].try_into().expect("4 bytes"));
+    if crc32fast::hash(&bytes[..body_len]) != stored {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} fails its checksum", path.display()),
+        ));
+    }
+    bytes.truncate(body_len);
+    Ok(bytes)
+}
+
+/// Encodes documents: magic, count, then per document slot, graph node, log offset and three
+/// length-prefixed byte strings (id, text, metadata JSON).
+pub fn encode_docs<'a>(
+    out: &mut dyn Write,
+    count: u64,
+    docs: impl Iterator<Item = (u64, u64, u64, &'a str, &'a str, &'a Map<String, Value>)>,
+) -> io::Result<()> {
+    out.write_all(DOCS_MAGIC)?;
+    out.write_all(&count.to_le_bytes())?;
+    let mut meta = Vec::new();
+    for (slot, node, offset, id, text, metadata) in docs {
+        meta.clear();
+        serde_json::to_writer(&mut meta, metadata).map_err(io::Error::other)?;
+        out.write_all(&slot.to_le_bytes())?;
+        out.write_all(&node.to_le_bytes())?;
+        out.write_all(&offset.to_le_bytes())?;
+        for field in [id.as_bytes(), text.as_bytes(), &meta] {
+            out.write_all(&(field.len() as u64).to_le_bytes())?;
+            out.write_all(field)?;
+        }
+    }
+    Ok(())
+}
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("snapshot documents: {msg}"))
+}
+
+/// Decodes what [`encode_docs`] wrote.
+pub fn decode_docs(bytes: &[u8]) -> io::Result<Vec<SnapDoc>> {
+    let mut pos = 0usize;
+    let mut take = |n: usize| -> io::Result<&[u8]> {
+        let end = pos
+            .checked_add(n)
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(|| bad("truncated"))?;
+        let slice = &bytes[pos..end];
+        pos = end;
+        Ok(slice)
+    };
+    if take(8)? != DOCS_MAGIC {
+        return Err(bad("bad magic"));
+    }
+    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let count = u64_of(take(8)?);
+    let mut docs = Vec::with_capacity(count.min(1 << 24) as usize);
+    for _ in 0..count {
+        let slot = u64_of(take(8)?);
+        let node = u64_of(take(8)?);
+        let offset = u64_of(take(8)?);
+        let mut field = || -> io::Result<&[u8]> {
+            let len = u64_of(take(8)?) as usize;
+            take(len)
+        };
+        let id = std::str::from_utf8(field()?)
+            .map_err(|_| bad("id not UTF-8"))?
+            .to_owned();
+        let text = std::str::from_utf8(field()?)
+            .map_err(|_| bad("text not UTF-8"))?
+            .to_owned();
+        let metadata = serde_json::from_slice(field()?).map_err(|e| bad(&e.to_string()))?;
+        docs.push(SnapDoc {
+            slot,
+            node,
+            offset,
+            id,
+            text,
+            metadata,
+        });
+    }
+    Ok(docs)
+}
+
+/// Encodes f32 values little-endian.
+pub fn encode_f32s(out: &mut dyn Write, values: &[f32]) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(values.len().min(1 << 18) * 4);
+    for chunk in values.chunks(1 << 18) {
+        buf.clear();
+        for v in chunk {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        out.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+/// Decodes little-endian f32 values.
+pub fn decode_f32s(bytes: &[u8]) -> io::Result<Vec<f32>> {
+    let (chunks, rest) = bytes.as_chunks::<4>();
+    if !rest.is_empty() {
+        return Err(bad("vector file length is not a multiple of 4"));
+    }
+    Ok(chunks.iter().map(|c| f32::from_le_bytes(*c)).collect())
+}
+
+/// Reads the manifest, if any.
+pub fn read_manifest(dir: &Path) -> io::Result<Option<Manifest>> {
+    match fsutil::read_all(&dir.join(MANIFEST)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| bad(&e.to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Commits `manifest` and removes files of older snapshots.
+pub fn commit_manifest(dir: &Path, manifest: &Manifest) -> io::Result<()> {
+    let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
+    fsutil::write_atomic(dir, MANIFEST, &json)?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stale_snapshot = name.starts_with("snap-") && name != manifest.docs_file && name != manifest.vectors_file;
+        // Leftovers of an interrupted write_atomic.
+        let stale_temp = name.starts_with('.') && name.contains(".tmp-");
+        if stale_snapshot || stale_temp {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn documents_round_trip_and_corruption_is_caught() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("snap-1-10.docs");
+        let Value::Object(meta) = json!({"a": [1, {"b": null}], "c": "é"}) else {
+            unreachable!()
+        };
+        write_data_file(&path, |out| {
+            encode_docs(
+                out,
+                2,
+                [
+                    (0u64, 3u64, 10u64, "x", "hello", &meta),
+                    (5, u64::MAX, 99, "y", "", &meta),
+                ]
+                .into_iter(),
+            )
+        })
+        .expect("write");
+        let docs = decode_docs(&read_data_file(&path).expect("read")).expect("decode");
+        assert_eq!(docs.len(), 2);
+        assert_eq!((docs[1].slot, docs[1].offset, docs[1].id.as_str()), (5, 99, "y"));
+        assert_eq!(docs[0].node, 3);
+        assert_eq!(docs[0].metadata, meta);
+
+        let mut bytes = fs::read(&path).expect("raw");
+        bytes[20] ^= 0xff;
+        fs::write(&path, bytes).expect("corrupt");
+        assert!(read_data_file(&path).is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! Deterministic synthetic vectors with the structure of real text embeddings, for tests and
+//! benchmarks: a low-dimensional clustered latent mapped to the full dimension by a fixed random
+//! matrix, plus noise, then L2-normalised. i.i.d. or clustered Gaussian vectors in 384-d are the
+//! worst case for any graph index and say nothing about real corpora; this family gives HNSW
+//! recall in the range seen on MiniLM embeddings.
+
+/// SplitMix64: tiny, fast, and stable across versions (unlike `rand`'s algorithms).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Uniform in [0, n).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = self.unit().max(f32::MIN_POSITIVE);
+        let u2 = self.unit();
+        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+}
+
+/// A generator of embedding-like vectors.
+#[derive(Debug, Clone)]
+pub struct EmbeddingLike {
+    dims: usize,
+    latent: usize,
+    /// `dims × latent`, row-major.
+    projection: Vec<f32>,
+    /// Cluster centres in latent space.
+    centres: Vec<Vec<f32>>,
+    noise: f32,
+    rng: Rng,
+}
+
+impl EmbeddingLike {
+    /// `dims`-dimensional vectors from a 32-d latent with 64 clusters, seeded.
+    pub fn new(dims: usize, seed: u64) -> Self {
+        Self::with_shape(dims, 32, 64, 0.15, seed)
+    }
+
+    pub fn with_shape(dims: usize, latent: usize, clusters: usize, noise: f32, seed: u64) -> Self {
+        // The projection and centres depend only on the shape, so two generators with different
+        // seeds draw from the same "corpus" (queries vs documents).
+        let mut fixed = Rng::new(0x7476_7300 ^ (dims as u64) << 8 ^ latent as u64);
+        let scale = 1.0 / (latent as f32).sqrt();
+        let projection = (0..dims * latent).map(|_| fixed.normal() * scale).collect();
+        let centres = (0..clusters)
+            .map(|_| (0..latent).map(|_| fixed.normal()).collect())
+            .collect();
+        Self {
+            dims,
+            latent,
+            projection,
+            centres,
+            noise,
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// The next vector (unit length).
+    pub fn next_vector(&mut self) -> Vec<f32> {
+        let centre = self.rng.below(self.centres.len() as u64) as usize;
+        let z: Vec<f32> = (0..self.latent)
+            .map(|i| self.centres[centre][i] + 0.6 * self.rng.normal())
+            .collect();
+        let mut v: Vec<f32> = (0..self.dims)
+            .map(|r| {
+                let row = &self.projection[r * self.latent..(r + 1) * self.latent];
+                row.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>() + self.noise * self.rng.normal()
+            })
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+        v.iter_mut().for_each(|x| *x /= norm);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_vectors_and_unit_length() {
+        let mut a = EmbeddingLike::new(48, 7);
+        let mut b = EmbeddingLike::new(48, 7);
+        let (va, vb) = (a.next_vector(), b.next_vector());
+        assert_eq!(va, vb);
+        let norm: f32 = va.iter().map(|x| x * x).sum();
+        assert!((norm - 1.0).abs() < 1e-4);
+        assert_ne!(a.next_vector(), EmbeddingLike::new(48, 8).next_vector());
+    }
+}

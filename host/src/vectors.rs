@@ -1,0 +1,607 @@
+//! Vector storage and k-NN search for one store: an exact scan over a slab of f32 rows for
+//! small stores, an HNSW graph (usearch) past a threshold.
+//!
+//! Documents are addressed by *slot*: a dense number the store assigns and reuses after deletes,
+//! so the slab stays compact. In the graph each version of a vector is a new node (see
+//! [`Graph`] for why nodes are never removed from usearch).
+//!
+//! Invariants:
+//! - In exact mode `slab` holds every live vector; `graph` is `None`.
+//! - In HNSW mode `slab` is dropped (memory stays near 1× the raw vectors) and `graph` holds
+//!   every live vector; vectors are read back from the graph for MMR.
+//! - While a background (re)build runs, the current structure stays authoritative and `dirty`
+//!   collects the slots changed since the build's copy was taken; [`Vectors::install_graph`]
+//!   replays them into the new graph before it replaces the old one.
+//! - usearch refuses work when all its per-thread contexts are taken, so every call into the
+//!   graph holds a permit of [`Permits`], sized to the contexts reserved.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashSet};
+use std::sync::{Condvar, Mutex};
+
+use usearch::{Index, IndexOptions, MetricKind};
+
+use crate::config::{Metric, ScalarKind, StoreConfig};
+
+/// A (distance, slot) pair; lower distance is closer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbor {
+    pub slot: u64,
+    pub distance: f32,
+}
+
+/// The distance tvs reports, matching usearch's definitions.
+pub fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
+    match metric {
+        Metric::L2 => {
+            let mut acc = [0f32; 8];
+            let (ca, ra) = a.as_chunks::<8>();
+            let (cb, rb) = b.as_chunks::<8>();
+            for (x, y) in ca.iter().zip(cb) {
+                for i in 0..8 {
+                    let d = x[i] - y[i];
+                    acc[i] += d * d;
+                }
+            }
+            let tail: f32 = ra.iter().zip(rb).map(|(x, y)| (x - y) * (x - y)).sum();
+            acc.iter().sum::<f32>() + tail
+        }
+        Metric::Ip => 1.0 - dot(a, b),
+        Metric::Cos => {
+            let (ab, aa, bb) = dot3(a, b);
+            if aa == 0.0 || bb == 0.0 {
+                return 1.0;
+            }
+            1.0 - ab / (aa.sqrt() * bb.sqrt())
+        }
+    }
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+}
+
+fn dot3(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
+    let (mut ab, mut aa, mut bb) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        for i in 0..8 {
+            ab[i] += x[i] * y[i];
+            aa[i] += x[i] * x[i];
+            bb[i] += y[i] * y[i];
+        }
+    }
+    let mut sums = (ab.iter().sum::<f32>(), aa.iter().sum::<f32>(), bb.iter().sum::<f32>());
+    for (x, y) in ra.iter().zip(rb) {
+        sums.0 += x * y;
+        sums.1 += x * x;
+        sums.2 += y * y;
+    }
+    sums
+}
+
+/// Keeps the `k` nearest candidates seen.
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<HeapItem>,
+}
+
+#[derive(PartialEq)]
+struct HeapItem(f32, u64);
+impl Eq for HeapItem {}
+impl PartialOrd for HeapItem {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for HeapItem {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+    }
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+    fn offer(&mut self, slot: u64, distance: f32) {
+        if self.heap.len() < self.k {
+            self.heap.push(HeapItem(distance, slot));
+        } else if let Some(worst) = self.heap.peek()
+            && distance < worst.0
+        {
+            self.heap.pop();
+            self.heap.push(HeapItem(distance, slot));
+        }
+    }
+    fn into_sorted(self) -> Vec<Neighbor> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|HeapItem(distance, slot)| Neighbor { slot, distance })
+            .collect()
+    }
+}
+
+/// A counting semaphore bounding concurrent calls into usearch.
+#[derive(Debug)]
+pub struct Permits {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Permits {
+    fn new(n: usize) -> Self {
+        Self {
+            free: Mutex::new(n),
+            cv: Condvar::new(),
+        }
+    }
+    fn acquire(&self) -> PermitGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.cv.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        PermitGuard(self)
+    }
+}
+
+struct PermitGuard<'a>(&'a Permits);
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// usearch thread contexts reserved per graph (and permits handed out).
+pub fn graph_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).max(2) * 4
+}
+
+/// Creates an empty graph for `config`.
+pub fn new_graph(config: &StoreConfig) -> Result<Index, String> {
+    let options = IndexOptions {
+        dimensions: config.dims,
+        metric: match config.metric {
+            Metric::Cos => MetricKind::Cos,
+            Metric::Ip => MetricKind::IP,
+            Metric::L2 => MetricKind::L2sq,
+        },
+        quantization: match config.scalar {
+            ScalarKind::F32 => usearch::ScalarKind::F32,
+            ScalarKind::F16 => usearch::ScalarKind::F16,
+            ScalarKind::I8 => usearch::ScalarKind::I8,
+        },
+        connectivity: 16,
+        expansion_add: 128,
+        expansion_search: 128,
+        multi: false,
+    };
+    let index = Index::new(&options).map_err(|e| e.to_string())?;
+    index
+        .reserve_capacity_and_threads(1024, graph_threads())
+        .map_err(|e| e.to_string())?;
+    Ok(index)
+}
+
+/// Grows `index` so one more vector fits; doubling keeps the amortised cost low.
+pub fn ensure_capacity(index: &Index, extra: usize) -> Result<(), String> {
+    let needed = index.size() + extra;
+    if needed > index.capacity() {
+        let cap = needed.max(index.capacity() * 2).max(1024);
+        index
+            .reserve_capacity_and_threads(cap, graph_threads())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Marks a slot without a node, or a dead node.
+const NONE: u64 = u64::MAX;
+
+/// An HNSW graph whose nodes are never removed from usearch, filled by one thread at a time.
+///
+/// usearch reuses the node of a removed key for the next insertion, and that update path can
+/// leave the new node unreachable from the graph (seen with usearch 2.26.6: after a few hundred
+/// remove+add cycles on 1,200 vectors, several exact self-queries missed their own vector while
+/// `exact_search` found it). So a changed or deleted document only *kills* its node here: the node
+/// stays in the graph as a routing point, searches skip it through the filter, and the store
+/// rebuilds the graph in the background once dead nodes pile up.
+pub struct Graph {
+    index: Index,
+    node_of_slot: Vec<u64>,
+    slot_of_node: Vec<u64>,
+    dead: usize,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("nodes", &self.index.size())
+            .field("dead", &self.dead)
+            .finish()
+    }
+}
+
+impl Graph {
+    /// A graph over `rows`, node key = slot.
+    pub fn build(config: &StoreConfig, rows: &[(u64, Vec<f32>)]) -> Result<Graph, String> {
+        let index = new_graph(config)?;
+        ensure_capacity(&index, rows.len() + rows.len() / 4)?;
+        // One thread on purpose: with usearch 2.26.6, concurrent `add`s leave some nodes
+        // unreachable (seen here: 7 of 12,000 self-queries missed with two threads, 0 with one).
+        for (slot, vector) in rows {
+            index.add(*slot, vector).map_err(|e| e.to_string())?;
+        }
+        let top = rows.iter().map(|(slot, _)| *slot + 1).max().unwrap_or(0) as usize;
+        let mut node_of_slot = vec![NONE; top];
+        for (slot, _) in rows {
+            node_of_slot[*slot as usize] = *slot;
+        }
+        let slot_of_node = node_of_slot.clone();
+        Ok(Graph {
+            index,
+            node_of_slot,
+            slot_of_node,
+            dead: 0,
+        })
+    }
+
+    /// A graph loaded from a snapshot; `nodes` lists (slot, node) of live documents.
+    pub fn restore(index: Index, nodes: impl Iterator<Item = (u64, u64)>, next_node: u64) -> Result<Graph, String> {
+        let mut graph = Graph {
+            index,
+            node_of_slot: Vec::new(),
+            slot_of_node: vec![NONE; next_node as usize],
+            dead: 0,
+        };
+        let mut live = 0;
+        for (slot, node) in nodes {
+            if node >= next_node || graph.slot_of_node[node as usize] != NONE {
+                return Err(format!("snapshot maps node {node} twice or beyond {next_node}"));
+            }
+            graph.slot_of_node[node as usize] = slot;
+            if graph.node_of_slot.len() <= slot as usize {
+                graph.node_of_slot.resize(slot as usize + 1, NONE);
+            }
+            graph.node_of_slot[slot as usize] = node;
+            live += 1;
+        }
+        graph.dead = graph.index.size().saturating_sub(live);
+        Ok(graph)
+    }
+
+    fn node(&self, slot: u64) -> Option<u64> {
+        self.node_of_slot.get(slot as usize).copied().filter(|n| *n != NONE)
+    }
+
+    /// Node key of a slot's live vector, `u64::MAX` when it has none.
+    pub fn node_of(&self, slot: u64) -> u64 {
+        self.node(slot).unwrap_or(NONE)
+    }
+
+    /// Key the next node gets.
+    pub fn next_node(&self) -> u64 {
+        self.slot_of_node.len() as u64
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    fn kill(&mut self, slot: u64) {
+        if let Some(node) = self.node(slot) {
+            self.slot_of_node[node as usize] = NONE;
+            self.node_of_slot[slot as usize] = NONE;
+            self.dead += 1;
+        }
+    }
+
+    fn set(&mut self, slot: u64, vector: &[f32]) -> Result<(), String> {
+        self.kill(slot);
+        let node = self.next_node();
+        ensure_capacity(&self.index, 1)?;
+        self.index.add(node, vector).map_err(|e| e.to_string())?;
+        self.slot_of_node.push(slot);
+        if self.node_of_slot.len() <= slot as usize {
+            self.node_of_slot.resize(slot as usize + 1, NONE);
+        }
+        self.node_of_slot[slot as usize] = node;
+        Ok(())
+    }
+
+    fn get(&self, slot: u64, out: &mut [f32]) -> bool {
+        self.node(slot)
+            .is_some_and(|node| matches!(self.index.get(node, out), Ok(1)))
+    }
+
+    fn search(&self, query: &[f32], k: usize, accept: impl Fn(u64) -> bool) -> Result<Vec<Neighbor>, String> {
+        let slot_of = |node: u64| self.slot_of_node.get(node as usize).copied().filter(|s| *s != NONE);
+        let found = self
+            .index
+            .filtered_search(query, k, |node| slot_of(node).is_some_and(&accept))
+            .map_err(|e| e.to_string())?;
+        Ok(found
+            .keys
+            .into_iter()
+            .zip(found.distances)
+            .filter_map(|(node, distance)| {
+                Some(Neighbor {
+                    slot: slot_of(node)?,
+                    distance,
+                })
+            })
+            .collect())
+    }
+
+    /// Whether dead nodes are numerous enough to rebuild: at least 1,000 and half the live ones.
+    pub fn wants_rebuild(&self) -> bool {
+        let live = self.index.size().saturating_sub(self.dead);
+        self.dead >= 1000 && self.dead * 2 >= live
+    }
+}
+
+/// The vectors of one store.
+pub struct Vectors {
+    dims: usize,
+    metric: Metric,
+    slab: Option<Vec<f32>>,
+    graph: Option<Graph>,
+    permits: Permits,
+    dirty: Option<HashSet<u64>>,
+}
+
+impl std::fmt::Debug for Vectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vectors")
+            .field("dims", &self.dims)
+            .field("metric", &self.metric)
+            .field("slab_rows", &self.slab.as_ref().map(|s| s.len() / self.dims.max(1)))
+            .field("graph", &self.graph)
+            .field("building", &self.dirty.is_some())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for HeapItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({}, {})", self.0, self.1)
+    }
+}
+
+impl Vectors {
+    /// An exact-mode store.
+    pub fn exact(dims: usize, metric: Metric) -> Self {
+        Self {
+            dims,
+            metric,
+            slab: Some(Vec::new()),
+            graph: None,
+            permits: Permits::new(graph_threads()),
+            dirty: None,
+        }
+    }
+
+    /// An HNSW-mode store over an existing graph.
+    pub fn with_graph(dims: usize, metric: Metric, graph: Graph) -> Self {
+        Self {
+            dims,
+            metric,
+            slab: None,
+            graph: Some(graph),
+            permits: Permits::new(graph_threads()),
+            dirty: None,
+        }
+    }
+
+    pub fn is_hnsw(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    pub fn is_building(&self) -> bool {
+        self.dirty.is_some()
+    }
+
+    pub fn graph(&self) -> Option<&Graph> {
+        self.graph.as_ref()
+    }
+
+    /// The raw slab (exact mode), row `slot` at `[slot*dims .. (slot+1)*dims]`.
+    pub fn slab(&self) -> Option<&[f32]> {
+        self.slab.as_deref()
+    }
+
+    /// Replaces the slab wholesale (snapshot load).
+    pub fn set_slab(&mut self, slab: Vec<f32>) {
+        self.slab = Some(slab);
+    }
+
+    /// Stores `vector` under `slot`, replacing any earlier vector there.
+    pub fn set(&mut self, slot: u64, vector: &[f32]) -> Result<(), String> {
+        debug_assert_eq!(vector.len(), self.dims);
+        if let Some(dirty) = &mut self.dirty {
+            dirty.insert(slot);
+        }
+        if let Some(slab) = &mut self.slab {
+            let start = slot as usize * self.dims;
+            if slab.len() < start + self.dims {
+                slab.resize(start + self.dims, 0.0);
+            }
+            slab[start..start + self.dims].copy_from_slice(vector);
+        }
+        if let Some(graph) = &mut self.graph {
+            let _permit = self.permits.acquire();
+            graph.set(slot, vector)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the vector of `slot`.
+    pub fn remove(&mut self, slot: u64) {
+        if let Some(dirty) = &mut self.dirty {
+            dirty.insert(slot);
+        }
+        if let Some(slab) = &mut self.slab {
+            let start = slot as usize * self.dims;
+            if start < slab.len() {
+                slab[start..start + self.dims].fill(0.0);
+            }
+        }
+        if let Some(graph) = &mut self.graph {
+            graph.kill(slot);
+        }
+    }
+
+    /// Copies the vector of `slot` into `out` (lossy when the graph quantises).
+    pub fn get(&self, slot: u64, out: &mut [f32]) -> bool {
+        if let Some(slab) = &self.slab {
+            let start = slot as usize * self.dims;
+            if start + self.dims <= slab.len() {
+                out.copy_from_slice(&slab[start..start + self.dims]);
+                return true;
+            }
+            return false;
+        }
+        if let Some(graph) = &self.graph {
+            let _permit = self.permits.acquire();
+            return graph.get(slot, out);
+        }
+        false
+    }
+
+    /// Exact k-NN over the slots for which `accept` holds, iterating `slots`.
+    pub fn exact_search(
+        &self,
+        query: &[f32],
+        k: usize,
+        slots: impl Iterator<Item = u64>,
+        accept: impl Fn(u64) -> bool,
+    ) -> Vec<Neighbor> {
+        let mut top = TopK::new(k);
+        if let Some(slab) = &self.slab {
+            for slot in slots {
+                let start = slot as usize * self.dims;
+                if start + self.dims > slab.len() || !accept(slot) {
+                    continue;
+                }
+                top.offer(slot, distance(self.metric, query, &slab[start..start + self.dims]));
+            }
+        } else {
+            let mut buf = vec![0f32; self.dims];
+            for slot in slots {
+                if accept(slot) && self.get(slot, &mut buf) {
+                    top.offer(slot, distance(self.metric, query, &buf));
+                }
+            }
+        }
+        top.into_sorted()
+    }
+
+    /// Approximate k-NN through the graph, keeping only slots for which `accept` holds.
+    /// Returns `None` in exact mode.
+    pub fn graph_search(
+        &self,
+        query: &[f32],
+        k: usize,
+        accept: impl Fn(u64) -> bool,
+    ) -> Option<Result<Vec<Neighbor>, String>> {
+        let graph = self.graph.as_ref()?;
+        let _permit = self.permits.acquire();
+        Some(graph.search(query, k, accept))
+    }
+
+    /// Whether a background (re)build should start.
+    pub fn wants_build(&self, live: usize, threshold: usize) -> bool {
+        !self.is_building()
+            && match &self.graph {
+                None => live >= threshold,
+                Some(graph) => graph.wants_rebuild(),
+            }
+    }
+
+    /// Starts tracking changed slots for a background build; returns a copy of the live rows.
+    pub fn begin_build(&mut self, live_slots: impl Iterator<Item = u64>) -> Vec<(u64, Vec<f32>)> {
+        self.dirty = Some(HashSet::new());
+        live_slots
+            .filter_map(|slot| {
+                let mut row = vec![0f32; self.dims];
+                self.get(slot, &mut row).then_some((slot, row))
+            })
+            .collect()
+    }
+
+    /// Abandons a background build.
+    pub fn abort_build(&mut self) {
+        self.dirty = None;
+    }
+
+    /// Swaps in a graph built from the copy `begin_build` returned, first replaying slots changed
+    /// since. `is_live` says whether a slot currently holds a document.
+    pub fn install_graph(&mut self, mut graph: Graph, is_live: impl Fn(u64) -> bool) -> Result<(), String> {
+        let dirty = self.dirty.take().unwrap_or_default();
+        let mut row = vec![0f32; self.dims];
+        for slot in dirty {
+            if is_live(slot) && self.get(slot, &mut row) {
+                graph.set(slot, &row)?;
+            } else {
+                graph.kill(slot);
+            }
+        }
+        self.graph = Some(graph);
+        self.slab = None;
+        Ok(())
+    }
+
+    /// Bytes of memory held, estimated.
+    pub fn memory_bytes(&self) -> usize {
+        let slab = self.slab.as_ref().map_or(0, |s| s.capacity() * 4);
+        let graph = self.graph.as_ref().map_or(0, |g| {
+            g.index.memory_usage() + (g.node_of_slot.capacity() + g.slot_of_node.capacity()) * 8
+        });
+        slab + graph
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distances_match_their_definitions() {
+        let a = [1.0, 0.0, 0.0, 2.0, 1.0, 1.0, 1.0, 1.0, 3.0];
+        let b = [0.0, 1.0, 0.0, 2.0, 1.0, 1.0, 1.0, 1.0, -1.0];
+        let naive_dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let naive_l2: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((distance(Metric::L2, &a, &b) - naive_l2).abs() < 1e-5);
+        assert!((distance(Metric::Ip, &a, &b) - (1.0 - naive_dot)).abs() < 1e-5);
+        assert!((distance(Metric::Cos, &a, &b) - (1.0 - naive_dot / (na * nb))).abs() < 1e-5);
+    }
+
+    #[test]
+    fn exact_search_returns_the_nearest_in_order() {
+        let mut v = Vectors::exact(2, Metric::L2);
+        for (slot, x) in [(0u64, 0.0f32), (1, 5.0), (2, 1.0), (3, 3.0)] {
+            v.set(slot, &[x, 0.0]).expect("set");
+        }
+        let hits = v.exact_search(&[0.9, 0.0], 3, 0..4, |_| true);
+        assert_eq!(hits.iter().map(|n| n.slot).collect::<Vec<_>>(), [2, 0, 3]);
+        let odd = v.exact_search(&[0.9, 0.0], 3, 0..4, |s| s % 2 == 1);
+        assert_eq!(odd.iter().map(|n| n.slot).collect::<Vec<_>>(), [3, 1]);
+    }
+}

@@ -1,0 +1,9 @@
+//! The integration tests of tvs: one binary, themed modules whose names read as sentences.
+//! Every test works in its own temp directory, with real files and real usearch indexes.
+
+mod cli;
+mod durability;
+mod pool;
+mod store;
+mod support;
+mod tenants;

@@ -1,0 +1,487 @@
+//! TenantStore behaviour: upsert replaces by id, deletes by id and filter, search agrees with a
+//! brute-force reference in exact and HNSW modes, filters return `k` hits even when selective,
+//! bad input changes nothing, and a reopened store (snapshot + log tail, compacted or not)
+//! holds exactly what was acknowledged.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use tvs::config::{Metric, ScalarKind, StoreConfig};
+use tvs::filter::Filter;
+use tvs::store::{IndexKind, Mmr, NewDocument, SearchQuery, StoreError, TenantStore};
+use tvs::synth::{EmbeddingLike, Rng};
+
+use crate::support::{brute_force, config, documents, obj, temp_store};
+
+fn query(vector: Vec<f32>, k: usize) -> SearchQuery {
+    SearchQuery {
+        vector,
+        k,
+        ..Default::default()
+    }
+}
+
+fn ids(hits: &[tvs::store::Hit]) -> Vec<String> {
+    hits.iter().map(|h| h.id.clone()).collect()
+}
+
+#[test]
+fn upsert_replaces_by_id_and_get_returns_the_latest_version() {
+    let (_tmp, _dir, store) = temp_store(&config(4, Metric::Cos));
+    let doc = |text: &str, v: [f32; 4]| NewDocument {
+        id: Some("a".into()),
+        text: text.into(),
+        metadata: obj(json!({"v": text})),
+        vector: v.to_vec(),
+    };
+    store.upsert(vec![doc("first", [1.0, 0.0, 0.0, 0.0])]).expect("upsert");
+    store
+        .upsert(vec![doc("second", [0.0, 1.0, 0.0, 0.0])])
+        .expect("replace");
+    assert_eq!(store.count(), 1);
+    let got = store.get(&["a".into()], true);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].text, "second");
+    assert_eq!(got[0].vector.as_deref(), Some(&[0.0, 1.0, 0.0, 0.0][..]));
+    let hits = store.search(&query(vec![0.0, 1.0, 0.0, 0.0], 5)).expect("search");
+    assert_eq!(ids(&hits), ["a"]);
+    assert!(
+        (hits[0].score - 1.0).abs() < 1e-6,
+        "cosine similarity of identical vectors"
+    );
+}
+
+#[test]
+fn generated_ids_are_returned_and_unique() {
+    let (_tmp, _dir, store) = temp_store(&config(2, Metric::L2));
+    let ids = store
+        .upsert(
+            (0..50)
+                .map(|i| NewDocument {
+                    vector: vec![i as f32, 1.0],
+                    ..Default::default()
+                })
+                .collect(),
+        )
+        .expect("upsert");
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 50);
+    assert_eq!(store.count(), 50);
+}
+
+#[test]
+fn delete_by_ids_and_by_filter_remove_exactly_those_documents() {
+    let (_tmp, _dir, store) = temp_store(&config(8, Metric::Cos));
+    store.upsert(documents(100, 8, 1)).expect("upsert");
+    assert_eq!(
+        store
+            .delete(&["doc-1".into(), "doc-2".into(), "nope".into()])
+            .expect("delete"),
+        2
+    );
+    let filter = Filter::parse(&json!({"bucket": {"$in": [3, 4]}})).expect("filter");
+    assert_eq!(store.delete_where(&filter).expect("delete where"), 20);
+    assert_eq!(store.count(), 78);
+    assert!(
+        store
+            .get(&["doc-1".into(), "doc-13".into(), "doc-24".into()], false)
+            .is_empty()
+    );
+    assert_eq!(store.get(&["doc-5".into()], false).len(), 1);
+    let all = store
+        .search(&query(documents(1, 8, 9)[0].vector.clone(), 100))
+        .expect("search");
+    assert_eq!(all.len(), 78, "deleted documents never come back from search");
+}
+
+#[test]
+fn bad_documents_are_refused_with_the_reason_and_change_nothing() {
+    let (_tmp, _dir, store) = temp_store(&config(3, Metric::Cos));
+    store
+        .upsert(vec![NewDocument {
+            id: Some("keep".into()),
+            vector: vec![1.0, 0.0, 0.0],
+            ..Default::default()
+        }])
+        .expect("seed");
+    let good = NewDocument {
+        id: Some("new".into()),
+        vector: vec![0.0, 1.0, 0.0],
+        ..Default::default()
+    };
+    let cases = [
+        (vec![1.0, 2.0], "2 dimensions"),
+        (vec![f32::NAN, 0.0, 0.0], "finite"),
+        (vec![f32::INFINITY, 0.0, 0.0], "finite"),
+        (vec![0.0, 0.0, 0.0], "all zeros"),
+    ];
+    for (vector, needle) in cases {
+        let bad = NewDocument {
+            id: Some("keep".into()),
+            vector,
+            ..Default::default()
+        };
+        let err = store.upsert(vec![good.clone(), bad]).expect_err(needle);
+        assert!(err.to_string().contains(needle), "{err}");
+        assert!(err.to_string().contains("document 1"), "names the position: {err}");
+    }
+    let long_id = NewDocument {
+        id: Some("x".repeat(513)),
+        vector: vec![1.0, 0.0, 0.0],
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.upsert(vec![long_id]),
+        Err(StoreError::InvalidDocument { .. })
+    ));
+    assert_eq!(
+        store.count(),
+        1,
+        "a refused batch writes nothing, not even its good documents"
+    );
+    assert_eq!(
+        store.get(&["keep".into()], true)[0].vector.as_deref(),
+        Some(&[1.0, 0.0, 0.0][..])
+    );
+}
+
+#[test]
+fn exact_search_matches_brute_force_for_every_metric() {
+    for metric in [Metric::Cos, Metric::Ip, Metric::L2] {
+        let (_tmp, _dir, store) = temp_store(&config(32, metric));
+        let docs = documents(500, 32, 2);
+        let reference: Vec<(String, Vec<f32>)> = docs
+            .iter()
+            .map(|d| (d.id.clone().expect("id"), d.vector.clone()))
+            .collect();
+        store.upsert(docs).expect("upsert");
+        let mut queries = EmbeddingLike::new(32, 99);
+        for _ in 0..20 {
+            let q = queries.next_vector();
+            let hits = store.search(&query(q.clone(), 10)).expect("search");
+            assert_eq!(ids(&hits), brute_force(&reference, &q, metric, 10), "{metric:?}");
+            assert!(hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+        }
+    }
+}
+
+#[test]
+fn scores_follow_langchain_faiss_conventions() {
+    let a = [0.6f32, 0.8];
+    let q = [1.0f32, 0.0];
+    for (metric, expected) in [
+        (Metric::L2, 0.4f32 * 0.4 + 0.8 * 0.8),
+        (Metric::Ip, 0.6),
+        (Metric::Cos, 0.6),
+    ] {
+        let (_tmp, _dir, store) = temp_store(&config(2, metric));
+        store
+            .upsert(vec![NewDocument {
+                id: Some("a".into()),
+                vector: a.to_vec(),
+                ..Default::default()
+            }])
+            .expect("upsert");
+        let hit = &store.search(&query(q.to_vec(), 1)).expect("search")[0];
+        assert!(
+            (hit.score - expected).abs() < 1e-5,
+            "{metric:?}: {} vs {expected}",
+            hit.score
+        );
+    }
+}
+
+#[test]
+fn a_selective_filter_still_returns_k_hits_in_exact_and_hnsw_modes() {
+    for threshold in [usize::MAX, 500] {
+        let mut cfg = config(32, Metric::Cos);
+        cfg.hnsw_threshold = threshold;
+        let (_tmp, _dir, store) = temp_store(&cfg);
+        let docs = documents(3000, 32, 3);
+        let rare: Vec<(String, Vec<f32>)> = docs
+            .iter()
+            .filter(|d| d.metadata["i"].as_u64().expect("i") % 250 == 0)
+            .map(|d| (d.id.clone().expect("id"), d.vector.clone()))
+            .collect();
+        store.upsert(docs).expect("upsert");
+        store.wait_for_index();
+        let expected_kind = if threshold == 500 {
+            IndexKind::Hnsw
+        } else {
+            IndexKind::Exact
+        };
+        assert_eq!(store.info().index, expected_kind);
+        let filter = Filter::parse(&json!({"i": {"$in": (0..3000).step_by(250).collect::<Vec<_>>()}})).expect("filter");
+        let q = EmbeddingLike::new(32, 77).next_vector();
+        let hits = store
+            .search(&SearchQuery {
+                filter: Some(filter),
+                ..query(q.clone(), 10)
+            })
+            .expect("search");
+        assert_eq!(
+            ids(&hits),
+            brute_force(&rare, &q, Metric::Cos, 10),
+            "threshold {threshold}"
+        );
+    }
+}
+
+#[test]
+fn hnsw_recall_at_10_is_high_on_embedding_like_vectors() {
+    let mut cfg = config(64, Metric::Cos);
+    cfg.hnsw_threshold = 1000;
+    let (_tmp, _dir, store) = temp_store(&cfg);
+    let docs = documents(5000, 64, 4);
+    let reference: Vec<(String, Vec<f32>)> = docs
+        .iter()
+        .map(|d| (d.id.clone().expect("id"), d.vector.clone()))
+        .collect();
+    for chunk in docs.chunks(500) {
+        store.upsert(chunk.to_vec()).expect("upsert");
+    }
+    store.wait_for_index();
+    assert_eq!(store.info().index, IndexKind::Hnsw);
+    let mut queries = EmbeddingLike::new(64, 1234);
+    let mut found = 0;
+    for _ in 0..50 {
+        let q = queries.next_vector();
+        let truth = brute_force(&reference, &q, Metric::Cos, 10);
+        let hits = store.search(&query(q, 10)).expect("search");
+        found += ids(&hits).iter().filter(|id| truth.contains(id)).count();
+    }
+    let recall = found as f64 / 500.0;
+    assert!(recall >= 0.9, "recall@10 = {recall}");
+}
+
+#[test]
+fn writes_during_the_background_graph_build_are_not_lost() {
+    let mut cfg = config(32, Metric::L2);
+    cfg.hnsw_threshold = 2000;
+    let (_tmp, dir, store) = temp_store(&cfg);
+    let docs = documents(6000, 32, 5);
+    store.upsert(docs[..2000].to_vec()).expect("cross the threshold");
+    // These land while the graph is (most likely) being built from the first 2000.
+    for chunk in docs[2000..].chunks(100) {
+        store.upsert(chunk.to_vec()).expect("upsert during build");
+    }
+    store
+        .delete(&["doc-5".into(), "doc-2500".into()])
+        .expect("delete during build");
+    store.wait_for_index();
+    assert_eq!(store.info().index, IndexKind::Hnsw);
+    assert_eq!(store.count(), 5998);
+    for (i, doc) in docs.iter().enumerate().step_by(97) {
+        let hits = store.search(&query(doc.vector.clone(), 1)).expect("search");
+        if i == 5 || i == 2500 {
+            continue;
+        }
+        assert_eq!(hits[0].id, format!("doc-{i}"), "every document finds itself");
+    }
+    drop(store);
+    let reopened = TenantStore::open(&dir).expect("reopen");
+    assert_eq!(reopened.count(), 5998);
+    assert_eq!(
+        reopened.info().index,
+        IndexKind::Hnsw,
+        "the graph comes back from the snapshot"
+    );
+}
+
+#[test]
+fn mmr_prefers_diverse_results() {
+    let (_tmp, _dir, store) = temp_store(&config(2, Metric::Cos));
+    let docs = [
+        ("near", [1.0, 0.0]),
+        ("near-twin", [0.999, 0.01]),
+        ("other", [0.6, 0.8]),
+    ];
+    store
+        .upsert(
+            docs.iter()
+                .map(|(id, v)| NewDocument {
+                    id: Some((*id).into()),
+                    vector: v.to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+        )
+        .expect("upsert");
+    let plain = store.search(&query(vec![1.0, 0.0], 2)).expect("search");
+    assert_eq!(ids(&plain), ["near", "near-twin"]);
+    let mmr = SearchQuery {
+        mmr: Some(Mmr {
+            fetch_k: 3,
+            lambda_mult: 0.3,
+        }),
+        ..query(vec![1.0, 0.0], 2)
+    };
+    assert_eq!(ids(&store.search(&mmr).expect("mmr")), ["near", "other"]);
+}
+
+#[test]
+fn a_reopened_store_matches_a_model_of_every_acknowledged_operation() {
+    let mut cfg = config(16, Metric::Cos);
+    cfg.hnsw_threshold = 400;
+    let (_tmp, dir, mut store) = temp_store(&cfg);
+    let mut model: BTreeMap<String, (String, Vec<f32>)> = BTreeMap::new();
+    let mut rng = Rng::new(42);
+    let mut generator = EmbeddingLike::new(16, 42);
+    for round in 0..30 {
+        for _ in 0..60 {
+            let id = format!("d{}", rng.below(700));
+            if rng.below(5) == 0 {
+                store.delete(std::slice::from_ref(&id)).expect("delete");
+                model.remove(&id);
+            } else {
+                let text = format!("{id} round {round}");
+                let vector = generator.next_vector();
+                store
+                    .upsert(vec![NewDocument {
+                        id: Some(id.clone()),
+                        text: text.clone(),
+                        metadata: Default::default(),
+                        vector: vector.clone(),
+                    }])
+                    .expect("upsert");
+                model.insert(id, (text, vector));
+            }
+        }
+        match round % 3 {
+            0 => store.flush().expect("snapshot"),
+            1 => store.compact().expect("compact"),
+            _ => {}
+        }
+        if round % 4 == 3 {
+            store.wait_for_index();
+            drop(store);
+            store = TenantStore::open(&dir).expect("reopen");
+        }
+        assert_eq!(store.count(), model.len() as u64, "round {round}");
+    }
+    store.wait_for_index();
+    drop(store);
+    let store = TenantStore::open(&dir).expect("final reopen");
+    let all_ids: Vec<String> = model.keys().cloned().collect();
+    let got = store.get(&all_ids, true);
+    assert_eq!(got.len(), model.len());
+    for doc in got {
+        let (text, vector) = &model[&doc.id];
+        assert_eq!(&doc.text, text);
+        assert_eq!(
+            doc.vector.as_ref(),
+            Some(vector),
+            "full-precision vectors survive compaction"
+        );
+    }
+}
+
+#[test]
+fn compaction_shrinks_the_log_when_dead_records_dominate() {
+    let (_tmp, _dir, store) = temp_store(&config(8, Metric::Cos));
+    let docs = documents(50, 8, 6);
+    store.upsert(docs.clone()).expect("first version");
+    let one_round = store.info().log_bytes;
+    for _ in 1..40 {
+        store.upsert(docs.clone()).expect("overwrite");
+    }
+    let info = store.info();
+    assert!(info.dead_records < 1000, "compaction ran: {info:?}");
+    // Without compaction the log would hold 40 rounds; it was cut back at 1000 dead records.
+    assert!(
+        info.log_bytes < one_round * 22,
+        "log is {} bytes, one round {one_round}",
+        info.log_bytes
+    );
+    store.compact().expect("explicit compaction");
+    assert!(store.info().log_bytes <= one_round + 200, "only live records remain");
+    assert_eq!(store.count(), 50);
+}
+
+#[test]
+fn quotas_refuse_documents_beyond_the_limit() {
+    let mut cfg = config(2, Metric::L2);
+    cfg.max_documents = Some(3);
+    let (_tmp, _dir, store) = temp_store(&cfg);
+    let doc = |id: &str| NewDocument {
+        id: Some(id.into()),
+        vector: vec![1.0, 2.0],
+        ..Default::default()
+    };
+    store.upsert(vec![doc("a"), doc("b"), doc("c")]).expect("within quota");
+    assert!(matches!(
+        store.upsert(vec![doc("d")]),
+        Err(StoreError::QuotaExceeded { limit: 3 })
+    ));
+    store.upsert(vec![doc("a")]).expect("replacing does not count");
+    assert_eq!(store.count(), 3);
+}
+
+#[test]
+fn quantised_graphs_still_find_near_duplicates() {
+    for scalar in [ScalarKind::F16, ScalarKind::I8] {
+        let cfg = StoreConfig {
+            hnsw_threshold: 100,
+            ..StoreConfig::new(32, Metric::Cos, scalar, "none")
+        };
+        let (_tmp, _dir, store) = temp_store(&cfg);
+        let docs = documents(1000, 32, 8);
+        store.upsert(docs.clone()).expect("upsert");
+        store.wait_for_index();
+        assert_eq!(store.info().index, IndexKind::Hnsw);
+        let mut found = 0;
+        for doc in docs.iter().step_by(50) {
+            let hits = store.search(&query(doc.vector.clone(), 1)).expect("search");
+            found += usize::from(hits[0].id == *doc.id.as_ref().expect("id"));
+        }
+        assert!(found >= 18, "{scalar:?}: {found}/20 documents found themselves");
+    }
+}
+
+#[test]
+fn documents_rewritten_many_times_stay_findable_in_the_graph() {
+    // Regression: usearch's remove+add of a key can leave the new node unreachable; tvs never
+    // removes nodes and rebuilds the graph once dead nodes pile up.
+    let mut cfg = config(16, Metric::L2);
+    cfg.hnsw_threshold = 300;
+    let (_tmp, dir, mut store) = temp_store(&cfg);
+    let vector_of = |seed: u64| EmbeddingLike::with_shape(16, 6, 16, 0.05, seed).next_vector();
+    let mut live: BTreeMap<String, u64> = BTreeMap::new();
+    let mut rng = Rng::new(1);
+    for round in 0u64..24 {
+        for n in 0..150 {
+            let id = format!("d{}", rng.below(800));
+            let seed = round * 1000 + n;
+            if rng.below(10) == 0 {
+                store.delete(std::slice::from_ref(&id)).expect("delete");
+                live.remove(&id);
+            } else {
+                store
+                    .upsert(vec![NewDocument {
+                        id: Some(id.clone()),
+                        vector: vector_of(seed),
+                        ..Default::default()
+                    }])
+                    .expect("upsert");
+                live.insert(id, seed);
+            }
+        }
+        store.wait_for_index();
+        if round % 8 == 7 {
+            drop(store);
+            store = TenantStore::open(&dir).expect("reopen");
+            store.wait_for_index();
+        }
+        let missing: Vec<&String> = live
+            .iter()
+            .filter(|(id, seed)| !ids(&store.search(&query(vector_of(**seed), 10)).expect("search")).contains(id))
+            .map(|(id, _)| id)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: {missing:?} not found ({:?})",
+            store.info()
+        );
+    }
+    assert_eq!(store.info().index, IndexKind::Hnsw);
+}

@@ -1,0 +1,82 @@
+//! Shared helpers: temp stores, deterministic documents, the `tvs` binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use tvs::config::{Metric, ScalarKind, StoreConfig};
+use tvs::store::{NewDocument, TenantStore};
+use tvs::synth::EmbeddingLike;
+use tvs::tenant::StoreDir;
+
+pub fn config(dims: usize, metric: Metric) -> StoreConfig {
+    StoreConfig::new(dims, metric, ScalarKind::F32, "none")
+}
+
+/// A fresh store in a temp dir; keep the `TempDir` alive as long as the store.
+pub fn temp_store(config: &StoreConfig) -> (tempfile::TempDir, StoreDir, Arc<TenantStore>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = StoreDir::new(dir.path().join("store"));
+    let store = TenantStore::create(&store_dir, config).expect("create store");
+    (dir, store_dir, store)
+}
+
+pub fn obj(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        other => panic!("expected an object, got {other}"),
+    }
+}
+
+/// `n` documents `doc-{i}` with embedding-like vectors and a little metadata.
+pub fn documents(n: usize, dims: usize, seed: u64) -> Vec<NewDocument> {
+    let mut generator = EmbeddingLike::new(dims, seed);
+    (0..n)
+        .map(|i| NewDocument {
+            id: Some(format!("doc-{i}")),
+            text: format!("text of document {i}"),
+            metadata: obj(json!({"i": i, "parity": if i % 2 == 0 { "even" } else { "odd" }, "bucket": i % 10})),
+            vector: generator.next_vector(),
+        })
+        .collect()
+}
+
+/// Runs the `tvs` binary with `args` in `cwd`, with a clean tvs environment plus `env`.
+pub fn tvs(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tvs"));
+    cmd.current_dir(cwd).args(args);
+    for var in [
+        "TVS_DATA_DIR",
+        "VECTOR_STORE_FOLDER",
+        "VECTOR_STORE_POOL_SIZE",
+        "VECTOR_STORE_TTL_SECONDS",
+        "DEFAULT_TOP_K",
+        "EMBEDDING_MODEL",
+        "TVS_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run tvs")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exact top-k ids by brute force, the reference every index is checked against.
+pub fn brute_force(docs: &[(String, Vec<f32>)], query: &[f32], metric: Metric, k: usize) -> Vec<String> {
+    let mut scored: Vec<(f32, &String)> = docs
+        .iter()
+        .map(|(id, v)| (tvs::vectors::distance(metric, query, v), id))
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+    scored.into_iter().take(k).map(|(_, id)| id.clone()).collect()
+}
