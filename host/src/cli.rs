@@ -178,7 +178,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Ingest(args) => ingest(&settings, args),
         Command::Search(args) => search(&settings, args),
         Command::Stats(target) => {
-            let store = open_target(&settings, &target, None)?;
+            let store = open_target(&settings, &target)?;
             print_json(&store.info())?;
             Ok(Outcome::Done)
         }
@@ -221,26 +221,25 @@ fn tenant_command(settings: &Settings, cmd: TenantCommand) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// Opens the store a command targets. Without `--tenant` this is the single-tenant store at
-/// `VECTOR_STORE_FOLDER`, created with `create_with` if given and missing.
-fn open_target(settings: &Settings, target: &TargetArgs, create_with: Option<StoreConfig>) -> Result<Arc<TenantStore>> {
-    let (dir, what) = match &target.tenant {
+/// The directory a command targets and how to name it in messages. Without `--tenant` this is
+/// the single-tenant store at `VECTOR_STORE_FOLDER`.
+fn target_dir(settings: &Settings, target: &TargetArgs) -> Result<(StoreDir, String)> {
+    Ok(match &target.tenant {
         Some(tenant) => {
             let id = TenantId::new(tenant)?;
             (data_dir(settings)?.store_dir(&id), format!("tenant {id}"))
         }
         None => {
-            let dir = StoreDir::new(&settings.vector_store_folder);
-            if !dir.exists()
-                && let Some(config) = create_with
-            {
-                return TenantStore::create(&dir, &config)
-                    .with_context(|| format!("creating the single-tenant store at {}", dir.root().display()));
-            }
+            let dir = settings.default_store_dir();
             let what = format!("the single-tenant store at {}", dir.root().display());
             (dir, what)
         }
-    };
+    })
+}
+
+/// Opens the store a command targets.
+fn open_target(settings: &Settings, target: &TargetArgs) -> Result<Arc<TenantStore>> {
+    let (dir, what) = target_dir(settings, target)?;
     TenantStore::open(&dir).map_err(|e| match e {
         OpenError::NotFound(_) if target.tenant.is_some() => {
             anyhow!("{what} does not exist; create it with `tvs tenant create`")
@@ -277,12 +276,15 @@ fn ingest(settings: &Settings, args: IngestArgs) -> Result<Outcome> {
         }
     }
     // Pass 1 validates everything, so a bad line stops the ingest before anything is written.
-    let mut dims: Option<usize> = None;
+    // A tenant must exist; the single-tenant store is created after validation if missing.
+    let (dir, _) = target_dir(settings, &args.target)?;
+    let existing = if dir.exists() || args.target.tenant.is_some() {
+        Some(open_target(settings, &args.target)?)
+    } else {
+        None
+    };
+    let mut dims = existing.as_ref().map(|store| store.config().dims);
     let mut total = 0u64;
-    let existing = open_target(settings, &args.target, None).ok();
-    if let Some(store) = &existing {
-        dims = Some(store.config().dims);
-    }
     for path in &args.files {
         read_jsonl(path, |_, doc| {
             let want = *dims.get_or_insert(doc.vector.len());
@@ -304,16 +306,11 @@ fn ingest(settings: &Settings, args: IngestArgs) -> Result<Outcome> {
     };
     let store = match existing {
         Some(store) => store,
-        None => open_target(
-            settings,
-            &args.target,
-            Some(StoreConfig::new(
-                dims,
-                args.metric,
-                ScalarKind::F32,
-                &settings.embedding_model,
-            )),
-        )?,
+        None => {
+            let config = StoreConfig::new(dims, args.metric, ScalarKind::F32, &settings.embedding_model);
+            TenantStore::create(&dir, &config)
+                .with_context(|| format!("creating the single-tenant store at {}", dir.root().display()))?
+        }
     };
 
     let progress = ProgressBar::new(total).with_style(
@@ -360,7 +357,7 @@ fn search(settings: &Settings, args: SearchArgs) -> Result<Outcome> {
             Ok(Filter::parse(&value)?)
         })
         .transpose()?;
-    let store = open_target(settings, &args.target, None)?;
+    let store = open_target(settings, &args.target)?;
     let query = SearchQuery {
         vector,
         k: args.k.unwrap_or(settings.default_top_k),

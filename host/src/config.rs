@@ -155,6 +155,12 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The single-tenant store used when no tenant is given (`VECTOR_STORE_FOLDER`), as the
+    /// factory of the design tvs replaces did.
+    pub fn default_store_dir(&self) -> crate::tenant::StoreDir {
+        crate::tenant::StoreDir::new(&self.vector_store_folder)
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, SettingsError> {
         Self::from_lookup(|name| std::env::var(name).ok())

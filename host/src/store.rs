@@ -292,6 +292,9 @@ impl TenantStore {
                 "a store already exists here",
             )));
         }
+        if let Some(parent) = dir.root().parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_err)?;
+        }
         dir.initialise(config).map_err(io_err)?;
         drop(DocLog::create(&dir.docs_log(), 1)?);
         fsutil::sync_dir(dir.root()).map_err(io_err)?;
@@ -527,10 +530,11 @@ impl TenantStore {
             return Ok(0);
         }
         let mut buf = Vec::new();
-        doclog::encode_line(&mut buf, &Record::Delete { ids });
+        let record = Record::Delete { ids };
+        doclog::encode_line(&mut buf, &record);
         let (_, end) = state.log.append(&buf)?;
-        let Record::Delete { ids } = serde_json::from_slice(&buf).expect("just encoded") else {
-            unreachable!()
+        let Record::Delete { ids } = record else {
+            unreachable!("built above")
         };
         let mut removed = 0;
         for id in &ids {

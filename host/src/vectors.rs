@@ -69,6 +69,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
+fn inverse_norm(v: &[f32]) -> f32 {
+    let norm = dot(v, v).sqrt();
+    if norm == 0.0 { 0.0 } else { 1.0 / norm }
+}
+
 fn dot3(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
     let (mut ab, mut aa, mut bb) = ([0f32; 8], [0f32; 8], [0f32; 8]);
     let (ca, ra) = a.as_chunks::<8>();
@@ -360,6 +365,8 @@ pub struct Vectors {
     dims: usize,
     metric: Metric,
     slab: Option<Vec<f32>>,
+    /// Per-slot `1/|v|` for cosine stores in exact mode, so a scan costs one dot product a row.
+    inverse_norms: Vec<f32>,
     graph: Option<Graph>,
     permits: Permits,
     dirty: Option<HashSet<u64>>,
@@ -390,6 +397,7 @@ impl Vectors {
             dims,
             metric,
             slab: Some(Vec::new()),
+            inverse_norms: Vec::new(),
             graph: None,
             permits: Permits::new(graph_threads()),
             dirty: None,
@@ -402,6 +410,7 @@ impl Vectors {
             dims,
             metric,
             slab: None,
+            inverse_norms: Vec::new(),
             graph: Some(graph),
             permits: Permits::new(graph_threads()),
             dirty: None,
@@ -427,6 +436,9 @@ impl Vectors {
 
     /// Replaces the slab wholesale (snapshot load).
     pub fn set_slab(&mut self, slab: Vec<f32>) {
+        if self.metric == Metric::Cos {
+            self.inverse_norms = slab.chunks_exact(self.dims.max(1)).map(inverse_norm).collect();
+        }
         self.slab = Some(slab);
     }
 
@@ -442,6 +454,12 @@ impl Vectors {
                 slab.resize(start + self.dims, 0.0);
             }
             slab[start..start + self.dims].copy_from_slice(vector);
+            if self.metric == Metric::Cos {
+                if self.inverse_norms.len() <= slot as usize {
+                    self.inverse_norms.resize(slot as usize + 1, 0.0);
+                }
+                self.inverse_norms[slot as usize] = inverse_norm(vector);
+            }
         }
         if let Some(graph) = &mut self.graph {
             let _permit = self.permits.acquire();
@@ -493,12 +511,18 @@ impl Vectors {
     ) -> Vec<Neighbor> {
         let mut top = TopK::new(k);
         if let Some(slab) = &self.slab {
+            let query_inverse_norm = inverse_norm(query);
             for slot in slots {
                 let start = slot as usize * self.dims;
                 if start + self.dims > slab.len() || !accept(slot) {
                     continue;
                 }
-                top.offer(slot, distance(self.metric, query, &slab[start..start + self.dims]));
+                let row = &slab[start..start + self.dims];
+                let d = match self.metric {
+                    Metric::Cos => 1.0 - dot(query, row) * query_inverse_norm * self.inverse_norms[slot as usize],
+                    metric => distance(metric, query, row),
+                };
+                top.offer(slot, d);
             }
         } else {
             let mut buf = vec![0f32; self.dims];
@@ -563,12 +587,13 @@ impl Vectors {
         }
         self.graph = Some(graph);
         self.slab = None;
+        self.inverse_norms = Vec::new();
         Ok(())
     }
 
     /// Bytes of memory held, estimated.
     pub fn memory_bytes(&self) -> usize {
-        let slab = self.slab.as_ref().map_or(0, |s| s.capacity() * 4);
+        let slab = self.slab.as_ref().map_or(0, |s| s.capacity() * 4) + self.inverse_norms.capacity() * 4;
         let graph = self.graph.as_ref().map_or(0, |g| {
             g.index.memory_usage() + (g.node_of_slot.capacity() + g.slot_of_node.capacity()) * 8
         });

@@ -193,3 +193,15 @@ fn a_bad_environment_value_exits_2_naming_the_variable() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("VECTOR_STORE_POOL_SIZE"), "{}", stderr(&out));
 }
+
+#[test]
+fn ingesting_into_a_missing_tenant_says_how_to_create_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tvs(tmp.path(), &["ingest", "--tenant", "ghost", &corpus()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("tvs tenant create"), "{}", stderr(&out));
+    assert!(
+        !tmp.path().join("user_data/ghost").exists(),
+        "nothing was created for it"
+    );
+}
