@@ -438,24 +438,29 @@ impl DocLog {
     /// Reads the record line starting at `offset` (used by compaction to copy live records
     /// verbatim, keeping full-precision vectors).
     pub fn read_line_at(&self, offset: u64, buf: &mut Vec<u8>) -> io::Result<()> {
-        buf.clear();
-        let mut chunk = [0u8; 64 * 1024];
-        let mut pos = offset;
-        loop {
-            let n = self.file.read_at(&mut chunk, pos)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "record runs past the end of the log",
-                ));
-            }
-            if let Some(i) = chunk[..n].iter().position(|b| *b == b'\n') {
-                buf.extend_from_slice(&chunk[..=i]);
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            pos += n as u64;
+        read_line_at(&self.file, offset, buf)
+    }
+}
+
+/// Reads the line starting at `offset` of `file` into `buf` (newline included).
+pub fn read_line_at(file: &File, offset: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    let mut chunk = [0u8; 64 * 1024];
+    let mut pos = offset;
+    loop {
+        let n = file.read_at(&mut chunk, pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "record runs past the end of the log",
+            ));
         }
+        if let Some(i) = chunk[..n].iter().position(|b| *b == b'\n') {
+            buf.extend_from_slice(&chunk[..=i]);
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        pos += n as u64;
     }
 }
 

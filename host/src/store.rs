@@ -133,6 +133,9 @@ pub struct StoreInfo {
     pub raw_vector_bytes: u64,
     pub log_bytes: u64,
     pub dead_records: u64,
+    /// Vectors written since the graph was built that the background indexer has not added yet
+    /// (searched exactly meanwhile).
+    pub pending_vectors: u64,
 }
 
 /// Why a store could not be opened.
@@ -270,6 +273,7 @@ pub struct TenantStore {
     state: RwLock<State>,
     lock: Mutex<Option<Arc<StoreLock>>>,
     builder: Mutex<Option<JoinHandle<()>>>,
+    indexer: Mutex<Option<JoinHandle<()>>>,
     /// Serialises snapshot writers (flush, compaction): each removes the files of older
     /// snapshots, which must not be another writer's files in progress.
     snapshot_lock: Mutex<()>,
@@ -366,22 +370,27 @@ impl TenantStore {
         if report.records > 0 || report.torn_bytes > 0 {
             tracing::debug!(store = %dir.root().display(), records = report.records, torn = report.torn_bytes, "replayed log tail");
         }
-        let state = loader.finish(Arc::new(log), snapshot_at);
+        let mut state = loader.finish(Arc::new(log), snapshot_at);
         let needs_graph = state
             .docs
             .vectors
             .wants_build(state.docs.by_id.len(), config.hnsw_threshold);
+        let needs_indexer = state.docs.vectors.claim_indexer();
         let store = Arc::new_cyclic(|this| TenantStore {
             dir: dir.clone(),
             config,
             state: RwLock::new(state),
             lock: Mutex::new(Some(lock)),
             builder: Mutex::new(None),
+            indexer: Mutex::new(None),
             snapshot_lock: Mutex::new(()),
             this: this.clone(),
         });
         if needs_graph {
             store.start_graph_build();
+        }
+        if needs_indexer {
+            store.start_indexer();
         }
         Ok(store)
     }
@@ -487,9 +496,13 @@ impl TenantStore {
         }
         let log = state.log.clone();
         let start_build = self.should_build(&state);
+        let start_indexer = state.docs.vectors.claim_indexer();
         drop(state);
         if start_build {
             self.start_graph_build();
+        }
+        if start_indexer {
+            self.start_indexer();
         }
         log.sync_to(end)?;
         self.maybe_compact()?;
@@ -695,6 +708,7 @@ impl TenantStore {
             raw_vector_bytes: count * self.config.dims as u64 * 4,
             log_bytes: state.log.end(),
             dead_records: state.docs.dead_records,
+            pending_vectors: state.docs.vectors.pending_len() as u64,
         }
     }
 
@@ -876,22 +890,24 @@ impl TenantStore {
             drop(rows);
             let Some(store) = weak.upgrade() else { return };
             let mut state = store.write();
-            let result = built.and_then(|graph| {
-                let docs = &mut state.docs;
-                let entries = &docs.entries;
-                docs.vectors.install_graph(graph, |slot| entries.get(slot as usize).is_some_and(Option::is_some))
-            });
-            match result {
-                Ok(()) => {
-                    tracing::info!(store = %store.dir.root().display(), docs = state.docs.by_id.len(), "HNSW graph built");
+            match built {
+                Ok(graph) => {
+                    let docs = &mut state.docs;
+                    let entries = &docs.entries;
+                    docs.vectors.install_graph(graph, |slot| entries.get(slot as usize).is_some_and(Option::is_some));
+                    let start_indexer = docs.vectors.claim_indexer();
+                    tracing::info!(store = %store.dir.root().display(), docs = docs.by_id.len(), "HNSW graph built");
                     drop(state);
+                    if start_indexer {
+                        store.start_indexer();
+                    }
                     if let Err(e) = store.flush() {
                         tracing::warn!(error = %e, "snapshot after graph build failed");
                     }
                 }
                 Err(e) => {
                     state.docs.vectors.abort_build();
-                    tracing::error!(store = %store.dir.root().display(), error = %e, "HNSW build failed; staying on exact scan");
+                    tracing::error!(store = %store.dir.root().display(), error = %e, "HNSW build failed; keeping the current index");
                 }
             }
         });
@@ -907,11 +923,68 @@ impl TenantStore {
         }
     }
 
-    /// Waits for a background graph build, if one runs.
+    /// Adds pending vectors to the graph on a background thread, a batch at a time; each batch
+    /// is added without the store's lock and published under it. Called after claiming the
+    /// indexer role ([`Vectors::claim_indexer`]).
+    fn start_indexer(&self) {
+        const BATCH: usize = 256;
+        let weak = self.this.clone();
+        let spawned = std::thread::Builder::new().name("tvs-hnsw-index".into()).spawn(move || {
+            loop {
+                let Some(store) = weak.upgrade() else { return };
+                let batch = match store.write().docs.vectors.begin_indexing(BATCH) {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => return,
+                    Err(e) => {
+                        store.write().docs.vectors.stop_indexing();
+                        tracing::error!(store = %store.dir.root().display(), error = %e, "graph indexing failed; vectors stay in the exact-scan buffer");
+                        return;
+                    }
+                };
+                // Snapshots serialise the graph; they must not run while nodes are added.
+                let added = {
+                    let _snapshot = store.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
+                    batch.add_all()
+                };
+                let mut state = store.write();
+                if let Err(e) = added {
+                    state.docs.vectors.stop_indexing();
+                    tracing::error!(store = %store.dir.root().display(), error = %e, "graph indexing failed; vectors stay in the exact-scan buffer");
+                    return;
+                }
+                state.docs.vectors.finish_indexing(batch);
+            }
+        });
+        match spawned {
+            Ok(handle) => {
+                self.indexer.lock().unwrap_or_else(|p| p.into_inner()).replace(handle);
+            }
+            Err(e) => {
+                self.write().docs.vectors.stop_indexing();
+                tracing::error!(error = %e, "cannot spawn the graph indexer thread");
+            }
+        }
+    }
+
+    /// Waits until no graph build or indexing runs (tests, benchmarks, shutdown).
     pub fn wait_for_index(&self) {
-        let handle = self.builder.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            let _ = handle.join();
+        loop {
+            let builder = self.builder.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(handle) = builder {
+                let _ = handle.join();
+            }
+            let indexer = self.indexer.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(handle) = indexer {
+                let _ = handle.join();
+            }
+            let busy = {
+                let state = self.read();
+                state.docs.vectors.is_building() || state.docs.vectors.is_indexing()
+            };
+            if !busy {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
@@ -961,7 +1034,7 @@ fn apply_upsert(
             slot
         }
     };
-    state.vectors.set(slot, vector)?;
+    state.vectors.set(slot, vector);
     let id: Arc<str> = Arc::from(id);
     if let Some(old) = state.entries[slot as usize].replace(Entry {
         id: id.clone(),
@@ -1030,10 +1103,31 @@ impl Loader {
                 index
                     .reserve_capacity_and_threads(index.capacity().max(index.size()), vectors::graph_threads())
                     .map_err(|e| io::Error::other(e.to_string()))?;
-                let nodes = snap_docs.iter().map(|d| (d.slot, d.node));
+                let nodes = snap_docs
+                    .iter()
+                    .filter(|d| d.node != vectors::NONE)
+                    .map(|d| (d.slot, d.node));
                 let graph = Graph::restore(index, nodes, manifest.next_node)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                Vectors::with_graph(dims, self.config.metric, graph)
+                let mut vectors = Vectors::with_graph(dims, self.config.metric, graph);
+                // Vectors the indexer had not added yet are read back from their log records.
+                let log = fsutil::open_read(&dir.docs_log())?;
+                let mut line = Vec::new();
+                for doc in snap_docs.iter().filter(|d| d.node == vectors::NONE) {
+                    doclog::read_line_at(&log, doc.offset, &mut line)?;
+                    match serde_json::from_slice(&line) {
+                        Ok(Record::Upsert { id, vector, .. }) if id == doc.id && vector.len() == dims => {
+                            vectors.restore_pending(doc.slot, &vector);
+                        }
+                        _ => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("log record at {} is not the upsert of {:?}", doc.offset, doc.id),
+                            ));
+                        }
+                    }
+                }
+                vectors
             }
             other => {
                 return Err(io::Error::new(

@@ -7,17 +7,19 @@
 //!
 //! Invariants:
 //! - In exact mode `slab` holds every live vector; `graph` is `None`.
-//! - In HNSW mode `slab` is dropped (memory stays near 1× the raw vectors) and `graph` holds
-//!   every live vector; vectors are read back from the graph for MMR.
+//! - In HNSW mode `slab` is dropped (memory stays near 1× the raw vectors); every live vector
+//!   is either published in `graph` or waits in `pending` (searched exactly) until the store's
+//!   indexer thread adds it, so writers never wait for graph insertions. A slot is never in both.
 //! - While a background (re)build runs, the current structure stays authoritative and `dirty`
 //!   collects the slots changed since the build's copy was taken; [`Vectors::install_graph`]
-//!   replays them into the new graph before it replaces the old one.
+//!   moves them to `pending` when the new graph replaces the old one.
+//! - Graph capacity grows only under the store's write lock, so it never races a search.
 //! - usearch refuses work when all its per-thread contexts are taken, so every call into the
 //!   graph holds a permit of [`Permits`], sized to the contexts reserved.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashSet};
-use std::sync::{Condvar, Mutex};
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex};
 
 use usearch::{Index, IndexOptions, MetricKind};
 
@@ -215,8 +217,8 @@ pub fn ensure_capacity(index: &Index, extra: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Marks a slot without a node, or a dead node.
-const NONE: u64 = u64::MAX;
+/// Marks a slot without a node, or a dead or unpublished node.
+pub const NONE: u64 = u64::MAX;
 
 /// An HNSW graph whose nodes are never removed from usearch, filled by one thread at a time.
 ///
@@ -225,9 +227,10 @@ const NONE: u64 = u64::MAX;
 /// remove+add cycles on 1,200 vectors, several exact self-queries missed their own vector while
 /// `exact_search` found it). So a changed or deleted document only *kills* its node here: the node
 /// stays in the graph as a routing point, searches skip it through the filter, and the store
-/// rebuilds the graph in the background once dead nodes pile up.
+/// rebuilds the graph in the background once dead nodes pile up. Concurrent `add`s showed the
+/// same symptom, so only one thread ever adds to a graph.
 pub struct Graph {
-    index: Index,
+    index: Arc<Index>,
     node_of_slot: Vec<u64>,
     slot_of_node: Vec<u64>,
     dead: usize,
@@ -247,8 +250,6 @@ impl Graph {
     pub fn build(config: &StoreConfig, rows: &[(u64, Vec<f32>)]) -> Result<Graph, String> {
         let index = new_graph(config)?;
         ensure_capacity(&index, rows.len() + rows.len() / 4)?;
-        // One thread on purpose: with usearch 2.26.6, concurrent `add`s leave some nodes
-        // unreachable (seen here: 7 of 12,000 self-queries missed with two threads, 0 with one).
         for (slot, vector) in rows {
             index.add(*slot, vector).map_err(|e| e.to_string())?;
         }
@@ -259,17 +260,17 @@ impl Graph {
         }
         let slot_of_node = node_of_slot.clone();
         Ok(Graph {
-            index,
+            index: Arc::new(index),
             node_of_slot,
             slot_of_node,
             dead: 0,
         })
     }
 
-    /// A graph loaded from a snapshot; `nodes` lists (slot, node) of live documents.
+    /// A graph loaded from a snapshot; `nodes` lists (slot, node) of the documents in it.
     pub fn restore(index: Index, nodes: impl Iterator<Item = (u64, u64)>, next_node: u64) -> Result<Graph, String> {
         let mut graph = Graph {
-            index,
+            index: Arc::new(index),
             node_of_slot: Vec::new(),
             slot_of_node: vec![NONE; next_node as usize],
             dead: 0,
@@ -294,7 +295,7 @@ impl Graph {
         self.node_of_slot.get(slot as usize).copied().filter(|n| *n != NONE)
     }
 
-    /// Node key of a slot's live vector, `u64::MAX` when it has none.
+    /// Node key of a slot's published vector, [`NONE`] when it has none.
     pub fn node_of(&self, slot: u64) -> u64 {
         self.node(slot).unwrap_or(NONE)
     }
@@ -316,17 +317,13 @@ impl Graph {
         }
     }
 
-    fn set(&mut self, slot: u64, vector: &[f32]) -> Result<(), String> {
+    fn publish(&mut self, slot: u64, node: u64) {
         self.kill(slot);
-        let node = self.next_node();
-        ensure_capacity(&self.index, 1)?;
-        self.index.add(node, vector).map_err(|e| e.to_string())?;
-        self.slot_of_node.push(slot);
+        self.slot_of_node[node as usize] = slot;
         if self.node_of_slot.len() <= slot as usize {
             self.node_of_slot.resize(slot as usize + 1, NONE);
         }
         self.node_of_slot[slot as usize] = node;
-        Ok(())
     }
 
     fn get(&self, slot: u64, out: &mut [f32]) -> bool {
@@ -360,6 +357,112 @@ impl Graph {
     }
 }
 
+/// Vectors written since the graph was built, waiting for the indexer; searched exactly.
+#[derive(Debug, Default)]
+struct Pending {
+    dims: usize,
+    rows: Vec<f32>,
+    slots: Vec<u64>,
+    versions: Vec<u64>,
+    position: HashMap<u64, usize>,
+    next_version: u64,
+}
+
+impl Pending {
+    fn new(dims: usize) -> Self {
+        Pending {
+            dims,
+            ..Default::default()
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn put(&mut self, slot: u64, vector: &[f32]) {
+        self.next_version += 1;
+        match self.position.get(&slot) {
+            Some(&i) => {
+                self.rows[i * self.dims..(i + 1) * self.dims].copy_from_slice(vector);
+                self.versions[i] = self.next_version;
+            }
+            None => {
+                self.position.insert(slot, self.slots.len());
+                self.slots.push(slot);
+                self.versions.push(self.next_version);
+                self.rows.extend_from_slice(vector);
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: u64) {
+        let Some(i) = self.position.remove(&slot) else { return };
+        let last = self.slots.len() - 1;
+        if i != last {
+            let moved = self.slots[last];
+            self.slots[i] = moved;
+            self.versions[i] = self.versions[last];
+            self.rows
+                .copy_within(last * self.dims..(last + 1) * self.dims, i * self.dims);
+            self.position.insert(moved, i);
+        }
+        self.slots.pop();
+        self.versions.pop();
+        self.rows.truncate(last * self.dims);
+    }
+
+    fn row(&self, slot: u64) -> Option<&[f32]> {
+        self.position
+            .get(&slot)
+            .map(|&i| &self.rows[i * self.dims..(i + 1) * self.dims])
+    }
+
+    fn version(&self, slot: u64) -> Option<u64> {
+        self.position.get(&slot).map(|&i| self.versions[i])
+    }
+}
+
+/// A batch handed to the indexer: rows to add to `index` under the node keys reserved for them.
+pub struct IndexBatch {
+    index: Arc<Index>,
+    permits: Arc<Permits>,
+    epoch: u64,
+    first_node: u64,
+    rows: Vec<(u64, u64, Vec<f32>)>,
+}
+
+impl std::fmt::Debug for IndexBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexBatch")
+            .field("first_node", &self.first_node)
+            .field("rows", &self.rows.len())
+            .finish()
+    }
+}
+
+impl IndexBatch {
+    /// Adds the batch's rows to the graph. Runs without the store's lock: searches skip the new
+    /// nodes until [`Vectors::finish_indexing`] publishes them.
+    pub fn add_all(&self) -> Result<(), String> {
+        let _permit = self.permits.acquire();
+        for (i, (_, _, row)) in self.rows.iter().enumerate() {
+            self.index
+                .add(self.first_node + i as u64, row)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
 /// The vectors of one store.
 pub struct Vectors {
     dims: usize,
@@ -368,7 +471,12 @@ pub struct Vectors {
     /// Per-slot `1/|v|` for cosine stores in exact mode, so a scan costs one dot product a row.
     inverse_norms: Vec<f32>,
     graph: Option<Graph>,
-    permits: Permits,
+    pending: Pending,
+    /// Bumped whenever `graph` is replaced, so an indexer batch for an old graph is discarded.
+    graph_epoch: u64,
+    /// Whether an indexer thread is draining `pending`.
+    indexing: bool,
+    permits: Arc<Permits>,
     dirty: Option<HashSet<u64>>,
 }
 
@@ -379,6 +487,7 @@ impl std::fmt::Debug for Vectors {
             .field("metric", &self.metric)
             .field("slab_rows", &self.slab.as_ref().map(|s| s.len() / self.dims.max(1)))
             .field("graph", &self.graph)
+            .field("pending", &self.pending.len())
             .field("building", &self.dirty.is_some())
             .finish()
     }
@@ -399,7 +508,10 @@ impl Vectors {
             slab: Some(Vec::new()),
             inverse_norms: Vec::new(),
             graph: None,
-            permits: Permits::new(graph_threads()),
+            pending: Pending::new(dims),
+            graph_epoch: 0,
+            indexing: false,
+            permits: Arc::new(Permits::new(graph_threads())),
             dirty: None,
         }
     }
@@ -407,13 +519,9 @@ impl Vectors {
     /// An HNSW-mode store over an existing graph.
     pub fn with_graph(dims: usize, metric: Metric, graph: Graph) -> Self {
         Self {
-            dims,
-            metric,
             slab: None,
-            inverse_norms: Vec::new(),
             graph: Some(graph),
-            permits: Permits::new(graph_threads()),
-            dirty: None,
+            ..Self::exact(dims, metric)
         }
     }
 
@@ -429,6 +537,11 @@ impl Vectors {
         self.graph.as_ref()
     }
 
+    /// Vectors not yet in the graph.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The raw slab (exact mode), row `slot` at `[slot*dims .. (slot+1)*dims]`.
     pub fn slab(&self) -> Option<&[f32]> {
         self.slab.as_deref()
@@ -442,8 +555,9 @@ impl Vectors {
         self.slab = Some(slab);
     }
 
-    /// Stores `vector` under `slot`, replacing any earlier vector there.
-    pub fn set(&mut self, slot: u64, vector: &[f32]) -> Result<(), String> {
+    /// Stores `vector` under `slot`, replacing any earlier vector there. In HNSW mode the vector
+    /// waits in the pending buffer until the indexer adds it to the graph.
+    pub fn set(&mut self, slot: u64, vector: &[f32]) {
         debug_assert_eq!(vector.len(), self.dims);
         if let Some(dirty) = &mut self.dirty {
             dirty.insert(slot);
@@ -462,10 +576,9 @@ impl Vectors {
             }
         }
         if let Some(graph) = &mut self.graph {
-            let _permit = self.permits.acquire();
-            graph.set(slot, vector)?;
+            graph.kill(slot);
+            self.pending.put(slot, vector);
         }
-        Ok(())
     }
 
     /// Forgets the vector of `slot`.
@@ -481,6 +594,7 @@ impl Vectors {
         }
         if let Some(graph) = &mut self.graph {
             graph.kill(slot);
+            self.pending.remove(slot);
         }
     }
 
@@ -493,6 +607,10 @@ impl Vectors {
                 return true;
             }
             return false;
+        }
+        if let Some(row) = self.pending.row(slot) {
+            out.copy_from_slice(row);
+            return true;
         }
         if let Some(graph) = &self.graph {
             let _permit = self.permits.acquire();
@@ -535,8 +653,8 @@ impl Vectors {
         top.into_sorted()
     }
 
-    /// Approximate k-NN through the graph, keeping only slots for which `accept` holds.
-    /// Returns `None` in exact mode.
+    /// Approximate k-NN: the graph plus an exact scan of the pending vectors, keeping only slots
+    /// for which `accept` holds. Returns `None` in exact mode.
     pub fn graph_search(
         &self,
         query: &[f32],
@@ -544,8 +662,23 @@ impl Vectors {
         accept: impl Fn(u64) -> bool,
     ) -> Option<Result<Vec<Neighbor>, String>> {
         let graph = self.graph.as_ref()?;
-        let _permit = self.permits.acquire();
-        Some(graph.search(query, k, accept))
+        let from_graph = {
+            let _permit = self.permits.acquire();
+            graph.search(query, k, &accept)
+        };
+        Some(from_graph.map(|found| {
+            let mut top = TopK::new(k);
+            for n in found {
+                top.offer(n.slot, n.distance);
+            }
+            for (i, slot) in self.pending.slots.iter().enumerate() {
+                if accept(*slot) {
+                    let row = &self.pending.rows[i * self.dims..(i + 1) * self.dims];
+                    top.offer(*slot, distance(self.metric, query, row));
+                }
+            }
+            top.into_sorted()
+        }))
     }
 
     /// Whether a background (re)build should start.
@@ -573,31 +706,111 @@ impl Vectors {
         self.dirty = None;
     }
 
-    /// Swaps in a graph built from the copy `begin_build` returned, first replaying slots changed
-    /// since. `is_live` says whether a slot currently holds a document.
-    pub fn install_graph(&mut self, mut graph: Graph, is_live: impl Fn(u64) -> bool) -> Result<(), String> {
+    /// Swaps in a graph built from the copy `begin_build` returned. Slots changed since then go
+    /// to the pending buffer (the indexer adds them); other pending rows are in the new graph.
+    pub fn install_graph(&mut self, mut graph: Graph, is_live: impl Fn(u64) -> bool) {
         let dirty = self.dirty.take().unwrap_or_default();
         let mut row = vec![0f32; self.dims];
+        let mut pending = Pending::new(self.dims);
         for slot in dirty {
+            graph.kill(slot);
             if is_live(slot) && self.get(slot, &mut row) {
-                graph.set(slot, &row)?;
-            } else {
-                graph.kill(slot);
+                pending.put(slot, &row);
             }
         }
+        self.pending = pending;
         self.graph = Some(graph);
+        self.graph_epoch += 1;
         self.slab = None;
         self.inverse_norms = Vec::new();
-        Ok(())
+    }
+
+    /// Puts a vector straight into the pending buffer (snapshot load of vectors not yet in the
+    /// graph).
+    pub fn restore_pending(&mut self, slot: u64, vector: &[f32]) {
+        self.pending.put(slot, vector);
+    }
+
+    /// Claims the indexer role if there is pending work and no indexer runs.
+    pub fn claim_indexer(&mut self) -> bool {
+        if self.graph.is_some() && self.pending.len() > 0 && !self.indexing {
+            self.indexing = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes up to `max` pending rows for the indexer and reserves graph capacity and node keys
+    /// for them. Returns `None` (and gives up the indexer role) when there is nothing to do.
+    pub fn begin_indexing(&mut self, max: usize) -> Result<Option<IndexBatch>, String> {
+        let Some(graph) = &mut self.graph else {
+            self.indexing = false;
+            return Ok(None);
+        };
+        if self.pending.len() == 0 {
+            self.indexing = false;
+            return Ok(None);
+        }
+        let n = self.pending.len().min(max);
+        let rows: Vec<(u64, u64, Vec<f32>)> = (0..n)
+            .map(|i| {
+                let slot = self.pending.slots[i];
+                (
+                    slot,
+                    self.pending.versions[i],
+                    self.pending.rows[i * self.dims..(i + 1) * self.dims].to_vec(),
+                )
+            })
+            .collect();
+        // Capacity grows only here, under the store's write lock, so it never races a search.
+        ensure_capacity(&graph.index, n)?;
+        let first_node = graph.next_node();
+        graph.slot_of_node.resize(graph.slot_of_node.len() + n, NONE);
+        Ok(Some(IndexBatch {
+            index: graph.index.clone(),
+            permits: self.permits.clone(),
+            epoch: self.graph_epoch,
+            first_node,
+            rows,
+        }))
+    }
+
+    /// Publishes the nodes of an added batch: each row still pending with the same version
+    /// leaves the buffer and is found through the graph from now on; the rest are dead nodes.
+    pub fn finish_indexing(&mut self, batch: IndexBatch) {
+        let Some(graph) = &mut self.graph else { return };
+        if batch.epoch != self.graph_epoch {
+            return;
+        }
+        for (i, (slot, version, _)) in batch.rows.iter().enumerate() {
+            let node = batch.first_node + i as u64;
+            if self.pending.version(*slot) == Some(*version) {
+                graph.publish(*slot, node);
+                self.pending.remove(*slot);
+            } else {
+                graph.dead += 1;
+            }
+        }
+    }
+
+    /// Gives up the indexer role after a failure.
+    pub fn stop_indexing(&mut self) {
+        self.indexing = false;
+    }
+
+    pub fn is_indexing(&self) -> bool {
+        self.indexing
     }
 
     /// Bytes of memory held, estimated.
     pub fn memory_bytes(&self) -> usize {
         let slab = self.slab.as_ref().map_or(0, |s| s.capacity() * 4) + self.inverse_norms.capacity() * 4;
+        let pending = self.pending.rows.capacity() * 4 + self.pending.slots.capacity() * 40;
         let graph = self.graph.as_ref().map_or(0, |g| {
             g.index.memory_usage() + (g.node_of_slot.capacity() + g.slot_of_node.capacity()) * 8
         });
-        slab + graph
+        slab + pending + graph
     }
 }
 
@@ -622,7 +835,7 @@ mod tests {
     fn exact_search_returns_the_nearest_in_order() {
         let mut v = Vectors::exact(2, Metric::L2);
         for (slot, x) in [(0u64, 0.0f32), (1, 5.0), (2, 1.0), (3, 3.0)] {
-            v.set(slot, &[x, 0.0]).expect("set");
+            v.set(slot, &[x, 0.0]);
         }
         let hits = v.exact_search(&[0.9, 0.0], 3, 0..4, |_| true);
         assert_eq!(hits.iter().map(|n| n.slot).collect::<Vec<_>>(), [2, 0, 3]);
