@@ -73,9 +73,12 @@ struct StoreShape {
     /// Embedding model (default: EMBEDDING_MODEL, else all-MiniLM-L6-v2; "none" for client vectors)
     #[arg(long)]
     model: Option<String>,
-    /// Live documents at which an HNSW graph replaces exact scan
+    /// Live documents at which an HNSW graph replaces exact scan [default: 10000]
     #[arg(long)]
     hnsw_threshold: Option<usize>,
+    /// HNSW search breadth; higher is slower with better recall [default: 128]
+    #[arg(long)]
+    ef_search: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +202,9 @@ fn tenant_command(settings: &Settings, cmd: TenantCommand) -> Result<Outcome> {
             let mut config = StoreConfig::new(shape.dims, shape.metric, shape.scalar, &model);
             if let Some(t) = shape.hnsw_threshold {
                 config.hnsw_threshold = t;
+            }
+            if let Some(ef) = shape.ef_search {
+                config.ef_search = ef;
             }
             data.create_tenant(&id, &config)?;
             writeln!(io::stdout(), "{id}")?;
@@ -336,6 +342,11 @@ fn ingest(settings: &Settings, args: IngestArgs) -> Result<Outcome> {
     }
     flush(&mut batch)?;
     progress.finish_and_clear();
+    if store.info().index != tvs::store::IndexKind::Exact {
+        // Leave a snapshot with a complete graph, so the next open does not index again.
+        writeln!(io::stderr(), "documents are durable; adding them to the HNSW index…")?;
+        store.wait_for_index();
+    }
     store
         .flush()
         .context("writing a snapshot after the ingest (the documents are durable in the log)")?;

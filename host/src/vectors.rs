@@ -195,7 +195,7 @@ pub fn new_graph(config: &StoreConfig) -> Result<Index, String> {
         },
         connectivity: 16,
         expansion_add: 128,
-        expansion_search: 128,
+        expansion_search: config.ef_search,
         multi: false,
     };
     let index = Index::new(&options).map_err(|e| e.to_string())?;
@@ -348,6 +348,20 @@ impl Graph {
                 })
             })
             .collect())
+    }
+
+    /// Resident bytes of the graph's nodes: vectors at the stored scalar width plus the base
+    /// layer's links. usearch's own `memory_usage` counts reserved arenas that are mostly never
+    /// touched (it reported 3.45x the raw vectors where the process RSS grew by 1.13x).
+    pub fn estimated_bytes(&self) -> usize {
+        let scalar_bytes = match self.index.scalar_kind() {
+            usearch::ScalarKind::F64 => 8,
+            usearch::ScalarKind::F32 => 4,
+            usearch::ScalarKind::F16 | usearch::ScalarKind::BF16 => 2,
+            _ => 1,
+        };
+        let per_node = self.index.dimensions() * scalar_bytes + 2 * self.index.connectivity() * 4 + 16;
+        self.index.size() * per_node
     }
 
     /// Whether dead nodes are numerous enough to rebuild: at least 1,000 and half the live ones.
@@ -808,7 +822,7 @@ impl Vectors {
         let slab = self.slab.as_ref().map_or(0, |s| s.capacity() * 4) + self.inverse_norms.capacity() * 4;
         let pending = self.pending.rows.capacity() * 4 + self.pending.slots.capacity() * 40;
         let graph = self.graph.as_ref().map_or(0, |g| {
-            g.index.memory_usage() + (g.node_of_slot.capacity() + g.slot_of_node.capacity()) * 8
+            g.estimated_bytes() + (g.node_of_slot.capacity() + g.slot_of_node.capacity()) * 8
         });
         slab + pending + graph
     }
