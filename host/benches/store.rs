@@ -62,13 +62,24 @@ fn truth(corpus: &[NewDocument], query: &[f32]) -> Vec<String> {
     scored.into_iter().map(|(_, i)| corpus[i].id.clone().unwrap()).collect()
 }
 
-fn search_rows(label: &str, store: &TenantStore, corpus: &[NewDocument], rows: &mut Vec<Row>) {
-    let mut queries = EmbeddingLike::new(DIMS, 4242);
-    let qs: Vec<Vec<f32>> = (0..QUERIES).map(|_| queries.next_vector()).collect();
-    let truths: Vec<Vec<String>> = qs.iter().map(|q| truth(corpus, q)).collect();
+/// Queries and their exact top-10, computed once per corpus.
+struct Workload {
+    queries: Vec<Vec<f32>>,
+    truths: Vec<Vec<String>>,
+}
+
+fn workload(corpus: &[NewDocument]) -> Workload {
+    let mut generator = EmbeddingLike::new(DIMS, 4242);
+    let queries: Vec<Vec<f32>> = (0..QUERIES).map(|_| generator.next_vector()).collect();
+    let truths = queries.iter().map(|q| truth(corpus, q)).collect();
+    Workload { queries, truths }
+}
+
+fn search_rows(label: &str, store: &TenantStore, work: &Workload, rows: &mut Vec<Row>) {
+    let (qs, truths) = (&work.queries, &work.truths);
     let mut times = Vec::with_capacity(QUERIES);
     let mut found = 0;
-    for (q, t) in qs.iter().zip(&truths) {
+    for (q, t) in qs.iter().zip(truths) {
         let start = Instant::now();
         let hits = store
             .search(&SearchQuery {
@@ -122,7 +133,20 @@ fn main() {
         "batch ingest, 100 docs/batch, durable".into(),
         format!("{batch_rate:.0} docs/s"),
     ));
-    search_rows("2k exact", &store, &small_docs, &mut rows);
+    let small_work = workload(&small_docs);
+    search_rows("2k exact", &store, &small_work, &mut rows);
+    let small_graph = TenantStore::create(
+        &StoreDir::new(tmp.path().join("small-hnsw")),
+        &StoreConfig {
+            hnsw_threshold: 1000,
+            ..config.clone()
+        },
+    )
+    .unwrap();
+    small_graph.upsert(small_docs.clone()).unwrap();
+    small_graph.wait_for_index();
+    search_rows("2k hnsw (ef 128)", &small_graph, &small_work, &mut rows);
+    drop(small_graph);
     store.flush().unwrap();
     drop(store);
 
@@ -185,9 +209,26 @@ fn main() {
     ));
     drop(store);
 
-    // Big tenant: HNSW.
-    let big_dir = StoreDir::new(tmp.path().join("big"));
+    // Big tenant: exact scan first (a store that never builds a graph), then HNSW.
     let big_docs = docs(big, 3);
+    let big_work = workload(&big_docs);
+    let exact_dir = StoreDir::new(tmp.path().join("big-exact"));
+    let exact = TenantStore::create(
+        &exact_dir,
+        &StoreConfig {
+            hnsw_threshold: usize::MAX,
+            ..config.clone()
+        },
+    )
+    .unwrap();
+    for chunk in big_docs.chunks(1000) {
+        exact.upsert(chunk.to_vec()).unwrap();
+    }
+    search_rows(&format!("{big} exact"), &exact, &big_work, &mut rows);
+    drop(exact);
+    std::fs::remove_dir_all(exact_dir.root()).unwrap();
+
+    let big_dir = StoreDir::new(tmp.path().join("big"));
     let store = TenantStore::create(&big_dir, &config).unwrap();
     let start = Instant::now();
     for chunk in big_docs.chunks(1000) {
@@ -204,7 +245,7 @@ fn main() {
             indexed.as_secs_f64()
         ),
     ));
-    search_rows(&format!("{big} hnsw (ef 128)"), &store, &big_docs, &mut rows);
+    search_rows(&format!("{big} hnsw (ef 128)"), &store, &big_work, &mut rows);
     let info = store.info();
     rows.push(Row(
         format!("{big} open tenant memory / raw f32 (estimate)"),

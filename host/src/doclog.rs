@@ -135,6 +135,8 @@ pub struct DocLog {
     /// Serialises appends so that `written` always marks whole records.
     append_lock: Mutex<()>,
     written: AtomicU64,
+    /// fsyncs issued for appends (group commit makes this smaller than the appends).
+    syncs: AtomicU64,
     sync: Mutex<SyncState>,
     synced_cv: Condvar,
 }
@@ -170,6 +172,7 @@ impl DocLog {
             generation,
             append_lock: Mutex::new(()),
             written: AtomicU64::new(end),
+            syncs: AtomicU64::new(0),
             sync: Mutex::new(SyncState {
                 synced: end,
                 ..Default::default()
@@ -359,6 +362,11 @@ impl DocLog {
         self.generation
     }
 
+    /// fsyncs issued since the log was opened.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
     /// Offset one past the last appended byte.
     pub fn end(&self) -> u64 {
         self.written.load(Ordering::Acquire)
@@ -423,6 +431,7 @@ impl DocLog {
             let upto = self.written.load(Ordering::Acquire);
             drop(state);
             let result = self.file.sync_data();
+            self.syncs.fetch_add(1, Ordering::Relaxed);
             state = self.sync.lock().unwrap_or_else(|p| p.into_inner());
             state.syncing = false;
             match result {

@@ -136,6 +136,8 @@ pub struct StoreInfo {
     /// Vectors written since the graph was built that the background indexer has not added yet
     /// (searched exactly meanwhile).
     pub pending_vectors: u64,
+    /// fsyncs of the document log since the store was opened (concurrent writers share them).
+    pub log_syncs: u64,
 }
 
 /// Why a store could not be opened.
@@ -709,6 +711,7 @@ impl TenantStore {
             log_bytes: state.log.end(),
             dead_records: state.docs.dead_records,
             pending_vectors: state.docs.vectors.pending_len() as u64,
+            log_syncs: state.log.syncs(),
         }
     }
 

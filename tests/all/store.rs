@@ -515,3 +515,26 @@ fn vectors_still_waiting_for_the_graph_survive_a_snapshot_and_reopen() {
         assert_eq!(&hits[0].id, doc.id.as_ref().expect("id"));
     }
 }
+
+#[test]
+fn concurrent_writers_share_fsyncs() {
+    let (_tmp, _dir, store) = temp_store(&config(8, Metric::Cos));
+    let docs = documents(400, 8, 12);
+    std::thread::scope(|scope| {
+        for part in docs.chunks(50) {
+            let store = &store;
+            scope.spawn(move || {
+                for doc in part {
+                    store.upsert(vec![doc.clone()]).expect("upsert");
+                }
+            });
+        }
+    });
+    let info = store.info();
+    assert_eq!(info.count, 400);
+    assert!(
+        info.log_syncs < 400,
+        "400 acknowledged writes took {} fsyncs",
+        info.log_syncs
+    );
+}
