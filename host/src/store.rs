@@ -5,8 +5,7 @@
 //! to the log (one `write`) and apply them in memory; release the lock; wait for an fsync that
 //! covers the records (shared with concurrent writers); acknowledge. Readers may therefore see
 //! a write a moment before it is acknowledged, never one that could not be made durable without
-//! the store failing loudly: if applying or fsyncing fails the store refuses further writes
-//! until reopened.
+//! the store failing loudly: if an fsync fails the log refuses further writes until reopened.
 //!
 //! Invariants:
 //! - `by_id` and `entries` describe the same documents; `entries[slot]` is `Some` exactly for the
@@ -159,7 +158,7 @@ pub enum OpenError {
 }
 
 /// Why a write or read was refused. Nothing was changed when one is returned, except for
-/// `Log`/`Failed`, which also stop further writes until the store is reopened.
+/// `Log` after a failed fsync, which also stops further writes until the store is reopened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -179,8 +178,8 @@ pub enum StoreError {
     Deleted,
     #[error(transparent)]
     Log(#[from] LogError),
-    #[error("the store failed earlier and refuses writes until reopened: {0}")]
-    Failed(String),
+    #[error("internal index error: {0}")]
+    Index(String),
     #[error("snapshot I/O failed")]
     Snapshot(#[source] io::Error),
 }
@@ -264,7 +263,6 @@ struct State {
     /// Log position the current snapshot covers (generation, offset).
     snapshot_at: Option<(u64, u64)>,
     deleted: bool,
-    failed: Option<String>,
 }
 
 /// One open store. Shared as `Arc<TenantStore>`; all methods take `&self`.
@@ -417,9 +415,6 @@ impl TenantStore {
         if state.deleted {
             return Err(StoreError::Deleted);
         }
-        if let Some(reason) = &state.failed {
-            return Err(StoreError::Failed(reason.clone()));
-        }
         Ok(())
     }
 
@@ -491,10 +486,7 @@ impl TenantStore {
         }
         let (start, end) = state.log.append(&buf)?;
         for ((doc, id), rel) in docs.into_iter().zip(&ids).zip(line_starts) {
-            if let Err(reason) = apply_upsert(&mut state.docs, id, doc.text, doc.metadata, &doc.vector, start + rel) {
-                state.failed = Some(reason.clone());
-                return Err(StoreError::Failed(reason));
-            }
+            state.docs.upsert(id, doc.text, doc.metadata, &doc.vector, start + rel);
         }
         let log = state.log.clone();
         let start_build = self.should_build(&state);
@@ -551,17 +543,7 @@ impl TenantStore {
         let Record::Delete { ids } = record else {
             unreachable!("built above")
         };
-        let mut removed = 0;
-        for id in &ids {
-            match apply_delete(&mut state.docs, id) {
-                Ok(true) => removed += 1,
-                Ok(false) => {}
-                Err(reason) => {
-                    state.failed = Some(reason.clone());
-                    return Err(StoreError::Failed(reason));
-                }
-            }
-        }
+        let removed = ids.iter().filter(|id| state.docs.delete(id)).count() as u64;
         state.docs.dead_records += 1;
         let log = state.log.clone();
         drop(state);
@@ -644,7 +626,7 @@ impl TenantStore {
                     .vectors
                     .exact_search(&query.vector, wanted, all_slots, accept)
             }
-            Some(Err(e)) => return Err(StoreError::Failed(format!("graph search failed: {e}"))),
+            Some(Err(e)) => return Err(StoreError::Index(format!("graph search failed: {e}"))),
             None => state
                 .docs
                 .vectors
@@ -725,7 +707,7 @@ impl TenantStore {
     pub fn flush(&self) -> Result<(), StoreError> {
         let _snapshot = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         let state = self.read();
-        if state.deleted || state.failed.is_some() {
+        if state.deleted {
             return Ok(());
         }
         let at = (state.log.generation(), state.log.end());
@@ -1015,55 +997,53 @@ fn payload_size(id: &str, text: &str, metadata: &Map<String, Value>) -> usize {
             .sum::<usize>()
 }
 
-fn apply_upsert(
-    state: &mut Docs,
-    id: &str,
-    text: String,
-    metadata: Map<String, Value>,
-    vector: &[f32],
-    offset: u64,
-) -> Result<(), String> {
-    let payload_bytes = payload_size(id, &text, &metadata);
-    let slot = match state.by_id.get(id) {
-        Some(slot) => {
-            state.dead_records += 1;
-            *slot
-        }
-        None => {
-            let slot = state.free_slots.pop().unwrap_or(state.entries.len() as u64);
-            if slot as usize == state.entries.len() {
-                state.entries.push(None);
+impl Docs {
+    /// Applies an upsert record at log `offset`.
+    fn upsert(&mut self, id: &str, text: String, metadata: Map<String, Value>, vector: &[f32], offset: u64) {
+        let state = self;
+        let payload_bytes = payload_size(id, &text, &metadata);
+        let slot = match state.by_id.get(id) {
+            Some(slot) => {
+                state.dead_records += 1;
+                *slot
             }
-            slot
+            None => {
+                let slot = state.free_slots.pop().unwrap_or(state.entries.len() as u64);
+                if slot as usize == state.entries.len() {
+                    state.entries.push(None);
+                }
+                slot
+            }
+        };
+        state.vectors.set(slot, vector);
+        let id: Arc<str> = Arc::from(id);
+        if let Some(old) = state.entries[slot as usize].replace(Entry {
+            id: id.clone(),
+            offset,
+            text,
+            metadata,
+            payload_bytes,
+        }) {
+            state.payload_bytes -= old.payload_bytes;
         }
-    };
-    state.vectors.set(slot, vector);
-    let id: Arc<str> = Arc::from(id);
-    if let Some(old) = state.entries[slot as usize].replace(Entry {
-        id: id.clone(),
-        offset,
-        text,
-        metadata,
-        payload_bytes,
-    }) {
-        state.payload_bytes -= old.payload_bytes;
+        state.payload_bytes += payload_bytes;
+        state.by_id.insert(id, slot);
     }
-    state.payload_bytes += payload_bytes;
-    state.by_id.insert(id, slot);
-    Ok(())
-}
 
-fn apply_delete(state: &mut Docs, id: &str) -> Result<bool, String> {
-    let Some(slot) = state.by_id.remove(id) else {
-        return Ok(false);
-    };
-    state.vectors.remove(slot);
-    if let Some(old) = state.entries[slot as usize].take() {
-        state.payload_bytes -= old.payload_bytes;
-        state.dead_records += 1;
+    /// Applies the deletion of one id; returns whether it existed.
+    fn delete(&mut self, id: &str) -> bool {
+        let state = self;
+        let Some(slot) = state.by_id.remove(id) else {
+            return false;
+        };
+        state.vectors.remove(slot);
+        if let Some(old) = state.entries[slot as usize].take() {
+            state.payload_bytes -= old.payload_bytes;
+            state.dead_records += 1;
+        }
+        state.free_slots.push(slot);
+        true
     }
-    state.free_slots.push(slot);
-    Ok(true)
 }
 
 /// Builds a store's documents from a snapshot and a log tail.
@@ -1192,11 +1172,12 @@ impl Loader {
                         "record for {id:?} has a vector of the wrong size or with non-finite values"
                     ));
                 }
-                apply_upsert(&mut self.docs, &id, text, metadata, &vector, offset)
+                self.docs.upsert(&id, text, metadata, &vector, offset);
+                Ok(())
             }
             Record::Delete { ids } => {
                 for id in &ids {
-                    apply_delete(&mut self.docs, id)?;
+                    self.docs.delete(id);
                 }
                 self.docs.dead_records += 1;
                 Ok(())
@@ -1211,7 +1192,6 @@ impl Loader {
             docs: self.docs,
             snapshot_at,
             deleted: false,
-            failed: None,
         }
     }
 }
