@@ -424,6 +424,13 @@ impl Pending {
         self.slots.pop();
         self.versions.pop();
         self.rows.truncate(last * self.dims);
+        // A bulk load can park hundreds of MB here; give it back once the indexer drains it.
+        if self.rows.capacity() > 4 * self.rows.len() + (1 << 16) {
+            self.rows.shrink_to(2 * self.rows.len());
+            self.slots.shrink_to(2 * self.slots.len());
+            self.versions.shrink_to(2 * self.versions.len());
+            self.position.shrink_to(2 * self.position.len());
+        }
     }
 
     fn row(&self, slot: u64) -> Option<&[f32]> {
