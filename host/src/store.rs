@@ -642,7 +642,12 @@ impl TenantStore {
             }
         }
         if let Some(mmr) = &query.mmr {
-            neighbors = crate::mmr::select(&query.vector, &neighbors, &vectors_of, query.k, mmr.lambda_mult);
+            let embeddings: Vec<&[f32]> = neighbors
+                .iter()
+                .map(|n| vectors_of.get(&n.slot).map_or(&[][..], Vec::as_slice))
+                .collect();
+            let picked = tvs_guest_core::mmr::select(&query.vector, &embeddings, query.k, mmr.lambda_mult);
+            neighbors = picked.into_iter().map(|i| neighbors[i]).collect();
         }
         Ok(neighbors
             .into_iter()

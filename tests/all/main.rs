@@ -3,6 +3,7 @@
 
 mod cli;
 mod durability;
+mod guests;
 mod pool;
 mod store;
 mod support;
