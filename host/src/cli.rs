@@ -13,7 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use tvs::config::{Metric, ScalarKind, Settings, StoreConfig};
 use tvs::filter::Filter;
-use tvs::store::{Mmr, NewDocument, OpenError, SearchQuery, TenantStore};
+use tvs::runtime::{IngestDocument, IngestRequest, Mmr as GuestMmr, Runtime, RuntimeLimits, SearchRequest};
+use tvs::store::{NewDocument, OpenError, TenantStore};
 use tvs::tenant::{DataDir, StoreDir, TenantId};
 
 #[derive(Debug, Parser)]
@@ -325,10 +326,20 @@ fn ingest(settings: &Settings, args: IngestArgs) -> Result<Outcome> {
     );
     let batch_size = args.batch.max(1);
     let mut batch = Vec::with_capacity(batch_size);
+    // Ingestion runs in the wasm guest, as it does for HTTP requests: one code path.
+    let runtime = Runtime::new(RuntimeLimits::default()).context("starting the wasm runtime")?;
     let flush = |batch: &mut Vec<NewDocument>| -> Result<()> {
-        let n = batch.len() as u64;
-        store.upsert(std::mem::take(batch))?;
-        progress.inc(n);
+        let documents = std::mem::take(batch)
+            .into_iter()
+            .map(|d| IngestDocument {
+                id: d.id,
+                text: Some(d.text),
+                metadata: Some(serde_json::Value::Object(d.metadata).to_string()),
+                vector: Some(d.vector),
+            })
+            .collect();
+        let response = runtime.ingest(store.clone(), &IngestRequest { documents, chunk: None })?;
+        progress.inc(response.ids.len() as u64);
         Ok(())
     };
     for path in &args.files {
@@ -360,29 +371,32 @@ fn ingest(settings: &Settings, args: IngestArgs) -> Result<Outcome> {
 
 fn search(settings: &Settings, args: SearchArgs) -> Result<Outcome> {
     let vector: Vec<f32> = serde_json::from_str(&args.vector).context("--vector must be a JSON array of numbers")?;
-    let filter = args
-        .filter
-        .as_deref()
-        .map(|f| -> Result<Filter> {
-            let value = serde_json::from_str(f).context("--filter must be JSON")?;
-            Ok(Filter::parse(&value)?)
-        })
-        .transpose()?;
+    // Checked here so a bad filter is reported before any store is opened.
+    if let Some(filter) = &args.filter {
+        let value = serde_json::from_str(filter).context("--filter must be JSON")?;
+        Filter::parse(&value)?;
+    }
     let store = open_target(settings, &args.target)?;
-    let query = SearchQuery {
-        vector,
-        k: args.k.unwrap_or(settings.default_top_k),
-        filter,
-        mmr: args.mmr.then_some(Mmr {
-            fetch_k: args.fetch_k,
+    let k = args.k.unwrap_or(settings.default_top_k);
+    let request = SearchRequest {
+        query: None,
+        vector: Some(vector),
+        top_k: u32::try_from(k).context("-k is too large")?,
+        filter: args.filter.clone(),
+        mmr: args.mmr.then(|| GuestMmr {
+            fetch_k: u32::try_from(args.fetch_k).unwrap_or(u32::MAX),
             lambda_mult: args.lambda_mult,
         }),
-        include_vectors: false,
     };
-    let hits = store.search(&query)?;
+    let runtime = Runtime::new(RuntimeLimits::default()).context("starting the wasm runtime")?;
+    let hits = runtime.search(store, &request)?;
     let mut out = io::stdout().lock();
     for hit in &hits {
-        serde_json::to_writer(&mut out, hit)?;
+        let metadata: serde_json::Value = serde_json::from_str(&hit.metadata).unwrap_or_default();
+        let line = serde_json::json!({
+            "id": hit.id, "score": hit.score, "distance": hit.distance, "text": hit.text, "metadata": metadata,
+        });
+        serde_json::to_writer(&mut out, &line)?;
         writeln!(out)?;
     }
     Ok(if hits.is_empty() {
