@@ -32,6 +32,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the HTTP API (admin key: TVS_ADMIN_KEY, else generated into the data dir)
+    Serve(ServeArgs),
     /// Create, list or delete tenants
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -41,6 +43,25 @@ enum Command {
     Search(SearchArgs),
     /// Print a store's document count, dims, index kind and sizes as JSON
     Stats(TargetArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, env = "TVS_ADDR", default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// Largest request body in bytes
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Seconds a request may take
+    #[arg(long, default_value_t = 60)]
+    request_timeout_secs: u64,
+    /// Seconds a guest may run for one request
+    #[arg(long, default_value_t = 30)]
+    guest_deadline_secs: u64,
+    /// Largest guest memory in MiB
+    #[arg(long, default_value_t = 256)]
+    guest_memory_mib: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +199,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         settings.data_dir = dir;
     }
     match cli.command {
+        Command::Serve(args) => serve(settings, args),
         Command::Tenant(cmd) => tenant_command(&settings, cmd),
         Command::Ingest(args) => ingest(&settings, args),
         Command::Search(args) => search(&settings, args),
@@ -187,6 +209,44 @@ fn run(cli: Cli) -> Result<Outcome> {
             Ok(Outcome::Done)
         }
     }
+}
+
+fn serve(settings: Settings, args: ServeArgs) -> Result<Outcome> {
+    let data = data_dir(&settings)?;
+    let (keys, created) =
+        tvs::auth::Keys::open(data.clone(), std::env::var("TVS_ADMIN_KEY").ok()).context("loading the admin key")?;
+    if let Some(path) = created {
+        writeln!(io::stderr(), "generated an admin key in {} (mode 0600)", path.display())?;
+    }
+    let limits = RuntimeLimits {
+        deadline: std::time::Duration::from_secs(args.guest_deadline_secs.max(1)),
+        memory_bytes: args.guest_memory_mib.max(1) << 20,
+        ..RuntimeLimits::default()
+    };
+    let runtime = Arc::new(Runtime::new(limits).context("starting the wasm runtime")?);
+    let pool = Arc::new(tvs::pool::Pool::new(
+        data,
+        tvs::pool::PoolConfig::from_settings(&settings),
+    ));
+    let server_limits = tvs::http::ServerLimits {
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout_secs.max(1)),
+        ..tvs::http::ServerLimits::default()
+    };
+    let app = Arc::new(tvs::http::App::new(pool, runtime, keys, settings, server_limits));
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    tokio
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind(args.addr).await?;
+            // The address goes to stdout so scripts and tests can find an ephemeral port.
+            writeln!(io::stdout(), "listening on http://{}", listener.local_addr()?)?;
+            tvs::http::serve(app, listener).await
+        })
+        .with_context(|| format!("serving on {}", args.addr))?;
+    Ok(Outcome::Done)
 }
 
 fn data_dir(settings: &Settings) -> Result<DataDir> {

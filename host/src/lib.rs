@@ -6,10 +6,12 @@
 //! LRU/TTL [`pool::Pool`]. The on-disk layout and commit protocol are described in
 //! `docs/design.md`.
 
+pub mod auth;
 pub mod config;
 pub mod doclog;
 pub mod filter;
 pub mod fsutil;
+pub mod http;
 pub mod pool;
 pub mod runtime;
 pub mod snapshot;

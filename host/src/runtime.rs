@@ -85,14 +85,24 @@ pub enum GuestError {
     #[error("the guest failed while serving the request ({0})")]
     Trap(String),
     /// The guest returned a WIT error (bad input, quota, …).
-    #[error("{0}")]
-    Request(String, #[source] Option<Box<dyn std::error::Error + Send + Sync>>),
+    #[error("{message}")]
+    Request { kind: RequestErrorKind, message: String },
     /// No instance slot was free.
     #[error("no guest instance slot is free; retry shortly")]
     Busy,
     /// Loading or linking failed.
     #[error("guest setup failed: {0}")]
     Setup(String),
+}
+
+/// The kind of a WIT error a guest returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestErrorKind {
+    InvalidInput,
+    QuotaExceeded,
+    TenantDeleted,
+    NoEmbedder,
+    Internal,
 }
 
 /// Why the runtime could not start.
@@ -274,7 +284,10 @@ impl Runtime {
         };
         match call(&instance, &mut store) {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(GuestError::Request(describe(&error), None)),
+            Ok(Err(error)) => Err(GuestError::Request {
+                kind: kind_of(&error),
+                message: describe(&error),
+            }),
             Err(e) => Err(self.classify(e)),
         }
     }
@@ -311,6 +324,16 @@ impl Runtime {
 
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
+}
+
+fn kind_of(error: &Error) -> RequestErrorKind {
+    match error {
+        Error::InvalidInput(_) => RequestErrorKind::InvalidInput,
+        Error::QuotaExceeded(_) => RequestErrorKind::QuotaExceeded,
+        Error::TenantDeleted => RequestErrorKind::TenantDeleted,
+        Error::NoEmbedder => RequestErrorKind::NoEmbedder,
+        Error::Internal(_) => RequestErrorKind::Internal,
+    }
 }
 
 /// A client-facing message for a WIT error.

@@ -127,7 +127,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
                 },
             )
             .expect_err(needle);
-        assert!(matches!(err, GuestError::Request(..)), "{err:?}");
+        assert!(matches!(err, GuestError::Request { .. }), "{err:?}");
         assert!(err.to_string().contains(needle), "{needle}: {err}");
         assert_eq!(store.count(), 4, "{needle}: nothing was written");
     }

@@ -4,6 +4,7 @@
 mod cli;
 mod durability;
 mod guests;
+mod http;
 mod pool;
 mod store;
 mod support;

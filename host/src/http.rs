@@ -1,0 +1,724 @@
+//! The HTTP API of `tvs serve` (axum). Routes and shapes follow the contract in DESIGN.md.
+//!
+//! Invariants:
+//! - The tenant of a data request comes from its `Authorization: Bearer` key alone.
+//! - Ingest and search run in a fresh guest instance ([`crate::runtime`]); admin routes are
+//!   native. Blocking work (files, guests) runs on the blocking thread pool.
+//! - Every error is `{"error":{"code","message"}}` with a fitting status; no panic or wasm
+//!   backtrace reaches a client, and a refused request changes nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::auth::Keys;
+use crate::config::{Metric, ScalarKind, Settings, StoreConfig};
+use crate::filter::Filter;
+use crate::pool::Pool;
+use crate::runtime::{
+    Chunking, GuestError, IngestDocument, IngestRequest, Mmr, RequestErrorKind, Runtime, SearchRequest,
+};
+use crate::store::{OpenError, StoreError, TenantStore};
+use crate::tenant::{TenantError, TenantId};
+
+/// Limits of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Largest number of documents in one ingest request.
+    pub max_batch: usize,
+    /// Largest `top_k`.
+    pub max_top_k: u32,
+    /// Time a request may take before it is answered 504.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 << 20,
+            max_batch: 10_000,
+            max_top_k: 1_000,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared state of the server.
+#[derive(Debug)]
+pub struct App {
+    pub pool: Arc<Pool>,
+    pub runtime: Arc<Runtime>,
+    pub keys: Keys,
+    pub settings: Settings,
+    pub limits: ServerLimits,
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl App {
+    pub fn new(pool: Arc<Pool>, runtime: Arc<Runtime>, keys: Keys, settings: Settings, limits: ServerLimits) -> Self {
+        App {
+            pool,
+            runtime,
+            keys,
+            settings,
+            limits,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to complete the request",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn from_json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is larger than the server accepts",
+        ),
+        other => ApiError::bad_request(format!("malformed JSON body: {}", other.body_text())),
+    }
+}
+
+fn from_open(error: OpenError) -> ApiError {
+    match error {
+        OpenError::NotFound(_) => ApiError::not_found("the tenant of this key no longer exists"),
+        OpenError::Locked(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the tenant is open in another tvs process",
+        ),
+        other => {
+            tracing::error!(error = ?other, "opening a tenant store failed");
+            ApiError::internal()
+        }
+    }
+}
+
+fn from_store(error: StoreError) -> ApiError {
+    match error {
+        StoreError::InvalidDocument { .. } | StoreError::InvalidQuery(_) | StoreError::Filter(_) => {
+            ApiError::bad_request(error.to_string())
+        }
+        StoreError::QuotaExceeded { .. } => ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", error.to_string()),
+        StoreError::Deleted => ApiError::not_found("the tenant was deleted"),
+        other => {
+            tracing::error!(error = ?other, "store error");
+            ApiError::internal()
+        }
+    }
+}
+
+fn from_guest(error: GuestError) -> ApiError {
+    match error {
+        GuestError::Request { kind, message } => match kind {
+            RequestErrorKind::InvalidInput | RequestErrorKind::NoEmbedder => ApiError::bad_request(message),
+            RequestErrorKind::QuotaExceeded => ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", message),
+            RequestErrorKind::TenantDeleted => ApiError::not_found(message),
+            RequestErrorKind::Internal => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        },
+        GuestError::Deadline(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "guest_deadline", error.to_string()),
+        GuestError::Memory(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "guest_memory", error.to_string()),
+        GuestError::Trap(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "guest_trap", error.to_string()),
+        GuestError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string()),
+        other => {
+            tracing::error!(error = ?other, "guest setup failed");
+            ApiError::internal()
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <key>",
+            )
+        })
+}
+
+fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    if app.keys.is_admin(bearer(headers)?) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route needs the admin key",
+        ))
+    }
+}
+
+fn tenant_of(app: &App, headers: &HeaderMap) -> Result<TenantId, ApiError> {
+    app.keys.tenant_of(bearer(headers)?).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the key is not valid (revoked or unknown)",
+        )
+    })
+}
+
+/// Runs blocking work off the async threads, under the request timeout.
+async fn blocking<T: Send + 'static>(
+    app: &App,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(app.limits.request_timeout, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => {
+            tracing::error!(error = %join, "request handler panicked");
+            Err(ApiError::internal())
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request took too long",
+        )),
+    }
+}
+
+fn store_of(app: &App, tenant: &TenantId) -> Result<Arc<TenantStore>, ApiError> {
+    app.pool.get(tenant).map_err(from_open)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    id: String,
+    #[serde(default)]
+    dims: Option<usize>,
+    #[serde(default)]
+    metric: Option<Metric>,
+    #[serde(default)]
+    scalar: Option<ScalarKind>,
+    #[serde(default)]
+    embedding_model: Option<String>,
+    #[serde(default)]
+    max_documents: Option<u64>,
+}
+
+async fn create_tenant(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<CreateTenant>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&app, &headers)?;
+    let Json(body) = body.map_err(from_json_rejection)?;
+    let id = TenantId::new(&body.id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut config = StoreConfig::new(
+        body.dims.unwrap_or(384),
+        body.metric.unwrap_or(Metric::Cos),
+        body.scalar.unwrap_or(ScalarKind::F32),
+        body.embedding_model.as_deref().unwrap_or(&app.settings.embedding_model),
+    );
+    config.max_documents = body.max_documents;
+    let app2 = app.clone();
+    let key = blocking(&app, move || {
+        app2.pool.create_tenant(&id, &config).map_err(|e| match e {
+            TenantError::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            TenantError::InvalidConfig(_) | TenantError::InvalidId(_) => ApiError::bad_request(e.to_string()),
+            other => {
+                tracing::error!(error = ?other, "creating a tenant failed");
+                ApiError::internal()
+            }
+        })?;
+        let key = app2.keys.issue(&id).map_err(|e| {
+            tracing::error!(error = %e, "issuing a key failed");
+            ApiError::internal()
+        })?;
+        Ok(json!({"id": id.as_str(), "api_key": key}))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_tenants(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let app2 = app.clone();
+    blocking(&app, move || {
+        let page = app2
+            .pool
+            .data_dir()
+            .list_tenants(query.after.as_deref(), query.limit.unwrap_or(100).min(1000))
+            .map_err(|_| ApiError::internal())?;
+        Ok(Json(json!({"tenants": page.tenants, "next_after": page.next_after})))
+    })
+    .await
+}
+
+async fn delete_tenant(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&app, &headers)?;
+    let id = TenantId::new(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let app2 = app.clone();
+    blocking(&app, move || {
+        app2.pool.delete_tenant(&id).map_err(|e| match e {
+            TenantError::NotFound(_) => ApiError::not_found(e.to_string()),
+            TenantError::Busy(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
+            other => {
+                tracing::error!(error = ?other, "deleting a tenant failed");
+                ApiError::internal()
+            }
+        })
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rotate_key(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let id = TenantId::new(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let app2 = app.clone();
+    blocking(&app, move || {
+        if !app2.pool.data_dir().tenant_exists(&id) {
+            return Err(ApiError::not_found(format!("tenant {id} does not exist")));
+        }
+        let key = app2.keys.issue(&id).map_err(|_| ApiError::internal())?;
+        Ok(Json(json!({"id": id.as_str(), "api_key": key})))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocumentIn {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    vector: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChunkIn {
+    size: u32,
+    #[serde(default)]
+    overlap: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpsertBody {
+    documents: Vec<DocumentIn>,
+    #[serde(default)]
+    chunk: Option<ChunkIn>,
+}
+
+async fn upsert_documents(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<UpsertBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let Json(body) = body.map_err(from_json_rejection)?;
+    if body.documents.is_empty() {
+        return Err(ApiError::bad_request("documents is empty"));
+    }
+    if body.documents.len() > app.limits.max_batch {
+        return Err(ApiError::bad_request(format!(
+            "at most {} documents per request",
+            app.limits.max_batch
+        )));
+    }
+    let request = IngestRequest {
+        documents: body
+            .documents
+            .into_iter()
+            .map(|d| IngestDocument {
+                id: d.id,
+                text: d.text,
+                metadata: d.metadata.map(|m| Value::Object(m).to_string()),
+                vector: d.vector,
+            })
+            .collect(),
+        chunk: body.chunk.map(|c| Chunking {
+            size: c.size,
+            overlap: c.overlap,
+        }),
+    };
+    let app2 = app.clone();
+    blocking(&app, move || {
+        let store = store_of(&app2, &tenant)?;
+        let response = app2.runtime.ingest(store, &request).map_err(from_guest)?;
+        Ok(Json(json!({"ids": response.ids, "embedded": response.embedded})))
+    })
+    .await
+}
+
+fn hit_json(hit: crate::runtime::Hit) -> Value {
+    let metadata: Value = serde_json::from_str(&hit.metadata).unwrap_or_else(|_| json!({}));
+    json!({"id": hit.id, "score": hit.score, "distance": hit.distance, "text": hit.text, "metadata": metadata})
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MmrIn {
+    #[serde(default = "default_fetch_k")]
+    fetch_k: u32,
+    #[serde(default = "default_lambda")]
+    lambda_mult: f32,
+}
+
+fn default_fetch_k() -> u32 {
+    20
+}
+fn default_lambda() -> f32 {
+    0.5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    vector: Option<Vec<f32>>,
+    #[serde(default)]
+    top_k: Option<u32>,
+    #[serde(default)]
+    filter: Option<Value>,
+    #[serde(default)]
+    mmr: Option<MmrIn>,
+}
+
+async fn search(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<SearchBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let Json(body) = body.map_err(from_json_rejection)?;
+    let top_k = body.top_k.unwrap_or(app.settings.default_top_k as u32);
+    if top_k == 0 || top_k > app.limits.max_top_k {
+        return Err(ApiError::bad_request(format!(
+            "top_k must be between 1 and {}",
+            app.limits.max_top_k
+        )));
+    }
+    let filter = match &body.filter {
+        Some(filter) => {
+            Filter::parse(filter).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Some(filter.to_string())
+        }
+        None => None,
+    };
+    let request = SearchRequest {
+        query: body.query,
+        vector: body.vector,
+        top_k,
+        filter,
+        mmr: body.mmr.map(|m| Mmr {
+            fetch_k: m.fetch_k.min(app.limits.max_top_k * 10),
+            lambda_mult: m.lambda_mult,
+        }),
+    };
+    let app2 = app.clone();
+    blocking(&app, move || {
+        let store = store_of(&app2, &tenant)?;
+        let hits = app2.runtime.search(store, &request).map_err(from_guest)?;
+        Ok(Json(
+            json!({"hits": hits.into_iter().map(hit_json).collect::<Vec<_>>()}),
+        ))
+    })
+    .await
+}
+
+async fn get_document(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let app2 = app.clone();
+    blocking(&app, move || {
+        let store = store_of(&app2, &tenant)?;
+        let doc = store
+            .get(std::slice::from_ref(&id), false)
+            .pop()
+            .ok_or_else(|| ApiError::not_found(format!("no document {id:?}")))?;
+        Ok(Json(json!({"id": doc.id, "text": doc.text, "metadata": doc.metadata})))
+    })
+    .await
+}
+
+async fn delete_document(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let app2 = app.clone();
+    blocking(&app, move || {
+        let store = store_of(&app2, &tenant)?;
+        match store.delete(std::slice::from_ref(&id)).map_err(from_store)? {
+            0 => Err(ApiError::not_found(format!("no document {id:?}"))),
+            n => Ok(Json(json!({"deleted": n}))),
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+    #[serde(default)]
+    filter: Option<Value>,
+}
+
+async fn delete_documents(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<DeleteBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let Json(body) = body.map_err(from_json_rejection)?;
+    let filter = body
+        .filter
+        .as_ref()
+        .map(Filter::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if body.ids.is_none() && filter.is_none() {
+        return Err(ApiError::bad_request("give ids or filter"));
+    }
+    let app2 = app.clone();
+    blocking(&app, move || {
+        let store = store_of(&app2, &tenant)?;
+        let mut deleted = 0;
+        if let Some(ids) = &body.ids {
+            deleted += store.delete(ids).map_err(from_store)?;
+        }
+        if let Some(filter) = &filter {
+            deleted += store.delete_where(filter).map_err(from_store)?;
+        }
+        Ok(Json(json!({"deleted": deleted})))
+    })
+    .await
+}
+
+async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let app2 = app.clone();
+    blocking(&app, move || {
+        let store = store_of(&app2, &tenant)?;
+        let info = store.info();
+        Ok(Json(json!({
+            "count": info.count, "dims": info.dims, "metric": info.metric, "index": info.index,
+            "bytes": info.memory_bytes, "log_bytes": info.log_bytes, "embedding_model": info.embedding_model,
+        })))
+    })
+    .await
+}
+
+async fn pool_stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    Ok(Json(
+        serde_json::to_value(app.pool.stats()).map_err(|_| ApiError::internal())?,
+    ))
+}
+
+async fn pool_cleanup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let app2 = app.clone();
+    blocking(&app, move || Ok(Json(json!({"expired": app2.pool.cleanup_expired()})))).await
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> String {
+    let pool = app.pool.stats();
+    format!(
+        "# TYPE tvs_http_requests_total counter\ntvs_http_requests_total {}\n\
+         # TYPE tvs_http_errors_total counter\ntvs_http_errors_total {}\n\
+         # TYPE tvs_pool_hits_total counter\ntvs_pool_hits_total {}\n\
+         # TYPE tvs_pool_misses_total counter\ntvs_pool_misses_total {}\n\
+         # TYPE tvs_pool_loads_total counter\ntvs_pool_loads_total {}\n\
+         # TYPE tvs_pool_evictions_total counter\ntvs_pool_evictions_total {}\n\
+         # TYPE tvs_pool_expirations_total counter\ntvs_pool_expirations_total {}\n\
+         # TYPE tvs_pool_size gauge\ntvs_pool_size {}\n\
+         # TYPE tvs_pool_hit_rate gauge\ntvs_pool_hit_rate {}\n",
+        app.requests.load(Ordering::Relaxed),
+        app.errors.load(Ordering::Relaxed),
+        pool.hits,
+        pool.misses,
+        pool.loads,
+        pool.evictions,
+        pool.expirations,
+        pool.size,
+        pool.hit_rate,
+    )
+}
+
+async fn count_requests(
+    State(app): State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    app.requests.fetch_add(1, Ordering::Relaxed);
+    let response = next.run(request).await;
+    if response.status().is_client_error() || response.status().is_server_error() {
+        app.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// The router of the API.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/tenants", post(create_tenant).get(list_tenants))
+        .route("/v1/tenants/{id}", delete(delete_tenant))
+        .route("/v1/tenants/{id}/keys", post(rotate_key))
+        .route("/v1/documents", post(upsert_documents))
+        .route("/v1/documents/delete", post(delete_documents))
+        .route("/v1/documents/{id}", get(get_document).delete(delete_document))
+        .route("/v1/search", post(search))
+        .route("/v1/stats", get(stats))
+        .route("/v1/admin/pool", get(pool_stats))
+        .route("/v1/admin/pool/cleanup", post(pool_cleanup))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(app.limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
+        .with_state(app)
+}
+
+/// Serves until SIGINT/SIGTERM, then stops accepting, finishes in-flight requests and flushes
+/// every open store.
+pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "tvs is listening");
+    let pool = app.pool.clone();
+    let cleanup_pool = app.pool.clone();
+    let cleanup = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let pool = cleanup_pool.clone();
+            let _ = tokio::task::spawn_blocking(move || pool.cleanup_expired()).await;
+        }
+    });
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    cleanup.abort();
+    tokio::task::spawn_blocking(move || pool.flush_all()).await.ok();
+    tracing::info!("stopped; every open store was flushed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,435 @@
+//! `tvs serve` end to end, as a child process on loopback: tenant lifecycle, documents and
+//! search through the guest, isolation between tenants, bad input answered 4xx without changing
+//! data, kill -9 during a stream of writes losing no acknowledged write, and many clients over
+//! more tenants than the pool holds.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+const ADMIN: &str = "test-admin-key";
+
+/// A `tvs serve` child; killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(data: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tvs"));
+        cmd.args(["serve", "--addr", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("TVS_DATA_DIR", data)
+            .env("TVS_ADMIN_KEY", ADMIN)
+            .env_remove("VECTOR_STORE_POOL_SIZE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tvs serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Server {
+            addr: addr.parse().expect("address"),
+            child,
+        }
+    }
+
+    fn kill_9(&mut self) {
+        let status = Command::new("kill")
+            .args(["-9", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and the JSON body (or
+/// `Value::String` of the body when it is not JSON).
+fn call(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let body = body.unwrap_or("");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: tvs\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    if let Some(key) = key {
+        request.push_str(&format!("Authorization: Bearer {key}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send head");
+    // A server may answer (413) before reading a big body; a failed body write is fine then.
+    let _ = stream.write_all(body.as_bytes());
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8_lossy(&raw);
+    let (head, payload) = text.split_once("\r\n\r\n").expect("a response head");
+    let status: u16 = head.split_whitespace().nth(1).expect("status").parse().expect("number");
+    let value = serde_json::from_str(payload).unwrap_or_else(|_| Value::String(payload.to_owned()));
+    (status, value)
+}
+
+fn create_tenant(addr: SocketAddr, id: &str, dims: usize) -> String {
+    let (status, body) = call(
+        addr,
+        "POST",
+        "/v1/tenants",
+        Some(ADMIN),
+        Some(&json!({"id": id, "dims": dims, "embedding_model": "none"}).to_string()),
+    );
+    assert_eq!(status, 201, "{body}");
+    body["api_key"].as_str().expect("key").to_owned()
+}
+
+fn ingest(addr: SocketAddr, key: &str, docs: Value) -> (u16, Value) {
+    call(
+        addr,
+        "POST",
+        "/v1/documents",
+        Some(key),
+        Some(&json!({"documents": docs}).to_string()),
+    )
+}
+
+#[test]
+fn a_tenant_lives_through_create_ingest_search_get_delete_and_key_rotation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &[], &[]);
+    let addr = server.addr;
+    assert_eq!(call(addr, "GET", "/healthz", None, None).0, 200);
+    let key = create_tenant(addr, "alice", 4);
+    let (status, body) = ingest(
+        addr,
+        &key,
+        json!([
+            {"id": "a", "text": "alpha", "metadata": {"kind": "x"}, "vector": [1, 0, 0, 0]},
+            {"id": "b", "text": "beta", "metadata": {"kind": "y"}, "vector": [0, 1, 0, 0]},
+            {"id": "c", "text": "gamma", "metadata": {"kind": "y"}, "vector": [0.7, 0.7, 0, 0]}
+        ]),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ids"], json!(["a", "b", "c"]));
+    let (status, body) = call(
+        addr,
+        "POST",
+        "/v1/search",
+        Some(&key),
+        Some(r#"{"vector": [1, 0, 0, 0], "top_k": 2}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["hits"][0]["id"], "a");
+    assert_eq!(body["hits"][0]["metadata"]["kind"], "x");
+    let (_, body) = call(
+        addr,
+        "POST",
+        "/v1/search",
+        Some(&key),
+        Some(r#"{"vector": [1, 0, 0, 0], "filter": {"kind": "y"}}"#),
+    );
+    let ids: Vec<&str> = body["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|h| h["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["c", "b"]);
+    let (status, body) = call(addr, "GET", "/v1/documents/b", Some(&key), None);
+    assert_eq!((status, body["text"].as_str()), (200, Some("beta")));
+    assert_eq!(call(addr, "DELETE", "/v1/documents/b", Some(&key), None).0, 200);
+    assert_eq!(call(addr, "GET", "/v1/documents/b", Some(&key), None).0, 404);
+    let (_, stats) = call(addr, "GET", "/v1/stats", Some(&key), None);
+    assert_eq!(stats["count"], 2);
+    let (_, list) = call(addr, "GET", "/v1/tenants", Some(ADMIN), None);
+    assert_eq!(list["tenants"], json!(["alice"]));
+
+    let (status, rotated) = call(addr, "POST", "/v1/tenants/alice/keys", Some(ADMIN), None);
+    assert_eq!(status, 200);
+    let new_key = rotated["api_key"].as_str().expect("key");
+    assert_eq!(
+        call(addr, "GET", "/v1/stats", Some(&key), None).0,
+        401,
+        "the old key is revoked"
+    );
+    assert_eq!(call(addr, "GET", "/v1/stats", Some(new_key), None).0, 200);
+
+    assert_eq!(call(addr, "DELETE", "/v1/tenants/alice", Some(ADMIN), None).0, 204);
+    assert_eq!(
+        call(addr, "GET", "/v1/stats", Some(new_key), None).0,
+        401,
+        "a deleted tenant's key is refused"
+    );
+    assert!(!tmp.path().join("alice").exists());
+}
+
+#[test]
+fn one_tenants_key_never_reaches_another_tenants_documents() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &[], &[]);
+    let addr = server.addr;
+    let key_a = create_tenant(addr, "a", 4);
+    let key_b = create_tenant(addr, "b", 4);
+    ingest(
+        addr,
+        &key_a,
+        json!([{"id": "secret", "text": "a's secret", "metadata": {"owner": "a"}, "vector": [1, 0, 0, 0]}]),
+    );
+    ingest(
+        addr,
+        &key_b,
+        json!([{"id": "mine", "text": "b's own", "metadata": {"owner": "b"}, "vector": [0, 1, 0, 0]}]),
+    );
+    assert_eq!(call(addr, "GET", "/v1/documents/secret", Some(&key_b), None).0, 404);
+    assert_eq!(call(addr, "DELETE", "/v1/documents/secret", Some(&key_b), None).0, 404);
+    let (_, body) = call(
+        addr,
+        "POST",
+        "/v1/search",
+        Some(&key_b),
+        Some(r#"{"vector": [1, 0, 0, 0], "top_k": 10, "filter": {"owner": "a"}}"#),
+    );
+    assert_eq!(body["hits"], json!([]));
+    let (_, body) = call(
+        addr,
+        "POST",
+        "/v1/documents/delete",
+        Some(&key_b),
+        Some(r#"{"filter": {"owner": "a"}, "ids": ["secret"]}"#),
+    );
+    assert_eq!(body["deleted"], 0);
+    assert_eq!(
+        call(addr, "GET", "/v1/documents/secret", Some(&key_a), None).0,
+        200,
+        "a's document is untouched"
+    );
+    // Admin routes refuse tenant keys; data routes refuse the admin key.
+    assert_eq!(call(addr, "GET", "/v1/tenants", Some(&key_a), None).0, 403);
+    assert_eq!(call(addr, "GET", "/v1/stats", Some(ADMIN), None).0, 401);
+}
+
+#[test]
+fn bad_input_gets_a_4xx_with_the_reason_and_changes_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &["--max-body-bytes", "4096"], &[]);
+    let addr = server.addr;
+    let key = create_tenant(addr, "t", 4);
+    ingest(addr, &key, json!([{"id": "keep", "vector": [1, 0, 0, 0]}]));
+    let big = json!({"documents": [{"id": "x", "text": "y".repeat(10_000), "vector": [1, 0, 0, 0]}]}).to_string();
+    let long_id = "i".repeat(600);
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        ("POST", "/v1/documents", "{not json".into(), 400, "invalid_request"),
+        (
+            "POST",
+            "/v1/documents",
+            r#"{"documents": []}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/documents",
+            r#"{"documents": [{"id": "n", "vector": [1, 2]}]}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/documents",
+            r#"{"documents": [{"id": "n", "vector": [1e999, 0, 0, 0]}]}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/documents",
+            r#"{"documents": [{"id": "n", "vector": [1, 0, 0, 0], "colour": 1}]}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/documents",
+            r#"{"documents": [{"id": "n", "vector": [1, 0, 0, 0], "metadata": [1]}]}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/documents",
+            format!(r#"{{"documents": [{{"id": "{long_id}", "vector": [1, 0, 0, 0]}}]}}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/documents",
+            r#"{"documents": [{"id": "n", "text": "needs an embedder"}]}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        ("POST", "/v1/documents", big, 413, "body_too_large"),
+        (
+            "POST",
+            "/v1/search",
+            r#"{"vector": [1, 0, 0, 0], "top_k": 0}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/search",
+            r#"{"vector": [1, 0, 0, 0], "filter": {"a": {"$regex": "x"}}}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/search",
+            r#"{"vector": [1, 0, 0]}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        ("GET", "/v1/nope", String::new(), 404, "not_found"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, reply) = call(addr, method, path, Some(&key), Some(&body));
+        assert_eq!(got, status, "{path} {body:.80}: {reply}");
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+        assert!(
+            !reply["error"]["message"].as_str().unwrap_or_default().is_empty(),
+            "{reply}"
+        );
+    }
+    assert_eq!(call(addr, "GET", "/v1/stats", None, None).0, 401);
+    assert_eq!(
+        call(addr, "POST", "/v1/tenants", Some(ADMIN), Some(r#"{"id": "../evil"}"#)).0,
+        400
+    );
+    let (_, stats) = call(addr, "GET", "/v1/stats", Some(&key), None);
+    assert_eq!(stats["count"], 1, "nothing was written by the refused requests");
+    assert_eq!(
+        call(addr, "GET", "/healthz", None, None).0,
+        200,
+        "the server keeps serving"
+    );
+}
+
+#[test]
+fn every_acknowledged_write_survives_kill_9_of_the_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(tmp.path(), &[], &[]);
+    let key = create_tenant(server.addr, "w", 4);
+    let addr = server.addr;
+    let writer = std::thread::spawn({
+        let key = key.clone();
+        move || {
+            let mut acked = Vec::new();
+            for n in 0..100_000u32 {
+                let id = format!("w{n}");
+                let body = json!({"documents": [{"id": id, "vector": [1.0, n as f32, 0.0, 1.0]}]}).to_string();
+                let Ok(mut stream) = TcpStream::connect(addr) else {
+                    break;
+                };
+                let head = format!(
+                    "POST /v1/documents HTTP/1.1\r\nHost: tvs\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                if stream
+                    .write_all(head.as_bytes())
+                    .and_then(|()| stream.write_all(body.as_bytes()))
+                    .is_err()
+                {
+                    break;
+                }
+                let mut raw = String::new();
+                if stream.read_to_string(&mut raw).is_err() || !raw.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+                acked.push(id);
+            }
+            acked
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    server.kill_9();
+    let acked = writer.join().expect("writer");
+    assert!(
+        acked.len() > 10,
+        "the writer made progress before the kill ({} acks)",
+        acked.len()
+    );
+    let server = Server::start(tmp.path(), &[], &[]);
+    for id in &acked {
+        let (status, _) = call(server.addr, "GET", &format!("/v1/documents/{id}"), Some(&key), None);
+        assert_eq!(status, 200, "{id} was acknowledged before the kill");
+    }
+}
+
+#[test]
+fn many_clients_over_more_tenants_than_the_pool_holds_see_no_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &[], &[("VECTOR_STORE_POOL_SIZE", "2")]);
+    let addr = server.addr;
+    let keys: Arc<Vec<String>> = Arc::new((0..6).map(|i| create_tenant(addr, &format!("t{i}"), 4)).collect());
+    let clients: Vec<_> = (0..6usize)
+        .map(|c| {
+            let keys = keys.clone();
+            std::thread::spawn(move || {
+                let mut written = Vec::new();
+                for n in 0..30usize {
+                    let tenant = (c + n) % keys.len();
+                    let id = format!("c{c}-{n}");
+                    let (status, body) = ingest(
+                        addr,
+                        &keys[tenant],
+                        json!([{"id": id, "vector": [1.0, c as f32, n as f32, 1.0]}]),
+                    );
+                    assert_eq!(status, 200, "{body}");
+                    let (status, body) = call(
+                        addr,
+                        "POST",
+                        "/v1/search",
+                        Some(&keys[tenant]),
+                        Some(r#"{"vector": [1, 0, 0, 1], "top_k": 3}"#),
+                    );
+                    assert_eq!(status, 200, "{body}");
+                    written.push((tenant, id));
+                }
+                written
+            })
+        })
+        .collect();
+    let written: Vec<(usize, String)> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
+    for (tenant, id) in written {
+        assert_eq!(
+            call(addr, "GET", &format!("/v1/documents/{id}"), Some(&keys[tenant]), None).0,
+            200,
+            "{id}"
+        );
+    }
+    let (_, pool) = call(addr, "GET", "/v1/admin/pool", Some(ADMIN), None);
+    assert!(pool["evictions"].as_u64() > Some(0), "{pool}");
+    assert!(pool["size"].as_u64() <= Some(2), "{pool}");
+}
