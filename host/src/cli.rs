@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Largest guest memory in MiB
     #[arg(long, default_value_t = 256)]
     guest_memory_mib: usize,
+    /// API requests served at once; more get 503 with Retry-After
+    #[arg(long, default_value_t = 48)]
+    max_in_flight: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +234,7 @@ fn serve(settings: Settings, args: ServeArgs) -> Result<Outcome> {
     let server_limits = tvs::http::ServerLimits {
         max_body_bytes: args.max_body_bytes,
         request_timeout: std::time::Duration::from_secs(args.request_timeout_secs.max(1)),
+        max_in_flight: args.max_in_flight.clamp(1, limits.max_instances as usize),
         ..tvs::http::ServerLimits::default()
     };
     let app = Arc::new(tvs::http::App::new(pool, runtime, keys, settings, server_limits));

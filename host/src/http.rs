@@ -41,6 +41,8 @@ pub struct ServerLimits {
     pub max_top_k: u32,
     /// Time a request may take before it is answered 504.
     pub request_timeout: Duration,
+    /// API requests served at once; more are answered 503 with `Retry-After`.
+    pub max_in_flight: usize,
 }
 
 impl Default for ServerLimits {
@@ -50,6 +52,8 @@ impl Default for ServerLimits {
             max_batch: 10_000,
             max_top_k: 1_000,
             request_timeout: Duration::from_secs(60),
+            // Below the runtime's instance slots, so a request never waits for a guest slot.
+            max_in_flight: 48,
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct App {
     pub limits: ServerLimits,
     requests: AtomicU64,
     errors: AtomicU64,
+    rejected_busy: AtomicU64,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl App {
@@ -73,9 +79,11 @@ impl App {
             runtime,
             keys,
             settings,
-            limits,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            rejected_busy: AtomicU64::new(0),
+            in_flight: tokio::sync::Semaphore::new(limits.max_in_flight.max(1)),
+            limits,
         }
     }
 }
@@ -625,6 +633,7 @@ async fn metrics(State(app): State<Arc<App>>) -> String {
     format!(
         "# TYPE tvs_http_requests_total counter\ntvs_http_requests_total {}\n\
          # TYPE tvs_http_errors_total counter\ntvs_http_errors_total {}\n\
+         # TYPE tvs_http_rejected_busy_total counter\ntvs_http_rejected_busy_total {}\n\
          # TYPE tvs_pool_hits_total counter\ntvs_pool_hits_total {}\n\
          # TYPE tvs_pool_misses_total counter\ntvs_pool_misses_total {}\n\
          # TYPE tvs_pool_loads_total counter\ntvs_pool_loads_total {}\n\
@@ -634,6 +643,7 @@ async fn metrics(State(app): State<Arc<App>>) -> String {
          # TYPE tvs_pool_hit_rate gauge\ntvs_pool_hit_rate {}\n",
         app.requests.load(Ordering::Relaxed),
         app.errors.load(Ordering::Relaxed),
+        app.rejected_busy.load(Ordering::Relaxed),
         pool.hits,
         pool.misses,
         pool.loads,
@@ -650,6 +660,23 @@ async fn count_requests(
     next: axum::middleware::Next,
 ) -> Response {
     app.requests.fetch_add(1, Ordering::Relaxed);
+    let _permit = if request.uri().path().starts_with("/v1/") {
+        match app.in_flight.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                app.rejected_busy.fetch_add(1, Ordering::Relaxed);
+                app.errors.fetch_add(1, Ordering::Relaxed);
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "the server is at its limit of requests in flight; retry shortly",
+                )
+                .into_response();
+            }
+        }
+    } else {
+        None
+    };
     let response = next.run(request).await;
     if response.status().is_client_error() || response.status().is_server_error() {
         app.errors.fetch_add(1, Ordering::Relaxed);

@@ -433,3 +433,59 @@ fn many_clients_over_more_tenants_than_the_pool_holds_see_no_errors() {
     assert!(pool["evictions"].as_u64() > Some(0), "{pool}");
     assert!(pool["size"].as_u64() <= Some(2), "{pool}");
 }
+
+#[test]
+fn a_saturated_server_answers_503_with_retry_after_and_loses_nothing_it_accepted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &["--max-in-flight", "1"], &[]);
+    let addr = server.addr;
+    let key = Arc::new(create_tenant(addr, "busy", 384));
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let clients: Vec<_> = (0..8usize)
+        .map(|c| {
+            let (key, barrier) = (key.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let docs: Vec<Value> = (0..500)
+                    .map(|n| json!({"id": format!("c{c}-{n}"), "vector": (0..384).map(|i| ((i + n + c) % 7) as f32 + 1.0).collect::<Vec<f32>>()}))
+                    .collect();
+                let body = json!({"documents": docs}).to_string();
+                barrier.wait();
+                let mut stream = TcpStream::connect(addr).expect("connect");
+                let head = format!(
+                    "POST /v1/documents HTTP/1.1\r\nHost: tvs\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).expect("head");
+                let _ = stream.write_all(body.as_bytes());
+                let mut raw = String::new();
+                stream.read_to_string(&mut raw).expect("response");
+                (c, raw)
+            })
+        })
+        .collect();
+    let results: Vec<(usize, String)> = clients.into_iter().map(|t| t.join().expect("client")).collect();
+    let busy: Vec<&String> = results
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.starts_with("HTTP/1.1 503"))
+        .collect();
+    assert!(
+        !busy.is_empty(),
+        "eight simultaneous 500-document ingests with one slot: some must be refused"
+    );
+    assert!(
+        busy.iter().all(|r| r.to_ascii_lowercase().contains("retry-after: 1")),
+        "{busy:?}"
+    );
+    let accepted: Vec<usize> = results
+        .iter()
+        .filter(|(_, r)| r.starts_with("HTTP/1.1 200"))
+        .map(|(c, _)| *c)
+        .collect();
+    let (_, stats) = call(addr, "GET", "/v1/stats", Some(&key), None);
+    assert_eq!(
+        stats["count"],
+        json!(accepted.len() * 500),
+        "exactly the accepted batches are stored"
+    );
+}
