@@ -8,7 +8,6 @@
 //!   backtrace reaches a client, and a refused request changes nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
@@ -23,6 +22,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::Keys;
 use crate::config::{Metric, ScalarKind, Settings, StoreConfig};
 use crate::filter::Filter;
+use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::runtime::{
     Chunking, GuestError, IngestDocument, IngestRequest, Mmr, RequestErrorKind, Runtime, SearchRequest,
@@ -66,9 +66,7 @@ pub struct App {
     pub keys: Keys,
     pub settings: Settings,
     pub limits: ServerLimits,
-    requests: AtomicU64,
-    errors: AtomicU64,
-    rejected_busy: AtomicU64,
+    metrics: Metrics,
     in_flight: tokio::sync::Semaphore,
 }
 
@@ -79,9 +77,7 @@ impl App {
             runtime,
             keys,
             settings,
-            requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            rejected_busy: AtomicU64::new(0),
+            metrics: Metrics::default(),
             in_flight: tokio::sync::Semaphore::new(limits.max_in_flight.max(1)),
             limits,
         }
@@ -197,6 +193,18 @@ fn from_guest(error: GuestError) -> ApiError {
             ApiError::internal()
         }
     }
+}
+
+/// Maps a guest failure to a response, counting the failures of the sandbox.
+fn guest_failed(app: &App, error: GuestError) -> ApiError {
+    match &error {
+        GuestError::Deadline(_) => app.metrics.guest_failure("deadline"),
+        GuestError::Memory(_) => app.metrics.guest_failure("memory"),
+        GuestError::Trap(_) => app.metrics.guest_failure("trap"),
+        GuestError::Busy => app.metrics.guest_failure("busy"),
+        _ => {}
+    }
+    from_guest(error)
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -438,7 +446,10 @@ async fn upsert_documents(
     let app2 = app.clone();
     blocking(&app, move || {
         let store = store_of(&app2, &tenant)?;
-        let response = app2.runtime.ingest(store, &request).map_err(from_guest)?;
+        let response = app2
+            .runtime
+            .ingest(store, &request)
+            .map_err(|e| guest_failed(&app2, e))?;
         Ok(Json(json!({"ids": response.ids, "embedded": response.embedded})))
     })
     .await
@@ -514,7 +525,10 @@ async fn search(
     let app2 = app.clone();
     blocking(&app, move || {
         let store = store_of(&app2, &tenant)?;
-        let hits = app2.runtime.search(store, &request).map_err(from_guest)?;
+        let hits = app2
+            .runtime
+            .search(store, &request)
+            .map_err(|e| guest_failed(&app2, e))?;
         Ok(Json(
             json!({"hits": hits.into_iter().map(hit_json).collect::<Vec<_>>()}),
         ))
@@ -629,29 +643,7 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> String {
-    let pool = app.pool.stats();
-    format!(
-        "# TYPE tvs_http_requests_total counter\ntvs_http_requests_total {}\n\
-         # TYPE tvs_http_errors_total counter\ntvs_http_errors_total {}\n\
-         # TYPE tvs_http_rejected_busy_total counter\ntvs_http_rejected_busy_total {}\n\
-         # TYPE tvs_pool_hits_total counter\ntvs_pool_hits_total {}\n\
-         # TYPE tvs_pool_misses_total counter\ntvs_pool_misses_total {}\n\
-         # TYPE tvs_pool_loads_total counter\ntvs_pool_loads_total {}\n\
-         # TYPE tvs_pool_evictions_total counter\ntvs_pool_evictions_total {}\n\
-         # TYPE tvs_pool_expirations_total counter\ntvs_pool_expirations_total {}\n\
-         # TYPE tvs_pool_size gauge\ntvs_pool_size {}\n\
-         # TYPE tvs_pool_hit_rate gauge\ntvs_pool_hit_rate {}\n",
-        app.requests.load(Ordering::Relaxed),
-        app.errors.load(Ordering::Relaxed),
-        app.rejected_busy.load(Ordering::Relaxed),
-        pool.hits,
-        pool.misses,
-        pool.loads,
-        pool.evictions,
-        pool.expirations,
-        pool.size,
-        pool.hit_rate,
-    )
+    app.metrics.render(&app.pool.stats())
 }
 
 async fn count_requests(
@@ -659,13 +651,17 @@ async fn count_requests(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    app.requests.fetch_add(1, Ordering::Relaxed);
-    let _permit = if request.uri().path().starts_with("/v1/") {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let _permit = if route.starts_with("/v1/") {
         match app.in_flight.try_acquire() {
             Ok(permit) => Some(permit),
             Err(_) => {
-                app.rejected_busy.fetch_add(1, Ordering::Relaxed);
-                app.errors.fetch_add(1, Ordering::Relaxed);
+                app.metrics.rejected_busy();
+                app.metrics.observe(&route, 503, started.elapsed().as_secs_f64());
                 return ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "busy",
@@ -678,9 +674,8 @@ async fn count_requests(
         None
     };
     let response = next.run(request).await;
-    if response.status().is_client_error() || response.status().is_server_error() {
-        app.errors.fetch_add(1, Ordering::Relaxed);
-    }
+    app.metrics
+        .observe(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 

@@ -12,6 +12,7 @@ pub mod doclog;
 pub mod filter;
 pub mod fsutil;
 pub mod http;
+pub mod metrics;
 pub mod pool;
 pub mod runtime;
 pub mod snapshot;

@@ -175,6 +175,23 @@ fn a_tenant_lives_through_create_ingest_search_get_delete_and_key_rotation() {
     );
     assert_eq!(call(addr, "GET", "/v1/stats", Some(new_key), None).0, 200);
 
+    let (status, metrics) = call(addr, "GET", "/metrics", None, None);
+    let metrics = metrics.as_str().expect("prometheus text").to_owned();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"tvs_http_requests_total{route="/v1/search",status="200"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tvs_http_requests_total{route="/v1/documents/{id}",status="404"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tvs_http_request_duration_seconds_count{route="/v1/search"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tvs_pool_hit_rate"), "{metrics}");
+
     assert_eq!(call(addr, "DELETE", "/v1/tenants/alice", Some(ADMIN), None).0, 204);
     assert_eq!(
         call(addr, "GET", "/v1/stats", Some(new_key), None).0,
