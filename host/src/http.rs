@@ -2,8 +2,8 @@
 //!
 //! Invariants:
 //! - The tenant of a data request comes from its `Authorization: Bearer` key alone.
-//! - Ingest and search run in a fresh guest instance ([`crate::runtime`]); admin routes are
-//!   native. Blocking work (files, guests) runs on the blocking thread pool.
+//! - Every data request (ingest, search, get, delete, stats) runs in a fresh guest instance
+//!   bound to the key's tenant ([`crate::runtime`]); admin routes are native. Blocking work (files, guests) runs on the blocking thread pool.
 //! - Every error is `{"error":{"code","message"}}` with a fitting status; no panic or wasm
 //!   backtrace reaches a client, and a refused request changes nothing.
 
@@ -27,7 +27,7 @@ use crate::pool::Pool;
 use crate::runtime::{
     Chunking, GuestError, IngestDocument, IngestRequest, Mmr, RequestErrorKind, Runtime, SearchRequest,
 };
-use crate::store::{OpenError, StoreError, TenantStore};
+use crate::store::{OpenError, TenantStore};
 use crate::tenant::{TenantError, TenantId};
 
 /// Limits of the server.
@@ -157,20 +157,6 @@ fn from_open(error: OpenError) -> ApiError {
         ),
         other => {
             tracing::error!(error = ?other, "opening a tenant store failed");
-            ApiError::internal()
-        }
-    }
-}
-
-fn from_store(error: StoreError) -> ApiError {
-    match error {
-        StoreError::InvalidDocument { .. } | StoreError::InvalidQuery(_) | StoreError::Filter(_) => {
-            ApiError::bad_request(error.to_string())
-        }
-        StoreError::QuotaExceeded { .. } => ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", error.to_string()),
-        StoreError::Deleted => ApiError::not_found("the tenant was deleted"),
-        other => {
-            tracing::error!(error = ?other, "store error");
             ApiError::internal()
         }
     }
@@ -545,11 +531,14 @@ async fn get_document(
     let app2 = app.clone();
     blocking(&app, move || {
         let store = store_of(&app2, &tenant)?;
-        let doc = store
-            .get(std::slice::from_ref(&id), false)
+        let doc = app2
+            .runtime
+            .get(store, std::slice::from_ref(&id))
+            .map_err(|e| guest_failed(&app2, e))?
             .pop()
             .ok_or_else(|| ApiError::not_found(format!("no document {id:?}")))?;
-        Ok(Json(json!({"id": doc.id, "text": doc.text, "metadata": doc.metadata})))
+        let metadata: Value = serde_json::from_str(&doc.metadata).unwrap_or_else(|_| json!({}));
+        Ok(Json(json!({"id": doc.id, "text": doc.text, "metadata": metadata})))
     })
     .await
 }
@@ -563,7 +552,11 @@ async fn delete_document(
     let app2 = app.clone();
     blocking(&app, move || {
         let store = store_of(&app2, &tenant)?;
-        match store.delete(std::slice::from_ref(&id)).map_err(from_store)? {
+        match app2
+            .runtime
+            .delete(store, std::slice::from_ref(&id), None)
+            .map_err(|e| guest_failed(&app2, e))?
+        {
             0 => Err(ApiError::not_found(format!("no document {id:?}"))),
             n => Ok(Json(json!({"deleted": n}))),
         }
@@ -587,25 +580,21 @@ async fn delete_documents(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_of(&app, &headers)?;
     let Json(body) = body.map_err(from_json_rejection)?;
-    let filter = body
-        .filter
-        .as_ref()
-        .map(Filter::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if body.ids.is_none() && filter.is_none() {
+    if let Some(filter) = &body.filter {
+        Filter::parse(filter).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    if body.ids.is_none() && body.filter.is_none() {
         return Err(ApiError::bad_request("give ids or filter"));
     }
     let app2 = app.clone();
     blocking(&app, move || {
         let store = store_of(&app2, &tenant)?;
-        let mut deleted = 0;
-        if let Some(ids) = &body.ids {
-            deleted += store.delete(ids).map_err(from_store)?;
-        }
-        if let Some(filter) = &filter {
-            deleted += store.delete_where(filter).map_err(from_store)?;
-        }
+        let ids = body.ids.unwrap_or_default();
+        let filter = body.filter.map(|f| f.to_string());
+        let deleted = app2
+            .runtime
+            .delete(store, &ids, filter.as_ref())
+            .map_err(|e| guest_failed(&app2, e))?;
         Ok(Json(json!({"deleted": deleted})))
     })
     .await
@@ -616,10 +605,15 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
     let app2 = app.clone();
     blocking(&app, move || {
         let store = store_of(&app2, &tenant)?;
-        let info = store.info();
+        let info = app2.runtime.stats(store).map_err(|e| guest_failed(&app2, e))?;
+        let metric = match info.metric {
+            crate::runtime::GuestMetric::Cos => "cos",
+            crate::runtime::GuestMetric::Ip => "ip",
+            crate::runtime::GuestMetric::L2 => "l2",
+        };
         Ok(Json(json!({
-            "count": info.count, "dims": info.dims, "metric": info.metric, "index": info.index,
-            "bytes": info.memory_bytes, "log_bytes": info.log_bytes, "embedding_model": info.embedding_model,
+            "count": info.count, "dims": info.dims, "metric": metric, "bytes": info.bytes,
+            "embedding_model": info.embedding_model,
         })))
     })
     .await

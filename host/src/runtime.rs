@@ -35,8 +35,8 @@ pub mod bindings {
 pub use bindings::exports::tvs::store::handler::{
     Chunking, IngestDocument, IngestRequest, IngestResponse, Mmr, SearchRequest,
 };
-pub use bindings::tvs::store::types::Hit;
-use bindings::tvs::store::types::{self as wit, CollectionInfo, Document, Error, NewDocument};
+use bindings::tvs::store::types::{self as wit, Error, NewDocument};
+pub use bindings::tvs::store::types::{CollectionInfo, Document, Hit, Metric as GuestMetric};
 
 /// Paths of the guest components `build.rs` built: `HANDLER` (the built-in guest) and the test
 /// guests `HOSTILE` and `BAD_IMPORT` (see `tests/guests/README.md`).
@@ -314,6 +314,23 @@ impl Runtime {
         })
     }
 
+    /// Gets documents through a fresh guest bound to `tenant`.
+    pub fn get(&self, tenant: Arc<TenantStore>, ids: &[String]) -> Result<Vec<Document>, GuestError> {
+        self.run(tenant, |guest, store| guest.tvs_store_handler().call_get(store, ids))
+    }
+
+    /// Deletes by ids and/or filter through a fresh guest bound to `tenant`.
+    pub fn delete(&self, tenant: Arc<TenantStore>, ids: &[String], filter: Option<&String>) -> Result<u64, GuestError> {
+        self.run(tenant, |guest, store| {
+            guest.tvs_store_handler().call_delete(store, ids, filter)
+        })
+    }
+
+    /// Collection facts through a fresh guest bound to `tenant`.
+    pub fn stats(&self, tenant: Arc<TenantStore>) -> Result<CollectionInfo, GuestError> {
+        self.run(tenant, |guest, store| guest.tvs_store_handler().call_stats(store))
+    }
+
     /// Searches through a fresh guest bound to `tenant`.
     pub fn search(&self, tenant: Arc<TenantStore>, request: &SearchRequest) -> Result<Vec<Hit>, GuestError> {
         self.run(tenant, |guest, store| {
@@ -471,6 +488,7 @@ impl bindings::tvs::store::collection::Host for GuestState {
                 crate::config::Metric::L2 => wit::Metric::L2,
             },
             embedding_model: config.embedding_model.clone(),
+            bytes: self.store.memory_bytes(),
         }
     }
 }

@@ -16,7 +16,7 @@ wit_bindgen::generate!({
 use exports::tvs::store::handler::{Guest, IngestRequest, IngestResponse, SearchRequest};
 use tvs::store::collection;
 use tvs::store::embedder;
-use tvs::store::types::{Error, Hit, NewDocument};
+use tvs::store::types::{CollectionInfo, Document, Error, Hit, NewDocument};
 
 /// Texts per call to the embedder: bounds the size of one boundary crossing.
 const EMBED_BATCH: usize = 64;
@@ -109,6 +109,22 @@ impl Guest for Handler {
                 hit
             })
             .collect())
+    }
+
+    fn get(ids: Vec<String>) -> Result<Vec<Document>, Error> {
+        collection::get(&ids, false)
+    }
+
+    fn delete(ids: Vec<String>, filter: Option<String>) -> Result<u64, Error> {
+        let mut deleted = if ids.is_empty() { 0 } else { collection::delete(&ids)? };
+        if let Some(filter) = filter {
+            deleted += collection::delete_where(&filter)?;
+        }
+        Ok(deleted)
+    }
+
+    fn stats() -> Result<CollectionInfo, Error> {
+        Ok(collection::info())
     }
 }
 

@@ -7,7 +7,7 @@ wit_bindgen::generate!({
 });
 
 use exports::tvs::store::handler::{Guest, IngestRequest, IngestResponse, SearchRequest};
-use tvs::store::types::{Error, Hit};
+use tvs::store::types::{CollectionInfo, Document, Error, Hit};
 
 struct Evil;
 
@@ -19,6 +19,18 @@ impl Guest for Evil {
     fn search(_request: SearchRequest) -> Result<Vec<Hit>, Error> {
         tvs::evil::admin::delete_tenant("victim");
         Ok(Vec::new())
+    }
+
+    fn get(_ids: Vec<String>) -> Result<Vec<Document>, Error> {
+        Err(Error::InvalidInput("this guest only searches".into()))
+    }
+
+    fn delete(_ids: Vec<String>, _filter: Option<String>) -> Result<u64, Error> {
+        Err(Error::InvalidInput("this guest only searches".into()))
+    }
+
+    fn stats() -> Result<CollectionInfo, Error> {
+        Err(Error::InvalidInput("this guest only searches".into()))
     }
 }
 

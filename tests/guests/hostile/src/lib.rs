@@ -7,7 +7,7 @@ wit_bindgen::generate!({
 
 use exports::tvs::store::handler::{Guest, IngestRequest, IngestResponse, SearchRequest};
 use tvs::store::collection;
-use tvs::store::types::{Error, Hit};
+use tvs::store::types::{CollectionInfo, Document, Error, Hit};
 
 struct Hostile;
 
@@ -52,6 +52,18 @@ impl Guest for Hostile {
             }
             _ => collection::search(&[1.0, 0.0, 0.0, 0.0], request.top_k, None, false),
         }
+    }
+
+    fn get(_ids: Vec<String>) -> Result<Vec<Document>, Error> {
+        Err(Error::InvalidInput("this guest only searches".into()))
+    }
+
+    fn delete(_ids: Vec<String>, _filter: Option<String>) -> Result<u64, Error> {
+        Err(Error::InvalidInput("this guest only searches".into()))
+    }
+
+    fn stats() -> Result<CollectionInfo, Error> {
+        Err(Error::InvalidInput("this guest only searches".into()))
     }
 }
 
