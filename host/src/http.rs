@@ -18,6 +18,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::auth::Keys;
 use crate::config::{Metric, ScalarKind, Settings, StoreConfig};
@@ -253,15 +254,19 @@ fn store_of(app: &App, tenant: &TenantId) -> Result<Arc<TenantStore>, ApiError> 
     app.pool.get(tenant).map_err(from_open)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
     id: String,
     #[serde(default)]
     dims: Option<usize>,
+    /// `cos` (default), `ip` or `l2`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     metric: Option<Metric>,
+    /// `f32` (default), `f16` or `i8`: how the HNSW graph stores vectors.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     scalar: Option<ScalarKind>,
     #[serde(default)]
     embedding_model: Option<String>,
@@ -269,6 +274,7 @@ struct CreateTenant {
     max_documents: Option<u64>,
 }
 
+#[utoipa::path(post, path = "/v1/tenants", request_body = CreateTenant, responses((status = 201, description = "the tenant and its API key, shown once"), (status = 409, description = "exists")), security(("admin" = [])))]
 async fn create_tenant(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -304,12 +310,13 @@ async fn create_tenant(
     Ok((StatusCode::CREATED, Json(key)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct ListQuery {
     after: Option<String>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/tenants", params(ListQuery), responses((status = 200, description = "a sorted page of tenant ids")), security(("admin" = [])))]
 async fn list_tenants(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -328,6 +335,7 @@ async fn list_tenants(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/tenants/{id}", params(("id" = String, Path)), responses((status = 204, description = "deleted with all its data"), (status = 404, description = "no such tenant")), security(("admin" = [])))]
 async fn delete_tenant(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -350,6 +358,7 @@ async fn delete_tenant(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/tenants/{id}/keys", params(("id" = String, Path)), responses((status = 200, description = "a new key; the old one is revoked")), security(("admin" = [])))]
 async fn rotate_key(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -368,20 +377,22 @@ async fn rotate_key(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DocumentIn {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
     text: Option<String>,
+    /// A JSON object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
     #[serde(default)]
     vector: Option<Vec<f32>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChunkIn {
     size: u32,
@@ -389,7 +400,7 @@ struct ChunkIn {
     overlap: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpsertBody {
     documents: Vec<DocumentIn>,
@@ -397,6 +408,7 @@ struct UpsertBody {
     chunk: Option<ChunkIn>,
 }
 
+#[utoipa::path(post, path = "/v1/documents", request_body = UpsertBody, responses((status = 200, description = "ids stored, in order"), (status = 400, description = "invalid input; nothing stored")), security(("tenant" = [])))]
 async fn upsert_documents(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -446,7 +458,7 @@ fn hit_json(hit: crate::runtime::Hit) -> Value {
     json!({"id": hit.id, "score": hit.score, "distance": hit.distance, "text": hit.text, "metadata": metadata})
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MmrIn {
     #[serde(default = "default_fetch_k")]
@@ -462,7 +474,7 @@ fn default_lambda() -> f32 {
     0.5
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SearchBody {
     #[serde(default)]
@@ -471,12 +483,15 @@ struct SearchBody {
     vector: Option<Vec<f32>>,
     #[serde(default)]
     top_k: Option<u32>,
+    /// A Mongo-style metadata filter.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     filter: Option<Value>,
     #[serde(default)]
     mmr: Option<MmrIn>,
 }
 
+#[utoipa::path(post, path = "/v1/search", request_body = SearchBody, responses((status = 200, description = "hits: id, score, distance, text, metadata")), security(("tenant" = [])))]
 async fn search(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -522,6 +537,7 @@ async fn search(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/documents/{id}", params(("id" = String, Path)), responses((status = 200, description = "the document"), (status = 404, description = "no such document")), security(("tenant" = [])))]
 async fn get_document(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -543,6 +559,7 @@ async fn get_document(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/documents/{id}", params(("id" = String, Path)), responses((status = 200, description = "deleted"), (status = 404, description = "no such document")), security(("tenant" = [])))]
 async fn delete_document(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -564,15 +581,18 @@ async fn delete_document(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeleteBody {
     #[serde(default)]
     ids: Option<Vec<String>>,
+    /// A Mongo-style metadata filter.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     filter: Option<Value>,
 }
 
+#[utoipa::path(post, path = "/v1/documents/delete", request_body = DeleteBody, responses((status = 200, description = "how many were deleted")), security(("tenant" = [])))]
 async fn delete_documents(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -600,6 +620,7 @@ async fn delete_documents(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "count, dims, metric, bytes, embedding model")), security(("tenant" = [])))]
 async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_of(&app, &headers)?;
     let app2 = app.clone();
@@ -619,6 +640,7 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
     .await
 }
 
+#[utoipa::path(get, path = "/v1/admin/pool", responses((status = 200, description = "pool counters and hit rate")), security(("admin" = [])))]
 async fn pool_stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require_admin(&app, &headers)?;
     Ok(Json(
@@ -626,16 +648,19 @@ async fn pool_stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<J
     ))
 }
 
+#[utoipa::path(post, path = "/v1/admin/pool/cleanup", responses((status = 200, description = "how many expired stores were dropped")), security(("admin" = [])))]
 async fn pool_cleanup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require_admin(&app, &headers)?;
     let app2 = app.clone();
     blocking(&app, move || Ok(Json(json!({"expired": app2.pool.cleanup_expired()})))).await
 }
 
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
 async fn metrics(State(app): State<Arc<App>>) -> String {
     app.metrics.render(&app.pool.stats())
 }
@@ -673,6 +698,37 @@ async fn count_requests(
     response
 }
 
+/// The OpenAPI description, generated from the handlers' annotations.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "tvs", description = "Multi-tenant vector store. Data routes take a tenant key, admin routes the admin key, both as `Authorization: Bearer`. Errors are {\"error\": {\"code\", \"message\"}}."),
+    paths(
+        create_tenant, list_tenants, delete_tenant, rotate_key, upsert_documents, search, get_document,
+        delete_document, delete_documents, stats, pool_stats, pool_cleanup, healthz, metrics
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for name in ["admin", "tenant"] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
 async fn fallback() -> ApiError {
     ApiError::not_found("no such route")
 }
@@ -692,6 +748,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/pool/cleanup", post(pool_cleanup))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(app.limits.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))

@@ -120,6 +120,19 @@ fn a_tenant_lives_through_create_ingest_search_get_delete_and_key_rotation() {
     let server = Server::start(tmp.path(), &[], &[]);
     let addr = server.addr;
     assert_eq!(call(addr, "GET", "/healthz", None, None).0, 200);
+    let (status, spec) = call(addr, "GET", "/openapi.json", None, None);
+    assert_eq!(status, 200);
+    for path in [
+        "/v1/tenants",
+        "/v1/documents",
+        "/v1/search",
+        "/v1/documents/{id}",
+        "/v1/stats",
+        "/v1/admin/pool",
+    ] {
+        assert!(spec["paths"][path].is_object(), "the spec describes {path}");
+    }
+    assert!(spec["components"]["schemas"]["SearchBody"].is_object());
     let key = create_tenant(addr, "alice", 4);
     let (status, body) = ingest(
         addr,
