@@ -11,7 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use tvs::config::{Metric, ScalarKind, Settings, StoreConfig};
+use tvs::config::{ConfigFile, Metric, ScalarKind, ServeFile, Settings, StoreConfig};
 use tvs::filter::Filter;
 use tvs::runtime::{IngestDocument, IngestRequest, Mmr as GuestMmr, Runtime, RuntimeLimits, SearchRequest};
 use tvs::store::{NewDocument, OpenError, TenantStore};
@@ -20,6 +20,9 @@ use tvs::tenant::{DataDir, StoreDir, TenantId};
 #[derive(Debug, Parser)]
 #[command(name = "tvs", version, about = "Multi-tenant vector store", propagate_version = true)]
 pub struct Cli {
+    /// TOML configuration file (environment variables and flags override it)
+    #[arg(long, global = true, env = "TVS_CONFIG")]
+    config: Option<PathBuf>,
     /// Root of the tenant directories [env: TVS_DATA_DIR, default: ./user_data]
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
@@ -47,24 +50,24 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Address to listen on
-    #[arg(long, env = "TVS_ADDR", default_value = "127.0.0.1:8080")]
-    addr: std::net::SocketAddr,
-    /// Largest request body in bytes
-    #[arg(long, default_value_t = 16 << 20)]
-    max_body_bytes: usize,
-    /// Seconds a request may take
-    #[arg(long, default_value_t = 60)]
-    request_timeout_secs: u64,
-    /// Seconds a guest may run for one request
-    #[arg(long, default_value_t = 30)]
-    guest_deadline_secs: u64,
-    /// Largest guest memory in MiB
-    #[arg(long, default_value_t = 256)]
-    guest_memory_mib: usize,
-    /// API requests served at once; more get 503 with Retry-After
-    #[arg(long, default_value_t = 48)]
-    max_in_flight: usize,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "TVS_ADDR")]
+    addr: Option<std::net::SocketAddr>,
+    /// Largest request body in bytes [default: 16 MiB]
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Seconds a request may take [default: 60]
+    #[arg(long)]
+    request_timeout_secs: Option<u64>,
+    /// Seconds a guest may run for one request [default: 30]
+    #[arg(long)]
+    guest_deadline_secs: Option<u64>,
+    /// Largest guest memory in MiB [default: 256]
+    #[arg(long)]
+    guest_memory_mib: Option<usize>,
+    /// API requests served at once; more get 503 with Retry-After [default: 48]
+    #[arg(long)]
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,12 +200,16 @@ fn init_logging(json: bool) {
 }
 
 fn run(cli: Cli) -> Result<Outcome> {
-    let mut settings = Settings::from_env()?;
+    let file = match &cli.config {
+        Some(path) => ConfigFile::read(path)?,
+        None => ConfigFile::default(),
+    };
+    let mut settings = Settings::from_env_and_file(&file)?;
     if let Some(dir) = cli.data_dir {
         settings.data_dir = dir;
     }
     match cli.command {
-        Command::Serve(args) => serve(settings, args),
+        Command::Serve(args) => serve(settings, args, &file.serve),
         Command::Tenant(cmd) => tenant_command(&settings, cmd),
         Command::Ingest(args) => ingest(&settings, args),
         Command::Search(args) => search(&settings, args),
@@ -214,7 +221,14 @@ fn run(cli: Cli) -> Result<Outcome> {
     }
 }
 
-fn serve(settings: Settings, args: ServeArgs) -> Result<Outcome> {
+fn serve(settings: Settings, args: ServeArgs, file: &ServeFile) -> Result<Outcome> {
+    let defaults = tvs::http::ServerLimits::default();
+    let addr = args
+        .addr
+        .or(file.addr)
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let guest_deadline_secs = args.guest_deadline_secs.or(file.guest_deadline_secs).unwrap_or(30);
+    let guest_memory_mib = args.guest_memory_mib.or(file.guest_memory_mib).unwrap_or(256);
     let data = data_dir(&settings)?;
     let (keys, created) =
         tvs::auth::Keys::open(data.clone(), std::env::var("TVS_ADMIN_KEY").ok()).context("loading the admin key")?;
@@ -222,8 +236,8 @@ fn serve(settings: Settings, args: ServeArgs) -> Result<Outcome> {
         writeln!(io::stderr(), "generated an admin key in {} (mode 0600)", path.display())?;
     }
     let limits = RuntimeLimits {
-        deadline: std::time::Duration::from_secs(args.guest_deadline_secs.max(1)),
-        memory_bytes: args.guest_memory_mib.max(1) << 20,
+        deadline: std::time::Duration::from_secs(guest_deadline_secs.max(1)),
+        memory_bytes: guest_memory_mib.max(1) << 20,
         ..RuntimeLimits::default()
     };
     let runtime = Arc::new(Runtime::new(limits).context("starting the wasm runtime")?);
@@ -232,10 +246,20 @@ fn serve(settings: Settings, args: ServeArgs) -> Result<Outcome> {
         tvs::pool::PoolConfig::from_settings(&settings),
     ));
     let server_limits = tvs::http::ServerLimits {
-        max_body_bytes: args.max_body_bytes,
-        request_timeout: std::time::Duration::from_secs(args.request_timeout_secs.max(1)),
-        max_in_flight: args.max_in_flight.clamp(1, limits.max_instances as usize),
-        ..tvs::http::ServerLimits::default()
+        max_body_bytes: args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(defaults.max_body_bytes),
+        request_timeout: args
+            .request_timeout_secs
+            .or(file.request_timeout_secs)
+            .map_or(defaults.request_timeout, |s| std::time::Duration::from_secs(s.max(1))),
+        max_in_flight: args
+            .max_in_flight
+            .or(file.max_in_flight)
+            .unwrap_or(defaults.max_in_flight)
+            .clamp(1, limits.max_instances as usize),
+        ..defaults
     };
     let app = Arc::new(tvs::http::App::new(pool, runtime, keys, settings, server_limits));
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -244,12 +268,12 @@ fn serve(settings: Settings, args: ServeArgs) -> Result<Outcome> {
         .context("starting tokio")?;
     tokio
         .block_on(async {
-            let listener = tokio::net::TcpListener::bind(args.addr).await?;
+            let listener = tokio::net::TcpListener::bind(addr).await?;
             // The address goes to stdout so scripts and tests can find an ephemeral port.
             writeln!(io::stdout(), "listening on http://{}", listener.local_addr()?)?;
             tvs::http::serve(app, listener).await
         })
-        .with_context(|| format!("serving on {}", args.addr))?;
+        .with_context(|| format!("serving on {addr}"))?;
     Ok(Outcome::Done)
 }
 

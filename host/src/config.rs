@@ -151,6 +151,68 @@ pub struct SettingsError {
     pub reason: String,
 }
 
+/// The optional TOML configuration file (`tvs --config FILE`, or `TVS_CONFIG`). Environment
+/// variables override it, command-line flags override both.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub data_dir: Option<PathBuf>,
+    pub vector_store_folder: Option<PathBuf>,
+    pub pool_size: Option<usize>,
+    pub ttl_seconds: Option<u64>,
+    pub pool_max_bytes: Option<u64>,
+    pub default_top_k: Option<usize>,
+    pub embedding_model: Option<String>,
+    #[serde(default)]
+    pub serve: ServeFile,
+}
+
+/// The `[serve]` table of the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    pub addr: Option<std::net::SocketAddr>,
+    pub max_body_bytes: Option<usize>,
+    pub request_timeout_secs: Option<u64>,
+    pub guest_deadline_secs: Option<u64>,
+    pub guest_memory_mib: Option<usize>,
+    pub max_in_flight: Option<usize>,
+}
+
+/// A configuration file that cannot be read or parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration file {path}: {reason}")]
+pub struct ConfigFileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl ConfigFile {
+    /// The file's value for an environment variable's setting, as text.
+    fn value_of(&self, variable: &str) -> Option<String> {
+        match variable {
+            "TVS_DATA_DIR" => self.data_dir.as_ref().map(|p| p.display().to_string()),
+            "VECTOR_STORE_FOLDER" => self.vector_store_folder.as_ref().map(|p| p.display().to_string()),
+            "VECTOR_STORE_POOL_SIZE" => self.pool_size.map(|v| v.to_string()),
+            "VECTOR_STORE_TTL_SECONDS" => self.ttl_seconds.map(|v| v.to_string()),
+            "TVS_POOL_MAX_BYTES" => self.pool_max_bytes.map(|v| v.to_string()),
+            "DEFAULT_TOP_K" => self.default_top_k.map(|v| v.to_string()),
+            "EMBEDDING_MODEL" => self.embedding_model.clone(),
+            _ => None,
+        }
+    }
+
+    /// Reads and parses a TOML configuration file; unknown keys are errors that name them.
+    pub fn read(path: &std::path::Path) -> Result<ConfigFile, ConfigFileError> {
+        let err = |reason: String| ConfigFileError {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| err(e.to_string().trim().to_owned()))
+    }
+}
+
 /// Embedding model used when `EMBEDDING_MODEL` is unset (the old stack's default).
 pub const DEFAULT_EMBEDDING_MODEL: &str = "all-MiniLM-L6-v2";
 
@@ -178,6 +240,11 @@ impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, SettingsError> {
         Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the process environment, falling back to `file` for variables that are unset.
+    pub fn from_env_and_file(file: &ConfigFile) -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok().or_else(|| file.value_of(name)))
     }
 
     /// Reads settings through `lookup` (the environment, or a map in tests).
@@ -261,6 +328,18 @@ mod tests {
         assert_eq!(s.vector_store_folder, PathBuf::from("legacy"));
         assert_eq!(s.data_dir, PathBuf::from("/srv/tvs"));
         assert_eq!(s.embedding_model, "none");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_which_overrides_defaults() {
+        let file: ConfigFile =
+            toml::from_str("pool_size = 4\ndefault_top_k = 9\n[serve]\nmax_in_flight = 3\n").expect("toml");
+        let map: HashMap<String, String> = [("DEFAULT_TOP_K".to_string(), "2".to_string())].into_iter().collect();
+        let s = Settings::from_lookup(|k| map.get(k).cloned().or_else(|| file.value_of(k))).expect("valid");
+        assert_eq!((s.pool_size, s.default_top_k, s.ttl.as_secs()), (4, 2, 3600));
+        assert_eq!(file.serve.max_in_flight, Some(3));
+        let unknown = toml::from_str::<ConfigFile>("pool_sise = 4\n").expect_err("unknown key");
+        assert!(unknown.to_string().contains("pool_sise"), "{unknown}");
     }
 
     #[test]

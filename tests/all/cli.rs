@@ -205,3 +205,53 @@ fn ingesting_into_a_missing_tenant_says_how_to_create_it() {
         "nothing was created for it"
     );
 }
+
+#[test]
+fn a_config_file_sets_defaults_that_the_environment_overrides() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        tmp.path().join("tvs.toml"),
+        "data_dir = \"custom_data\"\ndefault_top_k = 2\n",
+    )
+    .expect("config");
+    let config = ["--config", "tvs.toml"];
+    assert!(
+        tvs(
+            tmp.path(),
+            &[&config[..], &["tenant", "create", "t", "--dims", "8"]].concat(),
+            &[]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        tmp.path().join("custom_data/t").is_dir(),
+        "data_dir comes from the file"
+    );
+    assert!(
+        tvs(
+            tmp.path(),
+            &[&config[..], &["ingest", "--tenant", "t", &corpus()]].concat(),
+            &[]
+        )
+        .status
+        .success()
+    );
+    let search = [&config[..], &["search", "--tenant", "t", "--vector", SPACE_QUERY]].concat();
+    assert_eq!(
+        stdout(&tvs(tmp.path(), &search, &[])).lines().count(),
+        2,
+        "default_top_k from the file"
+    );
+    assert_eq!(
+        stdout(&tvs(tmp.path(), &search, &[("DEFAULT_TOP_K", "3")]))
+            .lines()
+            .count(),
+        3,
+        "the environment wins"
+    );
+    fs::write(tmp.path().join("bad.toml"), "pool_sise = 4\n").expect("config");
+    let bad = tvs(tmp.path(), &["--config", "bad.toml", "tenant", "list"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("pool_sise"), "{}", stderr(&bad));
+}

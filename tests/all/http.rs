@@ -519,3 +519,39 @@ fn a_saturated_server_answers_503_with_retry_after_and_loses_nothing_it_accepted
         "exactly the accepted batches are stored"
     );
 }
+
+#[test]
+fn sigterm_finishes_in_flight_work_and_flushes_every_open_store() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(tmp.path(), &[], &[]);
+    let key = create_tenant(server.addr, "t", 4);
+    let docs: Vec<Value> = (0..100)
+        .map(|n| json!({"id": format!("d{n}"), "vector": [1.0, n as f32, 0.0, 1.0]}))
+        .collect();
+    assert_eq!(ingest(server.addr, &key, Value::Array(docs)).0, 200);
+    assert!(
+        !tmp.path().join("t/vector_store/manifest.json").exists(),
+        "no snapshot before shutdown"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("t/vector_store/manifest.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(manifest["documents"], 100, "the open store was flushed on shutdown");
+}
