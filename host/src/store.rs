@@ -35,6 +35,8 @@ use crate::vectors::{self, Graph, Neighbor, Vectors};
 
 /// Longest accepted document id, in bytes.
 pub const MAX_ID_BYTES: usize = 512;
+/// Largest accepted metadata, in bytes of compact JSON.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 /// Largest accepted `k` / `fetch_k`.
 pub const MAX_K: usize = 10_000;
 /// Records superseded or deleted beyond which (and beyond the live count) the log is compacted.
@@ -458,6 +460,12 @@ impl TenantStore {
                 None => uuid::Uuid::new_v4().to_string(),
             };
             self.check_vector(&doc.vector).map_err(invalid)?;
+            let metadata_bytes = serde_json::to_vec(&doc.metadata).map_or(usize::MAX, |m| m.len());
+            if metadata_bytes > MAX_METADATA_BYTES {
+                return Err(invalid(format!(
+                    "metadata is {metadata_bytes} bytes of JSON; at most {MAX_METADATA_BYTES} are accepted"
+                )));
+            }
             ids.push(id);
         }
         if docs.is_empty() {

@@ -262,11 +262,14 @@ fn one_tenants_key_never_reaches_another_tenants_documents() {
 #[test]
 fn bad_input_gets_a_4xx_with_the_reason_and_changes_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(tmp.path(), &["--max-body-bytes", "4096"], &[]);
+    let server = Server::start(tmp.path(), &["--max-body-bytes", "200000"], &[]);
     let addr = server.addr;
     let key = create_tenant(addr, "t", 4);
     ingest(addr, &key, json!([{"id": "keep", "vector": [1, 0, 0, 0]}]));
-    let big = json!({"documents": [{"id": "x", "text": "y".repeat(10_000), "vector": [1, 0, 0, 0]}]}).to_string();
+    let big = json!({"documents": [{"id": "x", "text": "y".repeat(300_000), "vector": [1, 0, 0, 0]}]}).to_string();
+    let fat_metadata =
+        json!({"documents": [{"id": "x", "metadata": {"blob": "z".repeat(70_000)}, "vector": [1, 0, 0, 0]}]})
+            .to_string();
     let long_id = "i".repeat(600);
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         ("POST", "/v1/documents", "{not json".into(), 400, "invalid_request"),
@@ -320,6 +323,7 @@ fn bad_input_gets_a_4xx_with_the_reason_and_changes_nothing() {
             "invalid_request",
         ),
         ("POST", "/v1/documents", big, 413, "body_too_large"),
+        ("POST", "/v1/documents", fat_metadata, 400, "invalid_request"),
         (
             "POST",
             "/v1/search",
