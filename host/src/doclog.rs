@@ -81,6 +81,20 @@ pub fn encode_line(buf: &mut Vec<u8>, record: &impl Serialize) {
     buf.push(b'\n');
 }
 
+/// The header line a log of `generation` starts with.
+pub fn header_line(generation: u64) -> Vec<u8> {
+    let mut line = Vec::new();
+    encode_line(
+        &mut line,
+        &Record::Header {
+            format: LOG_FORMAT.into(),
+            version: LOG_VERSION,
+            generation,
+        },
+    );
+    line
+}
+
 /// Errors opening or replaying a log.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -149,15 +163,7 @@ impl DocLog {
             source,
         };
         let mut file = fsutil::create_new(path).map_err(io_err)?;
-        let mut header = Vec::new();
-        encode_line(
-            &mut header,
-            &Record::Header {
-                format: LOG_FORMAT.into(),
-                version: LOG_VERSION,
-                generation,
-            },
-        );
+        let header = header_line(generation);
         file.write_all(&header).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
         drop(file);
@@ -329,15 +335,7 @@ impl DocLog {
         let result = (|| {
             let file = fsutil::create_new(&tmp)?;
             let mut out = io::BufWriter::with_capacity(1 << 20, file);
-            let mut header = Vec::new();
-            encode_line(
-                &mut header,
-                &Record::Header {
-                    format: LOG_FORMAT.into(),
-                    version: LOG_VERSION,
-                    generation,
-                },
-            );
+            let header = header_line(generation);
             out.write_all(&header)?;
             write_body(&mut out)?;
             let file = out.into_inner().map_err(|e| e.into_error())?;

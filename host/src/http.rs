@@ -250,8 +250,19 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn store_of(app: &App, tenant: &TenantId) -> Result<Arc<TenantStore>, ApiError> {
-    app.pool.get(tenant).map_err(from_open)
+/// Runs `work` with the store of an authenticated tenant, on the blocking pool under the
+/// request timeout.
+async fn with_store<T: Send + 'static>(
+    app: &Arc<App>,
+    tenant: TenantId,
+    work: impl FnOnce(&App, Arc<TenantStore>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let shared = app.clone();
+    blocking(app, move || {
+        let store = shared.pool.get(&tenant).map_err(from_open)?;
+        work(&shared, store)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -441,13 +452,11 @@ async fn upsert_documents(
             overlap: c.overlap,
         }),
     };
-    let app2 = app.clone();
-    blocking(&app, move || {
-        let store = store_of(&app2, &tenant)?;
+    with_store(&app, tenant, move |app2, store| {
         let response = app2
             .runtime
             .ingest(store, &request)
-            .map_err(|e| guest_failed(&app2, e))?;
+            .map_err(|e| guest_failed(app2, e))?;
         Ok(Json(json!({"ids": response.ids, "embedded": response.embedded})))
     })
     .await
@@ -523,13 +532,11 @@ async fn search(
             lambda_mult: m.lambda_mult,
         }),
     };
-    let app2 = app.clone();
-    blocking(&app, move || {
-        let store = store_of(&app2, &tenant)?;
+    with_store(&app, tenant, move |app2, store| {
         let hits = app2
             .runtime
             .search(store, &request)
-            .map_err(|e| guest_failed(&app2, e))?;
+            .map_err(|e| guest_failed(app2, e))?;
         Ok(Json(
             json!({"hits": hits.into_iter().map(hit_json).collect::<Vec<_>>()}),
         ))
@@ -544,13 +551,11 @@ async fn get_document(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_of(&app, &headers)?;
-    let app2 = app.clone();
-    blocking(&app, move || {
-        let store = store_of(&app2, &tenant)?;
+    with_store(&app, tenant, move |app2, store| {
         let doc = app2
             .runtime
             .get(store, std::slice::from_ref(&id))
-            .map_err(|e| guest_failed(&app2, e))?
+            .map_err(|e| guest_failed(app2, e))?
             .pop()
             .ok_or_else(|| ApiError::not_found(format!("no document {id:?}")))?;
         let metadata: Value = serde_json::from_str(&doc.metadata).unwrap_or_else(|_| json!({}));
@@ -566,13 +571,11 @@ async fn delete_document(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_of(&app, &headers)?;
-    let app2 = app.clone();
-    blocking(&app, move || {
-        let store = store_of(&app2, &tenant)?;
+    with_store(&app, tenant, move |app2, store| {
         match app2
             .runtime
             .delete(store, std::slice::from_ref(&id), None)
-            .map_err(|e| guest_failed(&app2, e))?
+            .map_err(|e| guest_failed(app2, e))?
         {
             0 => Err(ApiError::not_found(format!("no document {id:?}"))),
             n => Ok(Json(json!({"deleted": n}))),
@@ -606,15 +609,13 @@ async fn delete_documents(
     if body.ids.is_none() && body.filter.is_none() {
         return Err(ApiError::bad_request("give ids or filter"));
     }
-    let app2 = app.clone();
-    blocking(&app, move || {
-        let store = store_of(&app2, &tenant)?;
+    with_store(&app, tenant, move |app2, store| {
         let ids = body.ids.unwrap_or_default();
         let filter = body.filter.map(|f| f.to_string());
         let deleted = app2
             .runtime
             .delete(store, &ids, filter.as_ref())
-            .map_err(|e| guest_failed(&app2, e))?;
+            .map_err(|e| guest_failed(app2, e))?;
         Ok(Json(json!({"deleted": deleted})))
     })
     .await
@@ -623,10 +624,8 @@ async fn delete_documents(
 #[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "count, dims, metric, bytes, embedding model")), security(("tenant" = [])))]
 async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_of(&app, &headers)?;
-    let app2 = app.clone();
-    blocking(&app, move || {
-        let store = store_of(&app2, &tenant)?;
-        let info = app2.runtime.stats(store).map_err(|e| guest_failed(&app2, e))?;
+    with_store(&app, tenant, move |app2, store| {
+        let info = app2.runtime.stats(store).map_err(|e| guest_failed(app2, e))?;
         let metric = match info.metric {
             crate::runtime::GuestMetric::Cos => "cos",
             crate::runtime::GuestMetric::Ip => "ip",

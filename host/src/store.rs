@@ -818,17 +818,7 @@ impl TenantStore {
         let mut new_offsets = Vec::with_capacity(live.len());
         let new_log = DocLog::replace(old.path(), old.generation() + 1, |out| {
             let mut line = Vec::new();
-            let mut pos = 0u64;
-            let mut header = Vec::new();
-            doclog::encode_line(
-                &mut header,
-                &Record::Header {
-                    format: doclog::LOG_FORMAT.into(),
-                    version: doclog::LOG_VERSION,
-                    generation: old.generation() + 1,
-                },
-            );
-            pos += header.len() as u64;
+            let mut pos = doclog::header_line(old.generation() + 1).len() as u64;
             for (offset, slot) in &live {
                 old.read_line_at(*offset, &mut line)?;
                 out.write_all(&line)?;

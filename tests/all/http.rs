@@ -92,6 +92,22 @@ fn call(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: Opt
     (status, value)
 }
 
+/// Posts `body` and returns the raw response text, or `None` when the connection failed (the
+/// server was killed).
+fn post_raw(addr: SocketAddr, path: &str, key: &str, body: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: tvs\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    // A server may answer before reading all of the body; the answer is what counts.
+    let _ = stream.write_all(body.as_bytes());
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    Some(raw)
+}
+
 fn create_tenant(addr: SocketAddr, id: &str, dims: usize) -> String {
     let (status, body) = call(
         addr,
@@ -383,23 +399,9 @@ fn every_acknowledged_write_survives_kill_9_of_the_server() {
             for n in 0..100_000u32 {
                 let id = format!("w{n}");
                 let body = json!({"documents": [{"id": id, "vector": [1.0, n as f32, 0.0, 1.0]}]}).to_string();
-                let Ok(mut stream) = TcpStream::connect(addr) else {
-                    break;
-                };
-                let head = format!(
-                    "POST /v1/documents HTTP/1.1\r\nHost: tvs\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                if stream
-                    .write_all(head.as_bytes())
-                    .and_then(|()| stream.write_all(body.as_bytes()))
-                    .is_err()
-                {
-                    break;
-                }
-                let mut raw = String::new();
-                if stream.read_to_string(&mut raw).is_err() || !raw.starts_with("HTTP/1.1 200") {
-                    break;
+                match post_raw(addr, "/v1/documents", &key, &body) {
+                    Some(raw) if raw.starts_with("HTTP/1.1 200") => {}
+                    _ => break,
                 }
                 acked.push(id);
             }
@@ -484,15 +486,7 @@ fn a_saturated_server_answers_503_with_retry_after_and_loses_nothing_it_accepted
                     .collect();
                 let body = json!({"documents": docs}).to_string();
                 barrier.wait();
-                let mut stream = TcpStream::connect(addr).expect("connect");
-                let head = format!(
-                    "POST /v1/documents HTTP/1.1\r\nHost: tvs\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                stream.write_all(head.as_bytes()).expect("head");
-                let _ = stream.write_all(body.as_bytes());
-                let mut raw = String::new();
-                stream.read_to_string(&mut raw).expect("response");
+                let raw = post_raw(addr, "/v1/documents", &key, &body).expect("the server answers");
                 (c, raw)
             })
         })
