@@ -274,13 +274,10 @@ impl Runtime {
         let mut store = self.new_store(tenant);
         let instance = match self.handler.instantiate(&mut store) {
             Ok(instance) => instance,
-            Err(e) => {
-                let text = format!("{e:#}");
-                if text.contains("maximum concurrent") || text.contains("pooling") {
-                    return Err(GuestError::Busy);
-                }
-                return Err(self.classify(e));
+            Err(e) if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                return Err(GuestError::Busy);
             }
+            Err(e) => return Err(self.classify(e)),
         };
         match call(&instance, &mut store) {
             Ok(Ok(value)) => Ok(value),

@@ -249,3 +249,24 @@ fn a_guest_importing_an_interface_the_host_does_not_offer_is_refused_at_load() {
     // The built-in guest still loads next to it.
     Runtime::new(RuntimeLimits::default()).expect("runtime");
 }
+
+#[test]
+fn when_every_instance_slot_is_taken_a_request_is_refused_as_busy_not_queued() {
+    let runtime = Arc::new(hostile_runtime(RuntimeLimits {
+        deadline: Duration::from_millis(400),
+        max_instances: 1,
+        ..RuntimeLimits::default()
+    }));
+    let (_tmp, _dir, store) = temp_store(&config(4, Metric::Cos));
+    let looping = {
+        let (runtime, store) = (runtime.clone(), store.clone());
+        std::thread::spawn(move || runtime.search(store, &query("loop")))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let err = runtime
+        .search(store.clone(), &query("normal"))
+        .expect_err("the only slot is busy");
+    assert!(matches!(err, GuestError::Busy), "{err:?}");
+    assert!(matches!(looping.join().expect("thread"), Err(GuestError::Deadline(_))));
+    runtime.search(store, &query("normal")).expect("the slot is free again");
+}
