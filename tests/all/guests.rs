@@ -260,12 +260,29 @@ fn when_every_instance_slot_is_taken_a_request_is_refused_as_busy_not_queued() {
     let (_tmp, _dir, store) = temp_store(&config(4, Metric::Cos));
     let looping = {
         let (runtime, store) = (runtime.clone(), store.clone());
-        std::thread::spawn(move || runtime.search(store, &query("loop")))
+        // Retried while a probe below holds the slot, so the loop does get to run.
+        std::thread::spawn(move || {
+            loop {
+                match runtime.search(store.clone(), &query("loop")) {
+                    Err(GuestError::Busy) => std::thread::sleep(Duration::from_millis(1)),
+                    other => return other,
+                }
+            }
+        })
     };
-    std::thread::sleep(Duration::from_millis(100));
-    let err = runtime
-        .search(store.clone(), &query("normal"))
-        .expect_err("the only slot is busy");
+    // Probes get the slot until the looping guest holds it; from then on, for its whole 400 ms
+    // deadline, a request is refused at once.
+    let mut refused = None;
+    while !looping.is_finished() {
+        match runtime.search(store.clone(), &query("normal")) {
+            Err(err) => {
+                refused = Some(err);
+                break;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    let err = refused.expect("a request was refused while the slot was taken");
     assert!(matches!(err, GuestError::Busy), "{err:?}");
     assert!(matches!(looping.join().expect("thread"), Err(GuestError::Deadline(_))));
     runtime.search(store, &query("normal")).expect("the slot is free again");
