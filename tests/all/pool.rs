@@ -54,14 +54,14 @@ fn entries_expire_after_the_ttl_and_cleanup_drops_them() {
         3,
         PoolConfig {
             capacity: 5,
-            ttl: Duration::from_millis(30),
+            ttl: Duration::from_millis(200),
             max_bytes: None,
         },
     );
     for id in &ids {
         pool.get(id).expect("load");
     }
-    std::thread::sleep(Duration::from_millis(80));
+    std::thread::sleep(Duration::from_millis(400));
     pool.get(&ids[0]).expect("an expired entry is a miss");
     let stats = pool.stats();
     assert_eq!((stats.expirations, stats.misses, stats.hits), (1, 4, 0));
