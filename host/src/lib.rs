@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod doclog;
+pub mod embed;
 pub mod filter;
 pub mod fsutil;
 pub mod http;

@@ -492,12 +492,22 @@ impl bindings::tvs::store::collection::Host for GuestState {
 
 impl bindings::tvs::store::embedder::Host for GuestState {
     fn model(&mut self) -> (String, u32) {
-        // Embedding models arrive with the embeddings work; until then tenants store client
-        // vectors only.
-        ("none".into(), 0)
+        let config = self.store.config();
+        match config.embedding_model.as_str() {
+            "none" => ("none".into(), 0),
+            model => (model.to_owned(), config.dims as u32),
+        }
     }
 
-    fn embed(&mut self, _texts: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
-        Err(Error::NoEmbedder)
+    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
+        let config = self.store.config();
+        let embedder = crate::embed::embedder_for(&config.embedding_model).map_err(|e| match e {
+            crate::embed::EmbedError::NoModel => Error::NoEmbedder,
+            other => Error::Internal(other.to_string()),
+        })?;
+        embedder.embed(&texts, config.dims).map_err(|e| {
+            tracing::warn!(error = %e, "embedding failed");
+            Error::Internal(e.to_string())
+        })
     }
 }

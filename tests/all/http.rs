@@ -553,3 +553,143 @@ fn sigterm_finishes_in_flight_work_and_flushes_every_open_store() {
             .expect("json");
     assert_eq!(manifest["documents"], 100, "the open store was flushed on shutdown");
 }
+
+/// A small OpenAI-compatible `/v1/embeddings` server on loopback. The request's model picks
+/// the behaviour: `letters` embeds each text as its letter counts in four groups (so texts about
+/// the same letters are near), `broken` answers 500, `short` answers 3-dimensional vectors.
+fn embeddings_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let line = line.trim_end().to_ascii_lowercase();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(value) = line.strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let texts: Vec<String> = request["input"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect();
+            let (status, reply) = match request["model"].as_str() {
+                Some("broken") => ("500 Internal Server Error", json!({"error": {"message": "down"}})),
+                Some(model) => {
+                    let dims = if model == "short" { 3 } else { 4 };
+                    let data: Vec<Value> = texts
+                        .iter()
+                        .enumerate()
+                        .map(|(index, text)| {
+                            let mut v = vec![1.0f32; dims];
+                            for c in text.to_ascii_lowercase().chars().filter(char::is_ascii_lowercase) {
+                                v[((c as u8 - b'a') as usize * dims) / 26] += 1.0;
+                            }
+                            json!({"object": "embedding", "index": index, "embedding": v})
+                        })
+                        .collect();
+                    ("200 OK", json!({"object": "list", "data": data, "model": model}))
+                }
+                None => ("400 Bad Request", json!({"error": {"message": "no model"}})),
+            };
+            let payload = reply.to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+                payload.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn texts_are_chunked_and_embedded_through_an_openai_compatible_endpoint() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let endpoint = format!("http://{}", embeddings_server());
+    let server = Server::start(tmp.path(), &[], &[("TVS_OPENAI_BASE_URL", &endpoint)]);
+    let addr = server.addr;
+    let tenant = |id: &str, model: &str| -> String {
+        let body = json!({"id": id, "dims": 4, "metric": "cos", "embedding_model": model}).to_string();
+        let (status, reply) = call(addr, "POST", "/v1/tenants", Some(ADMIN), Some(&body));
+        assert_eq!(status, 201, "{reply}");
+        reply["api_key"].as_str().expect("key").to_owned()
+    };
+    let key = tenant("texts", "openai:letters");
+    let doc = "Aaaa abba baba. Cab dab fab.\n\nZzz yyy xxx. Www vvv uuu sss.";
+    let body = json!({"documents": [{"id": "doc", "text": doc, "metadata": {"source": "t"}}], "chunk": {"size": 30, "overlap": 0}});
+    let (status, reply) = call(addr, "POST", "/v1/documents", Some(&key), Some(&body.to_string()));
+    assert_eq!(status, 200, "{reply}");
+    let ids: Vec<&str> = reply["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("id"))
+        .collect();
+    assert!(
+        ids.len() >= 2 && ids.iter().enumerate().all(|(n, id)| *id == format!("doc#{n}")),
+        "{ids:?}"
+    );
+    assert_eq!(reply["embedded"], ids.len());
+    let (_, first) = call(addr, "GET", "/v1/documents/doc%230", Some(&key), None);
+    assert_eq!(
+        (
+            first["metadata"]["chunk"].as_u64(),
+            first["metadata"]["parent_id"].as_str()
+        ),
+        (Some(0), Some("doc"))
+    );
+    assert_eq!(
+        first["metadata"]["source"], "t",
+        "the document's metadata is carried to every chunk"
+    );
+    // A text query is embedded by the same model: letters at the end of the alphabet find the
+    // chunk made of them.
+    let (status, hits) = call(
+        addr,
+        "POST",
+        "/v1/search",
+        Some(&key),
+        Some(r#"{"query": "zzz yyy www", "top_k": 1}"#),
+    );
+    assert_eq!(status, 200, "{hits}");
+    assert!(
+        hits["hits"][0]["text"].as_str().expect("text").contains("Zzz"),
+        "{hits}"
+    );
+
+    // Failure modes of the endpoint: refused clearly, nothing stored.
+    for (model, needle) in [("openai:broken", "HTTP 500"), ("openai:short", "3 dimensions")] {
+        let key = tenant(model.trim_start_matches("openai:"), model);
+        let (status, reply) = call(
+            addr,
+            "POST",
+            "/v1/documents",
+            Some(&key),
+            Some(r#"{"documents": [{"text": "hello"}]}"#),
+        );
+        assert_eq!(status, 500, "{reply}");
+        assert!(
+            reply["error"]["message"].as_str().expect("message").contains(needle),
+            "{reply}"
+        );
+        let (_, stats) = call(addr, "GET", "/v1/stats", Some(&key), None);
+        assert_eq!(stats["count"], 0);
+    }
+}
