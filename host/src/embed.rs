@@ -6,7 +6,8 @@
 //! Invariant: every vector handed back has the dimensions the caller asked for; a model that
 //! returns anything else is an error, never a silently mixed collection.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -33,8 +34,23 @@ pub trait Embedder: Send + Sync + std::fmt::Debug {
     fn embed(&self, texts: &[String], dims: usize) -> Result<Vec<Vec<f32>>, EmbedError>;
 }
 
-/// The embedder for a tenant's configured model name.
+/// The embedder for a tenant's configured model name, shared by every request that uses the
+/// model (an HTTP endpoint keeps its connection pool across requests).
 pub fn embedder_for(model: &str) -> Result<Arc<dyn Embedder>, EmbedError> {
+    static SHARED: OnceLock<Mutex<HashMap<String, Arc<dyn Embedder>>>> = OnceLock::new();
+    let shared = SHARED.get_or_init(Default::default);
+    if let Some(embedder) = shared.lock().unwrap_or_else(|p| p.into_inner()).get(model) {
+        return Ok(embedder.clone());
+    }
+    let embedder = new_embedder(model)?;
+    shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(model.to_owned(), embedder.clone());
+    Ok(embedder)
+}
+
+fn new_embedder(model: &str) -> Result<Arc<dyn Embedder>, EmbedError> {
     if let Some(name) = model.strip_prefix("openai:") {
         let base_url = std::env::var("TVS_OPENAI_BASE_URL").map_err(|_| {
             EmbedError::Unavailable(

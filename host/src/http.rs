@@ -250,6 +250,14 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Checks a request's filter here, so a bad one is a 400 before any store is opened, and returns
+/// it as the JSON text the guest takes.
+fn checked_filter(filter: Option<&Value>) -> Result<Option<String>, ApiError> {
+    let Some(filter) = filter else { return Ok(None) };
+    Filter::parse(filter).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Some(filter.to_string()))
+}
+
 /// Runs `work` with the store of an authenticated tenant, on the blocking pool under the
 /// request timeout.
 async fn with_store<T: Send + 'static>(
@@ -515,13 +523,7 @@ async fn search(
             app.limits.max_top_k
         )));
     }
-    let filter = match &body.filter {
-        Some(filter) => {
-            Filter::parse(filter).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            Some(filter.to_string())
-        }
-        None => None,
-    };
+    let filter = checked_filter(body.filter.as_ref())?;
     let request = SearchRequest {
         query: body.query,
         vector: body.vector,
@@ -603,15 +605,12 @@ async fn delete_documents(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_of(&app, &headers)?;
     let Json(body) = body.map_err(from_json_rejection)?;
-    if let Some(filter) = &body.filter {
-        Filter::parse(filter).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    }
-    if body.ids.is_none() && body.filter.is_none() {
+    let filter = checked_filter(body.filter.as_ref())?;
+    if body.ids.is_none() && filter.is_none() {
         return Err(ApiError::bad_request("give ids or filter"));
     }
     with_store(&app, tenant, move |app2, store| {
         let ids = body.ids.unwrap_or_default();
-        let filter = body.filter.map(|f| f.to_string());
         let deleted = app2
             .runtime
             .delete(store, &ids, filter.as_ref())
