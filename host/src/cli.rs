@@ -13,8 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use tvs::config::{ConfigFile, Metric, ScalarKind, ServeFile, Settings, StoreConfig};
 use tvs::filter::Filter;
-use tvs::runtime::{IngestDocument, IngestRequest, Mmr as GuestMmr, Runtime, RuntimeLimits, SearchRequest};
-use tvs::store::{NewDocument, OpenError, TenantStore};
+use tvs::runtime::{Chunking, IngestDocument, IngestRequest, Mmr as GuestMmr, Runtime, RuntimeLimits, SearchRequest};
+use tvs::store::{OpenError, TenantStore};
 use tvs::tenant::{DataDir, StoreDir, TenantId};
 
 #[derive(Debug, Parser)]
@@ -40,10 +40,13 @@ enum Command {
     /// Create, list or delete tenants
     #[command(subcommand)]
     Tenant(TenantCommand),
-    /// Ingest JSONL files of {"id","text","metadata","vector"} records
+    /// Ingest JSONL records, text and Markdown files (texts are embedded, files chunked)
     Ingest(IngestArgs),
-    /// k-NN search with a query vector
+    /// k-NN search with a query text or vector
     Search(SearchArgs),
+    /// Fetch or check the local embedding model (all-MiniLM-L6-v2)
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Print a store's document count, dims, index kind and sizes as JSON
     Stats(TargetArgs),
 }
@@ -68,6 +71,18 @@ struct ServeArgs {
     /// API requests served at once; more get 503 with Retry-After [default: 48]
     #[arg(long)]
     max_in_flight: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Download the model (pinned by sha256) into TVS_MODEL_DIR unless a whole copy is there
+    Fetch {
+        /// Fetch again even if the model in place is whole
+        #[arg(long)]
+        force: bool,
+    },
+    /// Verify the model files and print where they are
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,9 +142,16 @@ struct TargetArgs {
 struct IngestArgs {
     #[command(flatten)]
     target: TargetArgs,
-    /// JSONL files, one document per line
+    /// JSONL files of {"id","text","metadata","vector"} records (texts without a vector are
+    /// embedded), or .txt/.md files (one document each, id = path, split into chunks)
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// Split texts into chunks of at most this many characters [.txt/.md default: 1000]
+    #[arg(long)]
+    chunk_size: Option<u32>,
+    /// Characters shared by consecutive chunks
+    #[arg(long, default_value_t = 200, requires = "chunk_size")]
+    chunk_overlap: u32,
     /// Documents per durable batch
     #[arg(long, default_value_t = 256)]
     batch: usize,
@@ -142,9 +164,12 @@ struct IngestArgs {
 struct SearchArgs {
     #[command(flatten)]
     target: TargetArgs,
+    /// Query text, embedded with the store's model
+    #[arg(conflicts_with = "vector")]
+    query: Option<String>,
     /// Query vector as a JSON array
     #[arg(long)]
-    vector: String,
+    vector: Option<String>,
     /// Number of results [default: DEFAULT_TOP_K, else 5]
     #[arg(short, long)]
     k: Option<usize>,
@@ -213,6 +238,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Tenant(cmd) => tenant_command(&settings, cmd),
         Command::Ingest(args) => ingest(&settings, args),
         Command::Search(args) => search(&settings, args),
+        Command::Model(cmd) => model_command(cmd),
         Command::Stats(target) => {
             let store = open_target(&settings, &target)?;
             print_json(&store.info())?;
@@ -234,6 +260,17 @@ fn serve(settings: Settings, args: ServeArgs, file: &ServeFile) -> Result<Outcom
         tvs::auth::Keys::open(data.clone(), std::env::var("TVS_ADMIN_KEY").ok()).context("loading the admin key")?;
     if let Some(path) = created {
         writeln!(io::stderr(), "generated an admin key in {} (mode 0600)", path.display())?;
+    }
+    if tvs::model::is_local_model(&settings.embedding_model) {
+        // The README's one start command must work on a fresh machine: fetch the default model
+        // when it is missing. A failure is not fatal: tenants with client vectors still work,
+        // and text requests get an error naming the command that fixes it.
+        let dir = tvs::model::model_dir();
+        if let Err(e) = tvs::model::ensure(&dir, &mut |line| {
+            let _ = writeln!(io::stderr(), "{line}");
+        }) {
+            writeln!(io::stderr(), "warning: {e}")?;
+        }
     }
     let limits = RuntimeLimits {
         deadline: std::time::Duration::from_secs(guest_deadline_secs.max(1)),
@@ -274,6 +311,28 @@ fn serve(settings: Settings, args: ServeArgs, file: &ServeFile) -> Result<Outcom
             tvs::http::serve(app, listener).await
         })
         .with_context(|| format!("serving on {addr}"))?;
+    Ok(Outcome::Done)
+}
+
+fn model_command(cmd: ModelCommand) -> Result<Outcome> {
+    let dir = tvs::model::model_dir();
+    let mut say = |line: &str| {
+        let _ = writeln!(io::stderr(), "{line}");
+    };
+    match cmd {
+        ModelCommand::Fetch { force } => {
+            if !force && tvs::model::load_files(&dir).is_ok() {
+                say(&format!("the local embedding model in {} is whole", dir.display()));
+            } else {
+                tvs::model::fetch(&dir, &mut say)?;
+                tvs::embed::LocalEmbedder::load(&dir)?;
+            }
+        }
+        ModelCommand::Check => {
+            tvs::embed::LocalEmbedder::load(&dir)?;
+            writeln!(io::stdout(), "{}", dir.display())?;
+        }
+    }
     Ok(Outcome::Done)
 }
 
@@ -344,8 +403,49 @@ fn open_target(settings: &Settings, target: &TargetArgs) -> Result<Arc<TenantSto
     })
 }
 
-/// Reads one JSONL file, calling `each` with (line number, document) for every non-blank line.
-fn read_jsonl(path: &Path, mut each: impl FnMut(usize, NewDocument) -> Result<()>) -> Result<()> {
+/// One document to ingest: a JSONL record, or a whole text or Markdown file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    vector: Option<Vec<f32>>,
+    /// Whole files are split into chunks; JSONL records only with `--chunk-size`.
+    #[serde(skip)]
+    whole_file: bool,
+}
+
+/// Reads the records of one file, calling `each` with (line number, record). A text or Markdown
+/// file is one record (line 1) whose id is the path as given.
+fn read_records(path: &Path, mut each: impl FnMut(usize, Record) -> Result<()>) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match ext {
+        "jsonl" | "ndjson" => {}
+        "txt" | "text" | "md" | "markdown" => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {} as UTF-8 text", path.display()))?;
+            let source = path.display().to_string();
+            let mut metadata = serde_json::Map::new();
+            metadata.insert("source".into(), source.clone().into());
+            let record = Record {
+                id: Some(source),
+                text: Some(text),
+                metadata,
+                vector: None,
+                whole_file: true,
+            };
+            return each(1, record).with_context(|| path.display().to_string());
+        }
+        _ => bail!(
+            "{}: unsupported file type; tvs ingests .jsonl/.ndjson records and .txt/.md texts",
+            path.display()
+        ),
+    }
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let line_no = index + 1;
@@ -353,56 +453,75 @@ fn read_jsonl(path: &Path, mut each: impl FnMut(usize, NewDocument) -> Result<()
         if line.trim().is_empty() {
             continue;
         }
-        let doc: NewDocument = serde_json::from_str(&line)
+        let record: Record = serde_json::from_str(&line)
             .map_err(|e| anyhow!("{}:{line_no}: not a document record: {e}", path.display()))?;
-        each(line_no, doc).with_context(|| format!("{}:{line_no}", path.display()))?;
+        each(line_no, record).with_context(|| format!("{}:{line_no}", path.display()))?;
     }
     Ok(())
 }
 
+/// The dimensions a model's vectors have, where that is known without calling it.
+fn model_dims(model: &str) -> Option<usize> {
+    tvs::model::is_local_model(model).then_some(tvs::model::LOCAL_MODEL_DIMS)
+}
+
 fn ingest(settings: &Settings, args: IngestArgs) -> Result<Outcome> {
-    for path in &args.files {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if !matches!(ext, "jsonl" | "ndjson") {
-            bail!(
-                "{}: only JSONL files with vectors can be ingested so far (text and Markdown need an embedding model)",
-                path.display()
-            );
-        }
-    }
     // Pass 1 validates everything, so a bad line stops the ingest before anything is written.
     // A tenant must exist; the single-tenant store is created after validation if missing.
-    let (dir, _) = target_dir(settings, &args.target)?;
+    let (dir, what) = target_dir(settings, &args.target)?;
     let existing = if dir.exists() || args.target.tenant.is_some() {
         Some(open_target(settings, &args.target)?)
     } else {
         None
     };
-    let mut dims = existing.as_ref().map(|store| store.config().dims);
+    let mut vector_dims = existing.as_ref().map(|store| store.config().dims);
     let mut total = 0u64;
+    let mut texts_to_embed = 0u64;
     for path in &args.files {
-        read_jsonl(path, |_, doc| {
-            let want = *dims.get_or_insert(doc.vector.len());
-            if doc.vector.len() != want {
-                bail!("vector has {} dimensions, expected {want}", doc.vector.len());
-            }
-            if let Some(store) = &existing {
-                store.check_vector(&doc.vector).map_err(|e| anyhow!(e))?;
-            } else if let Some(i) = doc.vector.iter().position(|v| !v.is_finite()) {
-                bail!("vector component {i} is not a finite number");
+        read_records(path, |_, record| {
+            match &record.vector {
+                Some(vector) => {
+                    let want = *vector_dims.get_or_insert(vector.len());
+                    if vector.len() != want {
+                        bail!("vector has {} dimensions, expected {want}", vector.len());
+                    }
+                    if let Some(store) = &existing {
+                        store.check_vector(vector).map_err(|e| anyhow!(e))?;
+                    } else if let Some(i) = vector.iter().position(|v| !v.is_finite()) {
+                        bail!("vector component {i} is not a finite number");
+                    }
+                }
+                None if record.text.as_deref().is_none_or(|t| t.trim().is_empty()) => {
+                    bail!("the record has neither a vector nor a text to embed")
+                }
+                None => texts_to_embed += 1,
             }
             total += 1;
             Ok(())
         })?;
     }
-    let Some(dims) = dims else {
+    if total == 0 {
         writeln!(io::stderr(), "nothing to ingest: the files hold no records")?;
         return Ok(Outcome::Done);
+    }
+    let model = match &existing {
+        Some(store) => store.config().embedding_model.clone(),
+        None => new_store_model(settings, vector_dims, texts_to_embed > 0)?,
     };
+    if texts_to_embed > 0 {
+        if model == "none" {
+            bail!("{what} stores client vectors (embedding model \"none\"): give every record a vector");
+        }
+        // Loads (and verifies) the model now, so a missing model stops the ingest before any write.
+        tvs::embed::embedder_for(&model).with_context(|| format!("{texts_to_embed} records need embedding"))?;
+    }
     let store = match existing {
         Some(store) => store,
         None => {
-            let config = StoreConfig::new(dims, args.metric, ScalarKind::F32, &settings.embedding_model);
+            let dims = vector_dims
+                .or_else(|| model_dims(&model))
+                .context("the single-tenant store's dimensions are unknown: give at least one record a vector")?;
+            let config = StoreConfig::new(dims, args.metric, ScalarKind::F32, &model);
             TenantStore::create(&dir, &config)
                 .with_context(|| format!("creating the single-tenant store at {}", dir.root().display()))?
         }
@@ -413,33 +532,48 @@ fn ingest(settings: &Settings, args: IngestArgs) -> Result<Outcome> {
             .expect("static template"),
     );
     let batch_size = args.batch.max(1);
+    let chunk_flag = args.chunk_size.map(|size| Chunking {
+        size,
+        overlap: args.chunk_overlap,
+    });
     let mut batch = Vec::with_capacity(batch_size);
+    let mut stored = 0u64;
     // Ingestion runs in the wasm guest, as it does for HTTP requests: one code path.
     let runtime = Runtime::new(RuntimeLimits::default()).context("starting the wasm runtime")?;
-    let flush = |batch: &mut Vec<NewDocument>| -> Result<()> {
+    let mut flush = |batch: &mut Vec<Record>, chunk: Option<Chunking>| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let records = batch.len() as u64;
         let documents = std::mem::take(batch)
             .into_iter()
             .map(|d| IngestDocument {
                 id: d.id,
-                text: Some(d.text),
+                text: d.text,
                 metadata: Some(serde_json::Value::Object(d.metadata).to_string()),
-                vector: Some(d.vector),
+                vector: d.vector,
             })
             .collect();
-        let response = runtime.ingest(store.clone(), &IngestRequest { documents, chunk: None })?;
-        progress.inc(response.ids.len() as u64);
+        let response = runtime.ingest(store.clone(), &IngestRequest { documents, chunk })?;
+        stored += response.ids.len() as u64;
+        progress.inc(records);
         Ok(())
     };
     for path in &args.files {
-        read_jsonl(path, |_, doc| {
-            batch.push(doc);
+        read_records(path, |_, record| {
+            if record.whole_file {
+                let chunk = chunk_flag.unwrap_or(DEFAULT_FILE_CHUNKING);
+                flush(&mut vec![record], Some(chunk))?;
+                return Ok(());
+            }
+            batch.push(record);
             if batch.len() >= batch_size {
-                flush(&mut batch)?;
+                flush(&mut batch, chunk_flag)?;
             }
             Ok(())
         })?;
     }
-    flush(&mut batch)?;
+    flush(&mut batch, chunk_flag)?;
     progress.finish_and_clear();
     if store.info().index != tvs::store::IndexKind::Exact {
         // Leave a snapshot with a complete graph, so the next open does not index again.
@@ -449,16 +583,57 @@ fn ingest(settings: &Settings, args: IngestArgs) -> Result<Outcome> {
     store
         .flush()
         .context("writing a snapshot after the ingest (the documents are durable in the log)")?;
+    let chunks = if stored == total {
+        String::new()
+    } else {
+        format!(" as {stored} chunks")
+    };
     writeln!(
         io::stderr(),
-        "ingested {total} documents; the store now holds {}",
+        "ingested {total} documents{chunks}; the store now holds {}",
         store.count()
     )?;
     Ok(Outcome::Done)
 }
 
+/// Text and Markdown files are split as LangChain's RecursiveCharacterTextSplitter defaults do.
+const DEFAULT_FILE_CHUNKING: Chunking = Chunking {
+    size: 1000,
+    overlap: 200,
+};
+
+/// The model of a single-tenant store this ingest creates: `EMBEDDING_MODEL`, unless every
+/// record brings a vector of another size than that model makes, in which case the store keeps
+/// client vectors only.
+fn new_store_model(settings: &Settings, vector_dims: Option<usize>, needs_embedding: bool) -> Result<String> {
+    let model = settings.embedding_model.clone();
+    match (vector_dims, model_dims(&model)) {
+        (Some(have), Some(makes)) if have != makes => {
+            if needs_embedding {
+                bail!(
+                    "records mix {have}-dimensional vectors with texts that {model} would embed as {makes}-dimensional ones"
+                );
+            }
+            writeln!(
+                io::stderr(),
+                "the vectors have {have} dimensions and {model} makes {makes}: the new store keeps client vectors only (embedding model \"none\")"
+            )?;
+            Ok("none".into())
+        }
+        _ => Ok(model),
+    }
+}
+
 fn search(settings: &Settings, args: SearchArgs) -> Result<Outcome> {
-    let vector: Vec<f32> = serde_json::from_str(&args.vector).context("--vector must be a JSON array of numbers")?;
+    let vector: Option<Vec<f32>> = args
+        .vector
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .context("--vector must be a JSON array of numbers")?;
+    if vector.is_none() && args.query.as_deref().is_none_or(|q| q.trim().is_empty()) {
+        bail!("give a query text, or a query vector with --vector");
+    }
     // Checked here so a bad filter is reported before any store is opened.
     if let Some(filter) = &args.filter {
         let value = serde_json::from_str(filter).context("--filter must be JSON")?;
@@ -467,8 +642,8 @@ fn search(settings: &Settings, args: SearchArgs) -> Result<Outcome> {
     let store = open_target(settings, &args.target)?;
     let k = args.k.unwrap_or(settings.default_top_k);
     let request = SearchRequest {
-        query: None,
-        vector: Some(vector),
+        query: if vector.is_some() { None } else { args.query.clone() },
+        vector,
         top_k: u32::try_from(k).context("-k is too large")?,
         filter: args.filter.clone(),
         mmr: args.mmr.then(|| GuestMmr {

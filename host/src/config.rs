@@ -119,6 +119,15 @@ impl StoreConfig {
         if self.embedding_model.is_empty() {
             return Err("embedding_model must not be empty (use \"none\" for client vectors)".into());
         }
+        if crate::model::is_local_model(&self.embedding_model) && self.dims != crate::model::LOCAL_MODEL_DIMS {
+            return Err(format!(
+                "{} makes {}-dimensional vectors, so dims must be {} (got {}); use embedding_model \"none\" to store client vectors of other sizes",
+                self.embedding_model,
+                crate::model::LOCAL_MODEL_DIMS,
+                crate::model::LOCAL_MODEL_DIMS,
+                self.dims
+            ));
+        }
         Ok(())
     }
 }

@@ -1,15 +1,21 @@
-//! Embedding models behind the guests' `embedder` import. A tenant's model is fixed in its
-//! `user_config.json`: `none` (clients send vectors), or `openai:<model>` for any
+//! Embedding models behind the guests' `embedder` import and `POST /v1/embeddings`. A tenant's
+//! model is fixed in its `user_config.json`: `all-MiniLM-L6-v2` (the default, run in-process
+//! with candle from the files [`crate::model`] manages), `openai:<model>` for any
 //! OpenAI-compatible `/v1/embeddings` endpoint (`TVS_OPENAI_BASE_URL`, key from
-//! `OPENAI_API_KEY`). The local all-MiniLM-L6-v2 model arrives with the embeddings work.
+//! `OPENAI_API_KEY`), or `none` (clients send vectors).
 //!
-//! Invariant: every vector handed back has the dimensions the caller asked for; a model that
-//! returns anything else is an error, never a silently mixed collection.
+//! Invariants: every vector handed back has the dimensions the caller asked for (a model that
+//! returns anything else is an error, never a silently mixed collection); a model is loaded once
+//! per process and shared; the local model runs each request on one thread, because on a
+//! 2-core machine two threads per request were slower than one and starve concurrent requests.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -32,6 +38,10 @@ pub trait Embedder: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// One vector per text, in order, each of `dims` dimensions.
     fn embed(&self, texts: &[String], dims: usize) -> Result<Vec<Vec<f32>>, EmbedError>;
+    /// Tokens the model reads for these texts, where the model's tokenizer is at hand.
+    fn count_tokens(&self, _texts: &[String]) -> Option<usize> {
+        None
+    }
 }
 
 /// The embedder for a tenant's configured model name, shared by every request that uses the
@@ -67,10 +77,152 @@ fn new_embedder(model: &str) -> Result<Arc<dyn Embedder>, EmbedError> {
     if model == "none" {
         return Err(EmbedError::NoModel);
     }
+    if crate::model::is_local_model(model) {
+        let dir = crate::model::model_dir();
+        let embedder = LocalEmbedder::load(&dir).map_err(|e| EmbedError::Unavailable(model.into(), e.to_string()))?;
+        return Ok(Arc::new(embedder));
+    }
     Err(EmbedError::Unavailable(
         model.into(),
-        "the local model arrives with the embeddings work".into(),
+        format!(
+            "unknown model; use {}, openai:<model> or none",
+            crate::model::LOCAL_MODEL
+        ),
     ))
+}
+
+/// all-MiniLM-L6-v2 in-process: BERT with mean pooling over the attention mask and L2
+/// normalisation, as sentence-transformers computes it (max 256 tokens, batches padded to their
+/// longest text).
+pub struct LocalEmbedder {
+    model: BertModel,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl std::fmt::Debug for LocalEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalEmbedder")
+            .field("model", &crate::model::LOCAL_MODEL)
+            .finish()
+    }
+}
+
+/// sentence-transformers' `max_seq_length` for this model; longer texts are truncated.
+const MAX_TOKENS: usize = 256;
+/// Texts per forward pass; the texts of a batch are sorted by length so padding stays small.
+const LOCAL_BATCH: usize = 32;
+
+/// Why the local model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error(transparent)]
+    Files(#[from] crate::model::ModelError),
+    #[error("the model files do not load: {0}; run `tvs model fetch` to fetch them again")]
+    Invalid(String),
+}
+
+impl LocalEmbedder {
+    /// Loads and verifies the model in `dir`.
+    pub fn load(dir: &std::path::Path) -> Result<Self, LoadError> {
+        let files = crate::model::load_files(dir)?;
+        let invalid = |e: &dyn std::fmt::Display| LoadError::Invalid(e.to_string());
+        let config: BertConfig = serde_json::from_slice(&files.config_json).map_err(|e| invalid(&e))?;
+        let mut tokenizer = tokenizers::Tokenizer::from_bytes(&files.tokenizer_json).map_err(|e| invalid(&e))?;
+        // The shipped tokenizer.json pads and truncates to a fixed 128; sentence-transformers
+        // truncates at 256 and pads to the longest text of a batch, which `embed_batch` does.
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: MAX_TOKENS,
+                ..Default::default()
+            }))
+            .map_err(|e| invalid(&e))?;
+        tokenizer.with_padding(None);
+        let weights = VarBuilder::from_buffered_safetensors(files.safetensors, DType::F32, &Device::Cpu)
+            .map_err(|e| invalid(&e))?;
+        let model = BertModel::load(weights, &config).map_err(|e| invalid(&e))?;
+        Ok(LocalEmbedder { model, tokenizer })
+    }
+
+    /// Embeds texts on the calling thread's single-threaded inference pool.
+    pub fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        thread_local! {
+            static ONE_THREAD: Option<rayon::ThreadPool> =
+                rayon::ThreadPoolBuilder::new().num_threads(1).build().ok();
+        }
+        let run = || -> Result<Vec<Vec<f32>>, EmbedError> {
+            let mut order: Vec<usize> = (0..texts.len()).collect();
+            let encodings = texts
+                .iter()
+                .map(|t| self.tokenizer.encode(t.as_str(), true))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| EmbedError::Endpoint(format!("tokenizing: {e}")))?;
+            order.sort_by_key(|&i| encodings[i].get_ids().len());
+            let mut vectors = vec![Vec::new(); texts.len()];
+            for batch in order.chunks(LOCAL_BATCH) {
+                let batch_encodings: Vec<&tokenizers::Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
+                let embedded = self
+                    .embed_batch(&batch_encodings)
+                    .map_err(|e| EmbedError::Endpoint(format!("running the model: {e}")))?;
+                for (&i, vector) in batch.iter().zip(embedded) {
+                    vectors[i] = vector;
+                }
+            }
+            Ok(vectors)
+        };
+        ONE_THREAD.with(|pool| match pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        })
+    }
+
+    fn embed_batch(&self, encodings: &[&tokenizers::Encoding]) -> candle_core::Result<Vec<Vec<f32>>> {
+        let longest = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
+        let rows = encodings.len();
+        let mut ids = vec![0u32; rows * longest];
+        let mut mask = vec![0u32; rows * longest];
+        for (row, encoding) in encodings.iter().enumerate() {
+            let start = row * longest;
+            let tokens = encoding.get_ids();
+            ids[start..start + tokens.len()].copy_from_slice(tokens);
+            mask[start..start + tokens.len()].fill(1);
+        }
+        let ids = Tensor::from_vec(ids, (rows, longest), &Device::Cpu)?;
+        let mask = Tensor::from_vec(mask, (rows, longest), &Device::Cpu)?;
+        let token_types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+        // Mean over real tokens only, then unit length: sentence-transformers' Pooling + Normalize.
+        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+        let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+        mean.broadcast_div(&norms)?.to_vec2::<f32>()
+    }
+}
+
+impl Embedder for LocalEmbedder {
+    fn name(&self) -> &str {
+        crate::model::LOCAL_MODEL
+    }
+
+    fn embed(&self, texts: &[String], dims: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if dims != crate::model::LOCAL_MODEL_DIMS {
+            return Err(EmbedError::Dimensions {
+                got: crate::model::LOCAL_MODEL_DIMS,
+                want: dims,
+            });
+        }
+        self.embed_texts(texts)
+    }
+
+    fn count_tokens(&self, texts: &[String]) -> Option<usize> {
+        texts
+            .iter()
+            .map(|t| self.tokenizer.encode(t.as_str(), true).map(|e| e.get_ids().len()))
+            .sum::<Result<usize, _>>()
+            .ok()
+    }
 }
 
 /// An OpenAI-compatible `/v1/embeddings` endpoint.

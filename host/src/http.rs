@@ -638,6 +638,110 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
     .await
 }
 
+/// Most inputs per `/v1/embeddings` request, as OpenAI allows.
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+#[derive(Debug, Deserialize, ToSchema)]
+struct EmbeddingsBody {
+    /// The tenant's model (`all-MiniLM-L6-v2` by default); omitted means the tenant's model.
+    #[serde(default)]
+    model: Option<String>,
+    /// A text or a list of texts.
+    #[schema(value_type = Object)]
+    input: Value,
+    /// `float` (the default) is the only format served.
+    #[serde(default)]
+    encoding_format: Option<String>,
+    /// If given, must equal the tenant's dimensions (models are never truncated silently).
+    #[serde(default)]
+    dimensions: Option<usize>,
+}
+
+/// The texts of an OpenAI `input`, or why they are not acceptable.
+fn embedding_inputs(input: Value) -> Result<Vec<String>, ApiError> {
+    let texts = match input {
+        Value::String(text) => vec![text],
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(text) => Ok(text),
+                // OpenAI also takes token ids; tvs's tokenizer is not the client's.
+                _ => Err(ApiError::bad_request(
+                    "input must be a text or a list of texts, not token ids (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(ApiError::bad_request("input must be a text or a list of texts")),
+    };
+    if texts.is_empty() {
+        return Err(ApiError::bad_request("input is empty"));
+    }
+    if texts.len() > MAX_EMBEDDING_INPUTS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_EMBEDDING_INPUTS} inputs per request"
+        )));
+    }
+    Ok(texts)
+}
+
+#[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingsBody, responses((status = 200, description = "OpenAI-shaped embeddings from the tenant's model"), (status = 400, description = "bad input, another model, or a tenant without a model")), security(("tenant" = [])))]
+async fn embeddings(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<EmbeddingsBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let Json(body) = body.map_err(from_json_rejection)?;
+    if body.encoding_format.as_deref().is_some_and(|f| f != "float") {
+        return Err(ApiError::bad_request("encoding_format must be \"float\""));
+    }
+    let texts = embedding_inputs(body.input)?;
+    with_store(&app, tenant, move |_, store| {
+        let config = store.config();
+        let model = config.embedding_model.clone();
+        if model == "none" {
+            return Err(ApiError::bad_request(
+                "this tenant has no embedding model (it stores client vectors)",
+            ));
+        }
+        let same_model = |asked: &str| {
+            asked == model || (crate::model::is_local_model(asked) && crate::model::is_local_model(&model))
+        };
+        if let Some(asked) = body.model.as_deref().filter(|asked| !same_model(asked)) {
+            return Err(ApiError::bad_request(format!(
+                "this tenant embeds with {model}, not {asked}: vectors of two models do not mix"
+            )));
+        }
+        if let Some(dims) = body.dimensions.filter(|&d| d != config.dims) {
+            return Err(ApiError::bad_request(format!(
+                "this tenant's vectors have {} dimensions, not {dims}",
+                config.dims
+            )));
+        }
+        let embedder = crate::embed::embedder_for(&model).map_err(|e| {
+            tracing::warn!(error = %e, "no embedder");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", e.to_string())
+        })?;
+        let vectors = embedder.embed(&texts, config.dims).map_err(|e| {
+            tracing::warn!(error = %e, "embedding failed");
+            ApiError::new(StatusCode::BAD_GATEWAY, "embedding_failed", e.to_string())
+        })?;
+        let tokens = embedder.count_tokens(&texts).unwrap_or(0);
+        let data: Vec<Value> = vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, vector)| json!({"object": "embedding", "index": index, "embedding": vector}))
+            .collect();
+        Ok(Json(json!({
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })))
+    })
+    .await
+}
+
 #[utoipa::path(get, path = "/v1/admin/pool", responses((status = 200, description = "pool counters and hit rate")), security(("admin" = [])))]
 async fn pool_stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require_admin(&app, &headers)?;
@@ -702,7 +806,7 @@ async fn count_requests(
     info(title = "tvs", description = "Multi-tenant vector store. Data routes take a tenant key, admin routes the admin key, both as `Authorization: Bearer`. Errors are {\"error\": {\"code\", \"message\"}}."),
     paths(
         create_tenant, list_tenants, delete_tenant, rotate_key, upsert_documents, search, get_document,
-        delete_document, delete_documents, stats, pool_stats, pool_cleanup, healthz, metrics
+        delete_document, delete_documents, stats, embeddings, pool_stats, pool_cleanup, healthz, metrics
     ),
     modifiers(&BearerAuth)
 )]
@@ -742,6 +846,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/documents/{id}", get(get_document).delete(delete_document))
         .route("/v1/search", post(search))
         .route("/v1/stats", get(stats))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/admin/pool", get(pool_stats))
         .route("/v1/admin/pool/cleanup", post(pool_cleanup))
         .route("/healthz", get(healthz))

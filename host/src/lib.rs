@@ -14,6 +14,7 @@ pub mod filter;
 pub mod fsutil;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod pool;
 pub mod runtime;
 pub mod snapshot;

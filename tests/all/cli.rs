@@ -20,7 +20,11 @@ const SPACE_QUERY: &str = "[1,0,0,0,0.5,0,0,0]";
 fn tenant_create_list_delete_round_trip() {
     let tmp = tempfile::tempdir().expect("tempdir");
     for id in ["zeta", "alpha"] {
-        let out = tvs(tmp.path(), &["tenant", "create", id, "--dims", "8"], &[]);
+        let out = tvs(
+            tmp.path(),
+            &["tenant", "create", id, "--dims", "8", "--model", "none"],
+            &[],
+        );
         assert!(out.status.success(), "{}", stderr(&out));
     }
     assert!(
@@ -61,9 +65,13 @@ fn a_hostile_tenant_id_exits_2_and_names_the_rule() {
 fn ingest_then_search_finds_the_topic_and_a_filter_narrows_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
     assert!(
-        tvs(tmp.path(), &["tenant", "create", "demo", "--dims", "8"], &[])
-            .status
-            .success()
+        tvs(
+            tmp.path(),
+            &["tenant", "create", "demo", "--dims", "8", "--model", "none"],
+            &[]
+        )
+        .status
+        .success()
     );
     let ingest = tvs(tmp.path(), &["ingest", "--tenant", "demo", &corpus()], &[]);
     assert!(ingest.status.success(), "{}", stderr(&ingest));
@@ -138,9 +146,13 @@ fn ingest_then_search_finds_the_topic_and_a_filter_narrows_it() {
 fn a_bad_line_reports_file_and_line_and_nothing_is_ingested() {
     let tmp = tempfile::tempdir().expect("tempdir");
     assert!(
-        tvs(tmp.path(), &["tenant", "create", "t", "--dims", "2"], &[])
-            .status
-            .success()
+        tvs(
+            tmp.path(),
+            &["tenant", "create", "t", "--dims", "2", "--model", "none"],
+            &[]
+        )
+        .status
+        .success()
     );
     let file = tmp.path().join("bad.jsonl");
     for (body, needle) in [
@@ -218,7 +230,11 @@ fn a_config_file_sets_defaults_that_the_environment_overrides() {
     assert!(
         tvs(
             tmp.path(),
-            &[&config[..], &["tenant", "create", "t", "--dims", "8"]].concat(),
+            &[
+                &config[..],
+                &["tenant", "create", "t", "--dims", "8", "--model", "none"]
+            ]
+            .concat(),
             &[]
         )
         .status

@@ -21,6 +21,8 @@ struct Server {
 
 impl Server {
     fn start(data: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
+        // Fetched once here, so servers started side by side do not each download it.
+        crate::support::local_model();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tvs"));
         cmd.args(["serve", "--addr", "127.0.0.1:0"])
             .args(extra_args)
@@ -556,11 +558,13 @@ fn sigterm_finishes_in_flight_work_and_flushes_every_open_store() {
 
 /// A small OpenAI-compatible `/v1/embeddings` server on loopback. The request's model picks
 /// the behaviour: `letters` embeds each text as its letter counts in four groups (so texts about
-/// the same letters are near), `broken` answers 500, `short` answers 3-dimensional vectors.
+/// the same letters are near), `broken` answers 500, `short` answers 3-dimensional vectors,
+/// `flaky` answers 429 twice before each success.
 fn embeddings_server() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
+        let mut flaky_calls = 0u32;
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().expect("clone"));
@@ -589,7 +593,15 @@ fn embeddings_server() -> SocketAddr {
                 .flatten()
                 .filter_map(|t| t.as_str().map(str::to_owned))
                 .collect();
+            let flaky = request["model"] == "flaky";
+            if flaky {
+                flaky_calls += 1;
+            }
             let (status, reply) = match request["model"].as_str() {
+                // Rate-limited twice, then served: the client's backoff must ride it out.
+                Some("flaky") if !flaky_calls.is_multiple_of(3) => {
+                    ("429 Too Many Requests", json!({"error": {"message": "slow down"}}))
+                }
                 Some("broken") => ("500 Internal Server Error", json!({"error": {"message": "down"}})),
                 Some(model) => {
                     let dims = if model == "short" { 3 } else { 4 };
@@ -692,4 +704,122 @@ fn texts_are_chunked_and_embedded_through_an_openai_compatible_endpoint() {
         let (_, stats) = call(addr, "GET", "/v1/stats", Some(&key), None);
         assert_eq!(stats["count"], 0);
     }
+    // Rate limits are retried with backoff and the write goes through.
+    let key = tenant("flaky", "openai:flaky");
+    let (status, reply) = call(
+        addr,
+        "POST",
+        "/v1/documents",
+        Some(&key),
+        Some(r#"{"documents": [{"id": "x", "text": "abc"}]}"#),
+    );
+    assert_eq!((status, reply["embedded"].as_u64()), (200, Some(1)), "{reply}");
+
+    // An endpoint that is not there: a clear error after the retries, nothing stored.
+    let down = Server::start(tmp.path(), &[], &[("TVS_OPENAI_BASE_URL", "http://127.0.0.1:9")]);
+    let key = {
+        let body = json!({"id": "down", "dims": 4, "embedding_model": "openai:letters"}).to_string();
+        let (_, reply) = call(down.addr, "POST", "/v1/tenants", Some(ADMIN), Some(&body));
+        reply["api_key"].as_str().expect("key").to_owned()
+    };
+    let (status, reply) = call(
+        down.addr,
+        "POST",
+        "/v1/documents",
+        Some(&key),
+        Some(r#"{"documents": [{"text": "hello"}]}"#),
+    );
+    assert_eq!(status, 500, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("after 4 attempts"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn the_local_model_embeds_searches_and_serves_v1_embeddings_like_openai() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &[], &[]);
+    let addr = server.addr;
+    // No dims and no model: the tenant gets all-MiniLM-L6-v2 and its 384 dimensions.
+    let (status, reply) = call(addr, "POST", "/v1/tenants", Some(ADMIN), Some(r#"{"id": "kb"}"#));
+    assert_eq!(status, 201, "{reply}");
+    let key = reply["api_key"].as_str().expect("key").to_owned();
+    let docs = json!([
+        {"id": "recover", "text": "What are the steps to recover my account if I forgot my login credentials?"},
+        {"id": "oven", "text": "I reset the oven timer and taped the wifi password to the fridge."},
+        {"id": "rates", "text": "The central bank increased the cost of borrowing."},
+        {"id": "river", "text": "We sat on the river bank at a high rate of speed."},
+    ]);
+    let (status, reply) = ingest(addr, &key, docs);
+    assert_eq!((status, reply["embedded"].as_u64()), (200, Some(4)), "{reply}");
+    let (_, stats) = call(addr, "GET", "/v1/stats", Some(&key), None);
+    assert_eq!(
+        (stats["dims"].as_u64(), stats["embedding_model"].as_str()),
+        (Some(384), Some("all-MiniLM-L6-v2"))
+    );
+    // A paraphrase ranks above the text that shares the query's words.
+    for (query, want) in [
+        ("How do I reset my password?", "recover"),
+        ("The bank raised interest rates", "rates"),
+    ] {
+        let body = json!({"query": query, "top_k": 2}).to_string();
+        let (status, hits) = call(addr, "POST", "/v1/search", Some(&key), Some(&body));
+        assert_eq!(status, 200, "{hits}");
+        assert_eq!(hits["hits"][0]["id"], want, "{query}: {hits}");
+    }
+
+    // POST /v1/embeddings answers in OpenAI's shape with the vectors sentence-transformers makes.
+    let (sentences, reference) = crate::support::minilm_reference();
+    let body = json!({"model": "all-MiniLM-L6-v2", "input": &sentences[..3]}).to_string();
+    let (status, reply) = call(addr, "POST", "/v1/embeddings", Some(&key), Some(&body));
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        (reply["object"].as_str(), reply["model"].as_str()),
+        (Some("list"), Some("all-MiniLM-L6-v2"))
+    );
+    assert!(reply["usage"]["prompt_tokens"].as_u64().expect("usage") > 3);
+    for (i, want) in reference[..3].iter().enumerate() {
+        let item = &reply["data"][i];
+        assert_eq!(
+            (item["object"].as_str(), item["index"].as_u64()),
+            (Some("embedding"), Some(i as u64))
+        );
+        let got: Vec<f32> = serde_json::from_value(item["embedding"].clone()).expect("floats");
+        assert!(crate::support::cosine(&got, want) >= 0.9999, "{}", sentences[i]);
+    }
+    // A single string is accepted too; the model may be omitted.
+    let (status, reply) = call(addr, "POST", "/v1/embeddings", Some(&key), Some(r#"{"input": "hi"}"#));
+    assert_eq!(
+        (status, reply["data"][0]["embedding"].as_array().map(Vec::len)),
+        (200, Some(384))
+    );
+
+    // Requests that would mix models or cannot be served are refused with the reason.
+    let none_key = create_tenant(addr, "vectors", 4);
+    for (who, body, needle) in [
+        (
+            &key,
+            r#"{"model": "text-embedding-3-small", "input": ["x"]}"#,
+            "vectors of two models do not mix",
+        ),
+        (&key, r#"{"input": [[101, 2023]]}"#, "not token ids"),
+        (&key, r#"{"input": []}"#, "empty"),
+        (&key, r#"{"input": "x", "dimensions": 256}"#, "384"),
+        (&key, r#"{"input": "x", "encoding_format": "base64"}"#, "float"),
+        (&none_key, r#"{"input": "x"}"#, "no embedding model"),
+    ] {
+        let (status, reply) = call(addr, "POST", "/v1/embeddings", Some(who), Some(body));
+        assert_eq!(status, 400, "{body}: {reply}");
+        assert!(
+            reply["error"]["message"].as_str().expect("message").contains(needle),
+            "{body}: {reply}"
+        );
+    }
+    // A text query against a tenant that stores client vectors says so.
+    let (status, reply) = call(addr, "POST", "/v1/search", Some(&none_key), Some(r#"{"query": "x"}"#));
+    assert_eq!(status, 400, "{reply}");
 }

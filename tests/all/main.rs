@@ -3,6 +3,7 @@
 
 mod cli;
 mod durability;
+mod embeddings;
 mod guests;
 mod http;
 mod pool;

@@ -80,3 +80,30 @@ pub fn brute_force(docs: &[(String, Vec<f32>)], query: &[f32], metric: Metric, k
     scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
     scored.into_iter().take(k).map(|(_, id)| id.clone()).collect()
 }
+
+/// The local embedding model's directory (`TVS_MODEL_DIR` or the user cache), fetched once per
+/// test run if missing, so `cargo test` works on a fresh machine like `tvs serve` does.
+pub fn local_model() -> &'static Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tvs::model::model_dir();
+        tvs::model::ensure(&dir, &mut |line| eprintln!("{line}")).expect("fetching the local model");
+        dir
+    })
+}
+
+/// The committed sentence-transformers reference: (sentences, vectors).
+pub fn minilm_reference() -> (Vec<String>, Vec<Vec<f32>>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/minilm_reference.json");
+    let raw = std::fs::read_to_string(&path).expect("reference fixture");
+    let value: Value = serde_json::from_str(&raw).expect("fixture JSON");
+    let sentences = serde_json::from_value(value["sentences"].clone()).expect("sentences");
+    let vectors = serde_json::from_value(value["vectors"].clone()).expect("vectors");
+    (sentences, vectors)
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
