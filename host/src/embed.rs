@@ -150,30 +150,49 @@ impl LocalEmbedder {
             static ONE_THREAD: Option<rayon::ThreadPool> =
                 rayon::ThreadPoolBuilder::new().num_threads(1).build().ok();
         }
-        let run = || -> Result<Vec<Vec<f32>>, EmbedError> {
-            let mut order: Vec<usize> = (0..texts.len()).collect();
-            let encodings = texts
-                .iter()
-                .map(|t| self.tokenizer.encode(t.as_str(), true))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| EmbedError::Endpoint(format!("tokenizing: {e}")))?;
-            order.sort_by_key(|&i| encodings[i].get_ids().len());
-            let mut vectors = vec![Vec::new(); texts.len()];
-            for batch in order.chunks(LOCAL_BATCH) {
-                let batch_encodings: Vec<&tokenizers::Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
-                let embedded = self
-                    .embed_batch(&batch_encodings)
-                    .map_err(|e| EmbedError::Endpoint(format!("running the model: {e}")))?;
-                for (&i, vector) in batch.iter().zip(embedded) {
-                    vectors[i] = vector;
-                }
-            }
-            Ok(vectors)
-        };
         ONE_THREAD.with(|pool| match pool {
-            Some(pool) => pool.install(run),
-            None => run(),
+            Some(pool) => pool.install(|| self.embed_here(texts)),
+            None => self.embed_here(texts),
         })
+    }
+
+    /// Embeds texts on the threads of `pool`; the benchmark compares such pools with
+    /// [`Self::embed_texts`], which serving uses.
+    pub fn embed_texts_in(&self, pool: &rayon::ThreadPool, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        pool.install(|| self.embed_here(texts))
+    }
+
+    /// Word pieces the model reads for these texts (after truncation), as OpenAI's `usage`
+    /// reports; a text that does not tokenize counts 0.
+    pub fn count_tokens_of(&self, texts: &[String]) -> usize {
+        texts
+            .iter()
+            .filter_map(|t| self.tokenizer.encode(t.as_str(), true).ok())
+            .map(|e| e.get_ids().len())
+            .sum()
+    }
+
+    /// Tokenizes, sorts by length so padded batches waste little, and runs the batches on
+    /// whatever rayon pool this is called in.
+    fn embed_here(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let encodings = texts
+            .iter()
+            .map(|t| self.tokenizer.encode(t.as_str(), true))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EmbedError::Endpoint(format!("tokenizing: {e}")))?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut vectors = vec![Vec::new(); texts.len()];
+        for batch in order.chunks(LOCAL_BATCH) {
+            let batch_encodings: Vec<&tokenizers::Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
+            let embedded = self
+                .embed_batch(&batch_encodings)
+                .map_err(|e| EmbedError::Endpoint(format!("running the model: {e}")))?;
+            for (&i, vector) in batch.iter().zip(embedded) {
+                vectors[i] = vector;
+            }
+        }
+        Ok(vectors)
     }
 
     fn embed_batch(&self, encodings: &[&tokenizers::Encoding]) -> candle_core::Result<Vec<Vec<f32>>> {
@@ -217,11 +236,7 @@ impl Embedder for LocalEmbedder {
     }
 
     fn count_tokens(&self, texts: &[String]) -> Option<usize> {
-        texts
-            .iter()
-            .map(|t| self.tokenizer.encode(t.as_str(), true).map(|e| e.get_ids().len()))
-            .sum::<Result<usize, _>>()
-            .ok()
+        Some(self.count_tokens_of(texts))
     }
 }
 

@@ -6,5 +6,21 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    one_inference_thread_per_request();
     cli::main()
+}
+
+/// candle splits every matrix product over `RAYON_NUM_THREADS` threads (default: all cores),
+/// reading the variable at each call. On 2 cores that made two concurrent embedding requests
+/// together no faster than one (`cargo bench --bench embed`: 135 vs 200 sentences/s with one
+/// thread per request), so the server runs each request on its own thread unless told otherwise.
+fn one_inference_thread_per_request() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: called first thing in `main`, before this process starts any thread, so no
+        // other thread can read the environment while it changes.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RAYON_NUM_THREADS", "1");
+        }
+    }
 }

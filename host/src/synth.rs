@@ -91,6 +91,87 @@ impl EmbeddingLike {
     }
 }
 
+/// `n` deterministic English sentences of 15–30 words (about 20–40 word pieces, the length of
+/// the short passages RAG apps store), for embedding benchmarks and generated corpora.
+pub fn sentences(n: usize, seed: u64) -> Vec<String> {
+    const SUBJECTS: [&str; 12] = [
+        "the support team",
+        "our new billing system",
+        "a customer in Berlin",
+        "the search index",
+        "the quarterly report",
+        "every tenant",
+        "the mobile app",
+        "a junior engineer",
+        "the storage cluster",
+        "the marketing page",
+        "this recipe",
+        "the hiking trail",
+    ];
+    const VERBS: [&str; 12] = [
+        "explains",
+        "slows down",
+        "depends on",
+        "replaced",
+        "is measured against",
+        "summarises",
+        "was rebuilt after",
+        "keeps track of",
+        "compares",
+        "recommends",
+        "ignores",
+        "protects",
+    ];
+    const OBJECTS: [&str; 12] = [
+        "password resets for locked accounts",
+        "the latency of nearest-neighbour queries",
+        "invoices that were paid twice",
+        "fresh tomatoes and basil",
+        "the backup schedule",
+        "interest rates at the central bank",
+        "steep paths above the lake",
+        "durable writes to disk",
+        "the onboarding checklist",
+        "refunds for cancelled orders",
+        "memory use per open store",
+        "the weather forecast for the weekend",
+    ];
+    const TAILS: [&str; 8] = [
+        "because the old design could not keep up",
+        "so that nobody has to ask twice",
+        "while the rest of the team was on holiday",
+        "according to the notes from last week",
+        "which surprised almost everyone involved",
+        "after a long discussion about trade-offs",
+        "and the results were written down carefully",
+        "before anyone noticed the difference",
+    ];
+    let mut rng = Rng::new(seed);
+    let mut pick = |options: &[&'static str]| options[rng.below(options.len() as u64) as usize];
+    (0..n)
+        .map(|i| {
+            let mut sentence = format!(
+                "{} {} {} {}",
+                pick(&SUBJECTS),
+                pick(&VERBS),
+                pick(&OBJECTS),
+                pick(&TAILS)
+            );
+            if i % 3 == 0 {
+                sentence.push_str(&format!(
+                    ", and {} {} {}",
+                    pick(&SUBJECTS),
+                    pick(&VERBS),
+                    pick(&OBJECTS)
+                ));
+            }
+            let mut chars = sentence.chars();
+            let first = chars.next().map(|c| c.to_ascii_uppercase()).unwrap_or(' ');
+            format!("{first}{}.", chars.as_str())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
