@@ -44,6 +44,8 @@ enum Command {
     Ingest(IngestArgs),
     /// k-NN search with a query text or vector
     Search(SearchArgs),
+    /// Import LangChain FAISS.save_local folders (one, or a whole old user_data/ tree with --all)
+    ImportLangchain(ImportArgs),
     /// Fetch or check the local embedding model (all-MiniLM-L6-v2)
     #[command(subcommand)]
     Model(ModelCommand),
@@ -71,6 +73,27 @@ struct ServeArgs {
     /// API requests served at once; more get 503 with Retry-After [default: 48]
     #[arg(long)]
     max_in_flight: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// A FAISS.save_local folder (index.faiss + index.pkl); with --all, a user_data/ tree whose
+    /// user folders hold vector_store/faiss_index/
+    dir: PathBuf,
+    /// Tenant to import into (created if missing); required without --all
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    tenant: Option<String>,
+    /// Import every user folder of DIR into the tenant of the same name
+    #[arg(long)]
+    all: bool,
+    /// The store's LangChain distance strategy, which save_local does not record: l2
+    /// (EUCLIDEAN_DISTANCE), ip (MAX_INNER_PRODUCT) or cos [default: the index's, l2 or ip]
+    #[arg(long)]
+    metric: Option<Metric>,
+    /// Embedding model of new tenants [default: EMBEDDING_MODEL if it makes vectors of the
+    /// index's size, else none]
+    #[arg(long)]
+    model: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,6 +262,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Ingest(args) => ingest(&settings, args),
         Command::Search(args) => search(&settings, args),
         Command::Model(cmd) => model_command(cmd),
+        Command::ImportLangchain(args) => import_langchain(&settings, args),
         Command::Stats(target) => {
             let store = open_target(&settings, &target)?;
             print_json(&store.info())?;
@@ -311,6 +335,186 @@ fn serve(settings: Settings, args: ServeArgs, file: &ServeFile) -> Result<Outcom
             tvs::http::serve(app, listener).await
         })
         .with_context(|| format!("serving on {addr}"))?;
+    Ok(Outcome::Done)
+}
+
+/// What importing one folder did.
+struct Imported {
+    documents: usize,
+    created: bool,
+    count_after: u64,
+    config: StoreConfig,
+}
+
+/// Imports one `FAISS.save_local` folder into a tenant, creating it if needed. Everything is
+/// read and checked before anything is written; documents are upserted by their LangChain id,
+/// so running it again changes nothing.
+fn import_folder(
+    settings: &Settings,
+    data: &DataDir,
+    runtime: &Runtime,
+    tenant: &TenantId,
+    folder: &Path,
+    args: &ImportArgs,
+    progress: &ProgressBar,
+) -> Result<Imported> {
+    let saved = tvs::langchain::read_folder(folder).with_context(|| format!("reading {}", folder.display()))?;
+    let metric = args.metric.unwrap_or(saved.index.metric);
+    let dims = saved.index.dims;
+    let dir = data.store_dir(tenant);
+    let (store, created) = match TenantStore::open(&dir) {
+        Ok(store) => {
+            let config = store.config();
+            if config.dims != dims || config.metric != metric {
+                bail!(
+                    "tenant {tenant} holds {}-dimensional {:?} vectors; the folder has {dims}-dimensional {metric:?} ones",
+                    config.dims,
+                    config.metric
+                );
+            }
+            (store, false)
+        }
+        Err(OpenError::NotFound(_)) => {
+            let model = match &args.model {
+                Some(model) => model.clone(),
+                None if model_dims(&settings.embedding_model).is_none_or(|d| d == dims) => {
+                    settings.embedding_model.clone()
+                }
+                None => "none".into(),
+            };
+            let config = StoreConfig::new(dims, metric, ScalarKind::F32, &model);
+            data.create_tenant(tenant, &config)?;
+            (TenantStore::open(&dir)?, true)
+        }
+        Err(other) => return Err(anyhow::Error::new(other).context(format!("opening tenant {tenant}"))),
+    };
+    let rows = saved.documents.len();
+    progress.set_length(rows as u64);
+    progress.set_position(0);
+    for (start, chunk) in saved.documents.chunks(512).enumerate().map(|(i, c)| (i * 512, c)) {
+        let documents = chunk
+            .iter()
+            .enumerate()
+            .map(|(offset, doc)| IngestDocument {
+                id: Some(doc.id.clone()),
+                text: Some(doc.text.clone()),
+                metadata: Some(serde_json::Value::Object(doc.metadata.clone()).to_string()),
+                vector: Some(saved.index.row(start + offset).to_vec()),
+            })
+            .collect();
+        runtime
+            .ingest(store.clone(), &IngestRequest { documents, chunk: None })
+            .with_context(|| format!("importing rows {start}..{}", start + chunk.len()))?;
+        progress.inc(chunk.len() as u64);
+    }
+    if store.info().index != tvs::store::IndexKind::Exact {
+        store.wait_for_index();
+    }
+    store
+        .flush()
+        .context("writing a snapshot (the documents are durable in the log)")?;
+    Ok(Imported {
+        documents: rows,
+        created,
+        count_after: store.count(),
+        config: store.config().clone(),
+    })
+}
+
+/// The save_local folder inside an old user folder: `vector_store/faiss_index/` (the seed's
+/// layout), else `vector_store/` or the user folder itself when they hold `index.faiss`.
+fn faiss_folder_of(user: &Path) -> Option<PathBuf> {
+    [
+        user.join("vector_store").join("faiss_index"),
+        user.join("vector_store"),
+        user.to_path_buf(),
+    ]
+    .into_iter()
+    .find(|dir| dir.join("index.faiss").is_file())
+}
+
+fn import_langchain(settings: &Settings, args: ImportArgs) -> Result<Outcome> {
+    let data = data_dir(settings)?;
+    let runtime = Runtime::new(RuntimeLimits::default()).context("starting the wasm runtime")?;
+    let style =
+        ProgressStyle::with_template("{prefix:>16} {wide_bar} {pos}/{len} docs {per_sec}").expect("static template");
+    let describe = |imported: &Imported| {
+        format!(
+            "{} documents imported ({}; {} dims, {:?}, model {}; the tenant holds {})",
+            imported.documents,
+            if imported.created {
+                "tenant created"
+            } else {
+                "existing tenant"
+            },
+            imported.config.dims,
+            imported.config.metric,
+            imported.config.embedding_model,
+            imported.count_after
+        )
+    };
+    if !args.all {
+        let tenant = TenantId::new(args.tenant.as_deref().unwrap_or_default())?;
+        let progress = ProgressBar::new(0).with_style(style).with_prefix(tenant.to_string());
+        let imported = import_folder(settings, &data, &runtime, &tenant, &args.dir, &args, &progress)?;
+        progress.finish_and_clear();
+        writeln!(io::stderr(), "{tenant}: {}", describe(&imported))?;
+        return Ok(Outcome::Done);
+    }
+    let mut users: Vec<PathBuf> = std::fs::read_dir(&args.dir)
+        .with_context(|| format!("listing {}", args.dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    users.sort();
+    let overall = ProgressBar::new(users.len() as u64)
+        .with_style(ProgressStyle::with_template("{prefix:>16} {wide_bar} {pos}/{len} users").expect("static template"))
+        .with_prefix("all users");
+    let (mut imported_users, mut failed, mut skipped) = (0usize, 0usize, 0usize);
+    for user in &users {
+        let name = user
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let report = (|| -> Result<Option<String>> {
+            let Some(folder) = faiss_folder_of(user) else {
+                return Ok(None);
+            };
+            let tenant = TenantId::new(&name)?;
+            let progress = ProgressBar::hidden()
+                .with_style(style.clone())
+                .with_prefix(name.clone());
+            let imported = import_folder(settings, &data, &runtime, &tenant, &folder, &args, &progress)?;
+            Ok(Some(describe(&imported)))
+        })();
+        overall.inc(1);
+        let line = match report {
+            Ok(Some(line)) => {
+                imported_users += 1;
+                line
+            }
+            Ok(None) => {
+                skipped += 1;
+                "skipped: no index.faiss in vector_store/faiss_index/".to_owned()
+            }
+            Err(e) => {
+                failed += 1;
+                format!("FAILED: {e:#}")
+            }
+        };
+        overall.suspend(|| writeln!(io::stderr(), "{name}: {line}"))?;
+    }
+    overall.finish_and_clear();
+    writeln!(
+        io::stderr(),
+        "{imported_users} users imported, {skipped} skipped, {failed} failed"
+    )?;
+    if failed > 0 {
+        bail!(
+            "{failed} of {} user folders could not be imported (see above)",
+            users.len()
+        );
+    }
     Ok(Outcome::Done)
 }
 

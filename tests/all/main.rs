@@ -6,6 +6,7 @@ mod durability;
 mod embeddings;
 mod guests;
 mod http;
+mod langchain;
 mod pool;
 mod store;
 mod support;

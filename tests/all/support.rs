@@ -107,3 +107,36 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (norm(a) * norm(b))
 }
+
+/// A Python with the LangChain stack of `tests/langchain/requirements.txt`, in a venv under
+/// `target/` made on first use (so `cargo test` needs no set-up step beyond Python with pip).
+pub fn langchain_python() -> &'static Path {
+    static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let requirements = root.join("tests/langchain/requirements.txt");
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("langchain-venv");
+        let python = venv.join("bin/python");
+        // The marker holds the requirements it was made from: a changed pin rebuilds the venv.
+        let marker = venv.join("tvs-requirements.txt");
+        let wanted = std::fs::read_to_string(&requirements).expect("requirements");
+        if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+            return python;
+        }
+        let _ = std::fs::remove_dir_all(&venv);
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().expect("run python");
+            assert!(
+                out.status.success(),
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements));
+        std::fs::write(&marker, wanted).expect("marker");
+        python
+    })
+}

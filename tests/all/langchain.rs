@@ -1,0 +1,225 @@
+//! Moving from LangChain's FAISS stores: real stores made by langchain-community and faiss-cpu
+//! (`tests/langchain/make_faiss_stores.py`, in a venv the tests create) are imported with
+//! `tvs import-langchain`, then every document must come back whole and the same query vectors
+//! must return LangChain's top-k ids with its scores.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use tvs::runtime::{Runtime, RuntimeLimits, SearchRequest};
+use tvs::store::TenantStore;
+use tvs::tenant::{DataDir, TenantId};
+
+use crate::support::{langchain_python, stderr, tvs};
+
+/// Makes the stores and LangChain's answers; returns the parsed `expected.json`.
+fn make_stores(out: &Path) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/langchain/make_faiss_stores.py");
+    let made = Command::new(langchain_python())
+        .arg(script)
+        .arg(out)
+        .output()
+        .expect("run python");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    serde_json::from_str(&std::fs::read_to_string(out.join("expected.json")).expect("expected.json")).expect("JSON")
+}
+
+fn open(data: &Path, tenant: &str) -> std::sync::Arc<TenantStore> {
+    let dir = DataDir::open(data)
+        .expect("data dir")
+        .store_dir(&TenantId::new(tenant).expect("id"));
+    TenantStore::open(&dir).expect("open tenant")
+}
+
+/// Checks a tenant against LangChain: every document whole, every query's ids and scores.
+fn assert_same_as_langchain(runtime: &Runtime, data: &Path, tenant: &str, expected: &Value) {
+    let store = open(data, tenant);
+    let documents = expected["documents"].as_array().expect("documents");
+    assert_eq!(store.count(), documents.len() as u64, "{tenant}");
+    let ids: Vec<String> = documents
+        .iter()
+        .map(|d| d["id"].as_str().expect("id").to_owned())
+        .collect();
+    let stored = store.get(&ids, false);
+    assert_eq!(stored.len(), ids.len(), "{tenant}: every document is there");
+    for (doc, got) in documents.iter().zip(&stored) {
+        assert_eq!(got.id, doc["id"].as_str().expect("id"), "{tenant}");
+        assert_eq!(got.text, doc["text"].as_str().expect("text"), "{tenant}/{}", got.id);
+        assert_eq!(
+            Value::Object(got.metadata.clone()),
+            doc["metadata"],
+            "{tenant}/{}",
+            got.id
+        );
+    }
+    for query in expected["queries"].as_array().expect("queries") {
+        let vector: Vec<f32> = serde_json::from_value(query["vector"].clone()).expect("vector");
+        let want_ids: Vec<&str> = query["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_str().expect("id"))
+            .collect();
+        let hits = runtime
+            .search(
+                store.clone(),
+                &SearchRequest {
+                    query: None,
+                    vector: Some(vector),
+                    top_k: want_ids.len() as u32,
+                    filter: None,
+                    mmr: None,
+                },
+            )
+            .expect("search");
+        let got_ids: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(got_ids, want_ids, "{tenant}");
+        for (hit, want) in hits.iter().zip(query["scores"].as_array().expect("scores")) {
+            let want = want.as_f64().expect("score");
+            assert!(
+                (f64::from(hit.score) - want).abs() <= 1e-5,
+                "{tenant}/{}: score {} vs LangChain {want}",
+                hit.id,
+                hit.score
+            );
+        }
+    }
+}
+
+#[test]
+fn imported_faiss_stores_answer_like_langchain_with_every_document_whole() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let made = tmp.path().join("made");
+    let expected = make_stores(&made);
+    let runtime = Runtime::new(RuntimeLimits::default()).expect("runtime");
+    for (name, metric) in [("l2", "L2"), ("ip", "Ip"), ("l2_deleted", "L2"), ("pydantic_v1", "L2")] {
+        let folder = made.join(name);
+        let out = tvs(
+            tmp.path(),
+            &["import-langchain", "--tenant", name, folder.to_str().expect("utf8")],
+            &[],
+        );
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("{metric}, model none")),
+            "{}",
+            stderr(&out)
+        );
+        assert_same_as_langchain(&runtime, &tmp.path().join("user_data"), name, &expected["stores"][name]);
+    }
+    // Importing again duplicates nothing.
+    let folder = made.join("l2");
+    let again = tvs(
+        tmp.path(),
+        &["import-langchain", "--tenant", "l2", folder.to_str().expect("utf8")],
+        &[],
+    );
+    assert!(stderr(&again).contains("existing tenant") && stderr(&again).contains("the tenant holds 300"));
+    // A tenant of another shape is refused before anything is written.
+    let ip_folder = made.join("ip");
+    let clash = tvs(
+        tmp.path(),
+        &["import-langchain", "--tenant", "l2", ip_folder.to_str().expect("utf8")],
+        &[],
+    );
+    assert_eq!(clash.status.code(), Some(2));
+    assert!(
+        stderr(&clash).contains("L2") && stderr(&clash).contains("Ip"),
+        "{}",
+        stderr(&clash)
+    );
+    assert_eq!(open(&tmp.path().join("user_data"), "l2").count(), 300);
+}
+
+#[test]
+fn a_whole_old_user_data_tree_imports_one_tenant_per_user_and_reports_each() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let made = tmp.path().join("made");
+    let expected = make_stores(&made);
+    let old = made.join("user_data");
+    // A user folder whose name is not a valid tenant id fails alone; the others import.
+    let hostile = old.join("bad name!").join("vector_store").join("faiss_index");
+    std::fs::create_dir_all(&hostile).expect("mkdir");
+    for file in ["index.faiss", "index.pkl"] {
+        std::fs::copy(
+            old.join("alice/vector_store/faiss_index").join(file),
+            hostile.join(file),
+        )
+        .expect("copy");
+    }
+    let data = tmp.path().join("tvs_data");
+    let env = [("TVS_DATA_DIR", data.to_str().expect("utf8"))];
+    let out = tvs(
+        tmp.path(),
+        &["import-langchain", "--all", old.to_str().expect("utf8")],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(2), "one user failed");
+    let report = stderr(&out);
+    for needle in [
+        "alice: 300 documents imported (tenant created",
+        "bob: 80 documents imported (tenant created",
+        "carol: skipped",
+        "bad name!: FAILED",
+        "2 users imported, 1 skipped, 1 failed",
+    ] {
+        assert!(report.contains(needle), "{needle}: {report}");
+    }
+    let runtime = Runtime::new(RuntimeLimits::default()).expect("runtime");
+    assert_same_as_langchain(&runtime, &data, "alice", &expected["stores"]["l2"]);
+    assert_same_as_langchain(&runtime, &data, "bob", &expected["stores"]["l2_deleted"]);
+    // Safe to re-run: the same counts, nothing duplicated.
+    std::fs::remove_dir_all(old.join("bad name!")).expect("rm");
+    let again = tvs(
+        tmp.path(),
+        &["import-langchain", "--all", old.to_str().expect("utf8")],
+        &env,
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains("alice: 300 documents imported (existing tenant"));
+    assert_eq!(open(&data, "alice").count(), 300);
+    assert_eq!(open(&data, "bob").count(), 80);
+}
+
+#[test]
+fn hostile_or_unsupported_files_are_refused_by_name_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let folder = tmp.path().join("store");
+    std::fs::create_dir(&folder).expect("mkdir");
+    let flat = {
+        let mut out = b"IxF2".to_vec();
+        out.extend(2i32.to_le_bytes());
+        out.extend(1i64.to_le_bytes());
+        out.extend([0u8; 16]);
+        out.push(1);
+        out.extend(1i32.to_le_bytes());
+        out.extend(2u64.to_le_bytes());
+        out.extend(1f32.to_le_bytes());
+        out.extend(2f32.to_le_bytes());
+        out
+    };
+    let cases: [(&[u8], &[u8], &str); 4] = [
+        // A pickle that would run os.system("id") under Python's unpickler.
+        (&flat, b"\x80\x02cos\nsystem\n\x8c\x02id\x85R.", "os.system"),
+        (b"IHNf\x10\x00\x00\x00", b"\x80\x04.", "\"IHNf\""),
+        (&flat, b"\x80\x04\x8c\x03abc", "ends early"),
+        (&flat, b"\x80\x04K\x01.", "expected (docstore, index_to_docstore_id)"),
+    ];
+    for (faiss, pkl, needle) in cases {
+        std::fs::write(folder.join("index.faiss"), faiss).expect("write");
+        std::fs::write(folder.join("index.pkl"), pkl).expect("write");
+        let out = tvs(
+            tmp.path(),
+            &["import-langchain", "--tenant", "t", folder.to_str().expect("utf8")],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains(needle), "{needle}: {}", stderr(&out));
+    }
+    let listed = tvs(tmp.path(), &["tenant", "list"], &[]);
+    assert!(
+        crate::support::stdout(&listed).trim().is_empty(),
+        "no tenant was created"
+    );
+}
