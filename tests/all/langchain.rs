@@ -223,3 +223,19 @@ fn hostile_or_unsupported_files_are_refused_by_name_and_nothing_is_written() {
         "no tenant was created"
     );
 }
+
+#[test]
+fn the_python_client_passes_its_langchain_tests_against_a_real_server() {
+    crate::support::local_model();
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python");
+    let out = Command::new(langchain_python())
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(client.join("tests"))
+        .env("TVS_BIN", env!("CARGO_BIN_EXE_tvs"))
+        .env("PYTHONPATH", &client)
+        .output()
+        .expect("run pytest");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("7 passed"), "{report}");
+}
