@@ -236,6 +236,10 @@ fn the_python_client_passes_its_langchain_tests_against_a_real_server() {
         .output()
         .expect("run pytest");
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(report.contains("7 passed"), "{report}");
 }
