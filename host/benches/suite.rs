@@ -1,0 +1,886 @@
+//! The benchmark suite: tvs against the design it replaces (LangChain FAISS per user, an LRU+TTL
+//! pool, `save_local` after each add; `bench/baseline.py` in a venv this command makes), on the
+//! same generated data, on the same machine, in the same run. Every figure is printed beside
+//! the baseline's with their ratio; a JSON file and an SVG chart are written to
+//! `target/bench-suite/`.
+//!
+//! `cargo bench -p tvs --bench suite -- small` (presets: small, many, big, zipf). Set
+//! `TVS_BENCH_PYTHON` to a Python with sentence-transformers to add the embeddings row.
+//!
+//! Data: per tenant, unit 384-d vectors from [`tvs::synth::EmbeddingLike`] (a clustered 32-d
+//! latent mapped to 384-d plus noise, the structure of text embeddings), queries from the same
+//! distribution, and exact top-10 ground truth by brute force. Both sides use the L2 metric.
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tvs::auth::Keys;
+use tvs::config::{Metric, ScalarKind, Settings, StoreConfig};
+use tvs::http::{App, ServerLimits};
+use tvs::pool::{Pool, PoolConfig};
+use tvs::runtime::{Runtime, RuntimeLimits};
+use tvs::store::{NewDocument, SearchQuery, TenantStore};
+use tvs::synth::{EmbeddingLike, Rng};
+use tvs::tenant::{DataDir, TenantId};
+
+const DIMS: usize = 384;
+const K: usize = 10;
+/// Tenants a measure samples at most (cold opens, warm search, memory).
+const SAMPLE_TENANTS: usize = 20;
+
+#[derive(Debug, Clone, Copy)]
+struct Preset {
+    name: &'static str,
+    tenants: usize,
+    docs: usize,
+    queries: usize,
+    zipf_accesses: usize,
+}
+
+const PRESETS: [Preset; 4] = [
+    Preset {
+        name: "small",
+        tenants: 20,
+        docs: 2_000,
+        queries: 50,
+        zipf_accesses: 0,
+    },
+    Preset {
+        name: "many",
+        tenants: 1_000,
+        docs: 100,
+        queries: 5,
+        zipf_accesses: 0,
+    },
+    Preset {
+        name: "big",
+        tenants: 1,
+        docs: 200_000,
+        queries: 200,
+        zipf_accesses: 0,
+    },
+    Preset {
+        name: "zipf",
+        tenants: 100,
+        docs: 200,
+        queries: 1,
+        zipf_accesses: 5_000,
+    },
+];
+
+fn tenant_name(t: usize) -> String {
+    format!("t{t:04}")
+}
+
+/// One row of the report: `higher` says which direction is better, `target` is the ratio
+/// (tvs over baseline, or tvs alone for absolute targets) the issue asks for.
+#[derive(Debug, Clone)]
+struct Row {
+    measure: String,
+    unit: &'static str,
+    tvs: f64,
+    baseline: Option<f64>,
+    higher_is_better: bool,
+    target: Option<Target>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// tvs must be at least this many times better than the baseline.
+    Ratio(f64),
+    /// tvs's own value must be at most this.
+    AtMost(f64),
+    /// tvs's own value must be at least this.
+    AtLeast(f64),
+}
+
+impl Row {
+    /// How many times better tvs is (> 1 is better, whichever direction the unit runs).
+    fn advantage(&self) -> Option<f64> {
+        let base = self.baseline?;
+        if base == 0.0 || self.tvs == 0.0 {
+            return None;
+        }
+        Some(if self.higher_is_better {
+            self.tvs / base
+        } else {
+            base / self.tvs
+        })
+    }
+
+    fn met(&self) -> Option<bool> {
+        match self.target? {
+            Target::Ratio(want) => self.advantage().map(|a| a >= want),
+            Target::AtMost(max) => Some(self.tvs <= max),
+            Target::AtLeast(min) => Some(self.tvs >= min),
+        }
+    }
+
+    fn target_text(&self) -> String {
+        match self.target {
+            Some(Target::Ratio(r)) => format!("≥ {r}×"),
+            Some(Target::AtMost(m)) => format!("≤ {m}"),
+            Some(Target::AtLeast(m)) => format!("≥ {m}"),
+            None => String::new(),
+        }
+    }
+}
+
+fn row(
+    measure: &str,
+    unit: &'static str,
+    tvs: f64,
+    baseline: Option<f64>,
+    higher: bool,
+    target: Option<Target>,
+) -> Row {
+    Row {
+        measure: measure.into(),
+        unit,
+        tvs,
+        baseline,
+        higher_is_better: higher,
+        target,
+    }
+}
+
+/// The generated data set, written where the baseline can read it.
+struct Dataset {
+    dir: PathBuf,
+    preset: Preset,
+    docs: Vec<Vec<Vec<f32>>>,
+    queries: Vec<Vec<Vec<f32>>>,
+    truth: Vec<Vec<Vec<usize>>>,
+    zipf: Vec<usize>,
+}
+
+fn l2(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+fn exact_top_k(docs: &[Vec<f32>], query: &[f32]) -> Vec<usize> {
+    let mut scored: Vec<(f32, usize)> = docs.iter().enumerate().map(|(i, d)| (l2(query, d), i)).collect();
+    let k = K.min(scored.len());
+    scored.select_nth_unstable_by(k.saturating_sub(1), |a, b| a.0.total_cmp(&b.0));
+    scored.truncate(k);
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    scored.into_iter().map(|(_, i)| i).collect()
+}
+
+fn write_f32(path: &Path, rows: &[Vec<f32>]) {
+    let mut bytes = Vec::with_capacity(rows.len() * DIMS * 4);
+    for v in rows.iter().flatten() {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Zipf(s = 1) over `n` tenants: tenant i is drawn with probability ∝ 1 / (i + 1).
+fn zipf_sequence(n: usize, count: usize, seed: u64) -> Vec<usize> {
+    let weights: Vec<f64> = (0..n).map(|i| 1.0 / (i as f64 + 1.0)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut cumulative = Vec::with_capacity(n);
+    let mut acc = 0.0;
+    for w in &weights {
+        acc += w / total;
+        cumulative.push(acc);
+    }
+    let mut rng = Rng::new(seed);
+    // A fixed shuffle so popularity is not tenant order (irrelevant to an LRU, kept for realism).
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    (0..count)
+        .map(|_| {
+            let u = f64::from(rng.unit());
+            order[cumulative.partition_point(|&c| c < u).min(n - 1)]
+        })
+        .collect()
+}
+
+fn generate(preset: Preset, dir: &Path) -> Dataset {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut docs = Vec::new();
+    let mut queries = Vec::new();
+    let mut truth = Vec::new();
+    let mut meta_tenants = Vec::new();
+    for t in 0..preset.tenants {
+        let mut doc_gen = EmbeddingLike::new(DIMS, 1_000 + t as u64);
+        let mut query_gen = EmbeddingLike::new(DIMS, 9_000_000 + t as u64);
+        let tenant_docs: Vec<Vec<f32>> = (0..preset.docs).map(|_| doc_gen.next_vector()).collect();
+        let tenant_queries: Vec<Vec<f32>> = (0..preset.queries).map(|_| query_gen.next_vector()).collect();
+        let tenant_truth: Vec<Vec<usize>> = std::thread::scope(|scope| {
+            let half = tenant_queries.len().div_ceil(2);
+            let parts: Vec<_> = tenant_queries
+                .chunks(half.max(1))
+                .map(|chunk| scope.spawn(|| chunk.iter().map(|q| exact_top_k(&tenant_docs, q)).collect::<Vec<_>>()))
+                .collect();
+            parts.into_iter().flat_map(|p| p.join().unwrap()).collect()
+        });
+        let name = tenant_name(t);
+        write_f32(&dir.join(format!("{name}.f32")), &tenant_docs);
+        write_f32(&dir.join(format!("{name}.queries.f32")), &tenant_queries);
+        let ids: Vec<Vec<String>> = tenant_truth
+            .iter()
+            .map(|row| row.iter().map(|i| format!("d{i}")).collect())
+            .collect();
+        std::fs::write(
+            dir.join(format!("{name}.truth.json")),
+            serde_json::to_string(&ids).unwrap(),
+        )
+        .unwrap();
+        meta_tenants.push(json!({"id": name, "docs": preset.docs}));
+        docs.push(tenant_docs);
+        queries.push(tenant_queries);
+        truth.push(tenant_truth);
+    }
+    let zipf = zipf_sequence(preset.tenants, preset.zipf_accesses, 42);
+    let meta = json!({"dims": DIMS, "k": K, "preset": preset.name, "tenants": meta_tenants, "zipf_accesses": zipf});
+    std::fs::write(dir.join("meta.json"), meta.to_string()).unwrap();
+    Dataset {
+        dir: dir.to_owned(),
+        preset,
+        docs,
+        queries,
+        truth,
+        zipf,
+    }
+}
+
+/// The baseline's venv (made on first use) and a runner for its measures.
+struct Baseline {
+    python: PathBuf,
+    dataset: PathBuf,
+    work: PathBuf,
+}
+
+impl Baseline {
+    fn new(root: &Path, dataset: &Path, work: &Path) -> Self {
+        let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
+        let requirements = std::fs::read_to_string(bench.join("requirements.txt")).unwrap();
+        let venv = root.join("baseline-venv");
+        let marker = venv.join("tvs-requirements.txt");
+        if std::fs::read_to_string(&marker).ok().as_deref() != Some(requirements.as_str()) {
+            println!(
+                "making the baseline's venv (langchain-community, faiss-cpu) in {}…",
+                venv.display()
+            );
+            let _ = std::fs::remove_dir_all(&venv);
+            let ok = Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv)
+                .status()
+                .unwrap()
+                .success()
+                && Command::new(venv.join("bin/python"))
+                    .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+                    .arg(bench.join("requirements.txt"))
+                    .status()
+                    .unwrap()
+                    .success();
+            assert!(ok, "could not make the baseline's venv");
+            std::fs::write(&marker, requirements).unwrap();
+        }
+        Baseline {
+            python: venv.join("bin/python"),
+            dataset: dataset.to_owned(),
+            work: work.to_owned(),
+        }
+    }
+
+    /// Runs measures in one fresh Python process; returns their results by name.
+    fn run(&self, measures: &[&str]) -> std::collections::HashMap<String, Value> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/baseline.py");
+        let out = Command::new(&self.python)
+            .arg(script)
+            .arg(&self.dataset)
+            .arg(&self.work)
+            .args(measures)
+            .env("PYTHONWARNINGS", "ignore")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "baseline failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| (v["measure"].as_str().unwrap_or_default().to_owned(), v))
+            .collect()
+    }
+}
+
+fn config() -> StoreConfig {
+    StoreConfig::new(DIMS, Metric::L2, ScalarKind::F32, "none")
+}
+
+fn documents(docs: &[Vec<f32>], name: &str) -> Vec<NewDocument> {
+    docs.iter()
+        .enumerate()
+        .map(|(i, v)| NewDocument {
+            id: Some(format!("d{i}")),
+            text: format!("document {i} of {name}"),
+            metadata: serde_json::from_value(json!({"i": i})).unwrap(),
+            vector: v.clone(),
+        })
+        .collect()
+}
+
+/// Batch ingest with vectors given, durable and searchable (HNSW built where it applies).
+fn tvs_ingest(data: &DataDir, set: &Dataset) -> f64 {
+    let mut seconds = 0.0;
+    for (t, docs) in set.docs.iter().enumerate() {
+        let name = tenant_name(t);
+        let id = TenantId::new(&name).unwrap();
+        let batch = documents(docs, &name);
+        let start = Instant::now();
+        data.create_tenant(&id, &config()).unwrap();
+        let store = TenantStore::open(&data.store_dir(&id)).unwrap();
+        for chunk in batch.chunks(1_000) {
+            store.upsert(chunk.to_vec()).unwrap();
+        }
+        store.wait_for_index();
+        store.flush().unwrap();
+        seconds += start.elapsed().as_secs_f64();
+    }
+    (set.preset.tenants * set.preset.docs) as f64 / seconds
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn tvs_cold_open_ms(data: &DataDir, set: &Dataset) -> f64 {
+    let times = (0..set.preset.tenants.min(SAMPLE_TENANTS))
+        .map(|t| {
+            let dir = data.store_dir(&TenantId::new(&tenant_name(t)).unwrap());
+            let start = Instant::now();
+            let store = TenantStore::open(&dir).unwrap();
+            let elapsed = start.elapsed().as_secs_f64() * 1e3;
+            drop(store);
+            elapsed
+        })
+        .collect();
+    median(times)
+}
+
+/// (QPS, p50 ms, p99 ms, recall@10) over the sampled tenants, single-threaded.
+fn tvs_warm_search(data: &DataDir, set: &Dataset) -> (f64, f64, f64, f64) {
+    let mut latencies = Vec::new();
+    let (mut found, mut wanted) = (0usize, 0usize);
+    for t in 0..set.preset.tenants.min(SAMPLE_TENANTS) {
+        let store = TenantStore::open(&data.store_dir(&TenantId::new(&tenant_name(t)).unwrap())).unwrap();
+        let search = |v: &[f32]| {
+            store
+                .search(&SearchQuery {
+                    vector: v.to_vec(),
+                    k: K,
+                    ..Default::default()
+                })
+                .unwrap()
+        };
+        search(&set.queries[t][0]);
+        for (q, truth) in set.queries[t].iter().zip(&set.truth[t]) {
+            let start = Instant::now();
+            let hits = search(q);
+            latencies.push(start.elapsed().as_secs_f64());
+            let want: std::collections::HashSet<String> = truth.iter().map(|i| format!("d{i}")).collect();
+            found += hits.iter().filter(|h| want.contains(&h.id)).count();
+            wanted += want.len();
+        }
+    }
+    let total: f64 = latencies.iter().sum();
+    latencies.sort_by(f64::total_cmp);
+    (
+        latencies.len() as f64 / total,
+        percentile(&latencies, 0.5) * 1e3,
+        percentile(&latencies, 0.99) * 1e3,
+        found as f64 / wanted as f64,
+    )
+}
+
+/// Durable single-document writes per second on the first tenant, one writer.
+fn tvs_writes(data: &DataDir, set: &Dataset, count: usize) -> f64 {
+    let store = TenantStore::open(&data.store_dir(&TenantId::new(&tenant_name(0)).unwrap())).unwrap();
+    let start = Instant::now();
+    for i in 0..count {
+        let v = set.queries[0][i % set.queries[0].len()].clone();
+        store
+            .upsert(vec![NewDocument {
+                id: Some(format!("w{i}")),
+                text: format!("write {i}"),
+                metadata: serde_json::from_value(json!({"w": i})).unwrap(),
+                vector: v,
+            }])
+            .unwrap();
+    }
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Child-process entry: opens `tenants` stores under `data` and prints RSS growth / raw bytes.
+fn memory_child(data: &Path, tenants: usize, docs: usize) {
+    let data = DataDir::open(data).unwrap();
+    let before = rss_bytes();
+    let stores: Vec<_> = (0..tenants)
+        .map(|t| TenantStore::open(&data.store_dir(&TenantId::new(&tenant_name(t)).unwrap())).unwrap())
+        .collect();
+    let grown = rss_bytes().saturating_sub(before);
+    println!("{}", grown as f64 / (tenants * docs * DIMS * 4) as f64);
+    drop(stores);
+}
+
+/// RSS of open tenants relative to their raw f32 vectors, measured in a fresh process so the
+/// bench's own allocations do not blur it.
+fn tvs_memory(data: &Path, set: &Dataset) -> f64 {
+    let tenants = set.preset.tenants.min(SAMPLE_TENANTS);
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--memory-child",
+            data.to_str().unwrap(),
+            &tenants.to_string(),
+            &set.preset.docs.to_string(),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Pool hit rate over the Zipf sequence with `max_bytes` of memory for open stores.
+fn tvs_zipf(data: &DataDir, set: &Dataset, max_bytes: u64) -> (f64, usize) {
+    let pool = Pool::new(
+        data.clone(),
+        PoolConfig {
+            capacity: set.preset.tenants,
+            ttl: Duration::from_secs(3600),
+            max_bytes: Some(max_bytes),
+        },
+    );
+    let ids: Vec<TenantId> = (0..set.preset.tenants)
+        .map(|t| TenantId::new(&tenant_name(t)).unwrap())
+        .collect();
+    let mut most_open = 0;
+    for &t in &set.zipf {
+        let store = pool.get(&ids[t]).unwrap();
+        store
+            .search(&SearchQuery {
+                vector: set.queries[t][0].clone(),
+                k: K,
+                ..Default::default()
+            })
+            .unwrap();
+        most_open = most_open.max(pool.stats().size);
+    }
+    (pool.stats().hit_rate, most_open)
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Connection {
+    fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Connection {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    fn post(&mut self, path: &str, key: &str, body: &str) -> u16 {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: tvs\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.writer.write_all(head.as_bytes()).unwrap();
+        self.writer.write_all(body.as_bytes()).unwrap();
+        let mut status_line = String::new();
+        self.reader.read_line(&mut status_line).unwrap();
+        let status = status_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body).unwrap();
+        status
+    }
+}
+
+/// The same warm searches through `tvs serve`'s HTTP stack and a fresh guest per request:
+/// (QPS, p50 ms), one client.
+fn tvs_http_search(root: &Path, set: &Dataset) -> (f64, f64) {
+    let data = DataDir::open(root).unwrap();
+    let (keys, _) = Keys::open(data.clone(), Some("bench-admin".into())).unwrap();
+    let tenants = set.preset.tenants.min(SAMPLE_TENANTS);
+    let tenant_keys: Vec<String> = (0..tenants)
+        .map(|t| keys.issue(&TenantId::new(&tenant_name(t)).unwrap()).unwrap())
+        .collect();
+    let settings = Settings {
+        pool_size: SAMPLE_TENANTS,
+        ..Settings::default()
+    };
+    let pool = Arc::new(Pool::new(data, PoolConfig::from_settings(&settings)));
+    let runtime = Arc::new(Runtime::new(RuntimeLimits::default()).unwrap());
+    let app = Arc::new(App::new(pool, runtime, keys, settings, ServerLimits::default()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            tvs::http::serve(app, listener).await.unwrap();
+        });
+    });
+    let mut conn = Connection::open(rx.recv().unwrap());
+    let mut latencies = Vec::new();
+    for (t, key) in tenant_keys.iter().enumerate() {
+        let bodies: Vec<String> = set.queries[t]
+            .iter()
+            .map(|q| json!({"vector": q, "top_k": K}).to_string())
+            .collect();
+        assert_eq!(conn.post("/v1/search", key, &bodies[0]), 200);
+        for body in &bodies {
+            let start = Instant::now();
+            assert_eq!(conn.post("/v1/search", key, body), 200);
+            latencies.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let total: f64 = latencies.iter().sum();
+    latencies.sort_by(f64::total_cmp);
+    (latencies.len() as f64 / total, percentile(&latencies, 0.5) * 1e3)
+}
+
+/// Local embeddings vs sentence-transformers (one thread each, same sentences), when
+/// `TVS_BENCH_PYTHON` names a Python with sentence-transformers.
+fn embeddings_row() -> Option<Row> {
+    let python = std::env::var("TVS_BENCH_PYTHON").ok()?;
+    let dir = tvs::model::model_dir();
+    tvs::model::ensure(&dir, &mut |line| println!("{line}")).ok()?;
+    let embedder = tvs::embed::LocalEmbedder::load(&dir).ok()?;
+    let sentences = tvs::synth::sentences(256, 7);
+    embedder.embed_texts(&sentences).ok()?;
+    let start = Instant::now();
+    embedder.embed_texts(&sentences).ok()?;
+    let tvs_rate = sentences.len() as f64 / start.elapsed().as_secs_f64();
+    let tmp = tempfile::tempdir().ok()?;
+    let path = tmp.path().join("sentences.json");
+    std::fs::write(&path, serde_json::to_string(&sentences).ok()?).ok()?;
+    let out = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/st_embed.py"))
+        .arg(&dir)
+        .arg(&path)
+        .args(["32", "1"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .ok()?;
+    let one_thread = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["threads"] == 1)?["sentences_per_s"]
+        .as_f64()?;
+    Some(row(
+        "local embeddings, 1 thread (MiniLM)",
+        "sentences/s",
+        tvs_rate,
+        Some(one_thread),
+        true,
+        None,
+    ))
+}
+
+fn print_table(preset: &str, rows: &[Row]) {
+    println!("\npreset {preset}: tvs beside the design it replaces, same data, same run\n");
+    println!(
+        "{:<46} {:>12} {:>12} {:>14} {:>8} {:>6}",
+        "measure", "tvs", "baseline", "tvs advantage", "target", "met"
+    );
+    for r in rows {
+        let fmt = |v: f64| {
+            if v >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.3}")
+            }
+        };
+        println!(
+            "{:<46} {:>12} {:>12} {:>14} {:>8} {:>6}",
+            format!("{} ({})", r.measure, r.unit),
+            fmt(r.tvs),
+            r.baseline.map_or("–".into(), fmt),
+            r.advantage().map_or("–".into(), |a| format!("{a:.2}×")),
+            r.target_text(),
+            r.met().map_or("", |m| if m { "yes" } else { "NO" }),
+        );
+    }
+}
+
+/// A horizontal bar chart of tvs's advantage per measure (log scale), with target marks.
+fn svg_chart(preset: &str, rows: &[Row]) -> String {
+    let bars: Vec<(&Row, f64)> = rows.iter().filter_map(|r| r.advantage().map(|a| (r, a))).collect();
+    let (left, width, bar_h, gap, top) = (330.0, 520.0, 22.0, 10.0, 60.0);
+    let height = top + bars.len() as f64 * (bar_h + gap) + 50.0;
+    // Log scale from 0.1× to 1000×.
+    let x = |v: f64| left + (v.max(0.1).log10() + 1.0) / 4.0 * width;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"24\" font-size=\"16\">tvs vs the LangChain FAISS design, preset {preset}: times better (log scale)</text>\n",
+        left + width + 60.0
+    );
+    for tick in [0.1, 1.0, 10.0, 100.0, 1000.0] {
+        let tx = x(tick);
+        svg += &format!(
+            "<line x1=\"{tx}\" y1=\"{}\" x2=\"{tx}\" y2=\"{}\" stroke=\"#ccc\"/><text x=\"{tx}\" y=\"{}\" text-anchor=\"middle\">{tick}×</text>\n",
+            top - 10.0,
+            height - 35.0,
+            height - 20.0
+        );
+    }
+    for (i, (r, a)) in bars.iter().enumerate() {
+        let y = top + i as f64 * (bar_h + gap);
+        let colour = match r.met() {
+            Some(true) => "#2a9d4b",
+            Some(false) => "#d1495b",
+            None if *a >= 1.0 => "#4a7fc1",
+            None => "#999",
+        };
+        let (x0, x1) = (x(1.0).min(x(*a)), x(1.0).max(x(*a)));
+        svg += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><rect x=\"{x0}\" y=\"{y}\" width=\"{}\" height=\"{bar_h}\" fill=\"{colour}\"/><text x=\"{}\" y=\"{}\">{a:.1}×</text>\n",
+            left - 8.0,
+            y + bar_h * 0.7,
+            r.measure,
+            (x1 - x0).max(1.0),
+            x1 + 4.0,
+            y + bar_h * 0.7
+        );
+        if let Some(Target::Ratio(want)) = r.target {
+            let tx = x(want);
+            svg += &format!(
+                "<line x1=\"{tx}\" y1=\"{}\" x2=\"{tx}\" y2=\"{}\" stroke=\"black\" stroke-width=\"2\"/>\n",
+                y - 3.0,
+                y + bar_h + 3.0
+            );
+        }
+    }
+    svg += &format!(
+        "<text x=\"10\" y=\"{}\" fill=\"#555\">green: target met · red: missed · black mark: target · blue/grey: no target</text>\n</svg>\n",
+        height - 4.0
+    );
+    svg
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.first().map(String::as_str) == Some("--memory-child") {
+        memory_child(Path::new(&args[1]), args[2].parse().unwrap(), args[3].parse().unwrap());
+        return;
+    }
+    let name = args.first().map_or("small", String::as_str);
+    let preset = *PRESETS
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("unknown preset {name:?}; use small, many, big or zipf"));
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-suite");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+
+    println!(
+        "generating {} tenants × {} documents, {} queries each, exact top-{K}…",
+        preset.tenants, preset.docs, preset.queries
+    );
+    let set = generate(preset, &tmp.path().join("dataset"));
+    let baseline = Baseline::new(&out_dir, &set.dir, &tmp.path().join("baseline"));
+    let tvs_root = tmp.path().join("tvs");
+    let data = DataDir::open(&tvs_root).unwrap();
+
+    println!("ingest…");
+    let tvs_ingest_rate = tvs_ingest(&data, &set);
+    let base = baseline.run(&["ingest"]);
+    let mut rows = vec![row(
+        "batch ingest, vectors given",
+        "docs/s",
+        tvs_ingest_rate,
+        base["ingest"]["docs_per_s"].as_f64(),
+        true,
+        Some(Target::Ratio(4.0)),
+    )];
+
+    println!("cold opens, memory…");
+    let base = baseline.run(&["cold_open"]);
+    rows.push(row(
+        "cold open of a tenant, p50",
+        "ms",
+        tvs_cold_open_ms(&data, &set),
+        base["cold_open"]["p50_ms"].as_f64(),
+        false,
+        Some(Target::Ratio(20.0)),
+    ));
+    let base_memory = baseline.run(&["memory"]);
+    let base_rss = base_memory["memory"]["rss_over_raw"].as_f64();
+    rows.push(row(
+        "RSS of open tenants / raw f32 vectors",
+        "×",
+        tvs_memory(&tvs_root, &set),
+        base_rss,
+        false,
+        Some(Target::AtMost(1.3)),
+    ));
+
+    let mut base_search = None;
+    if preset.zipf_accesses == 0 {
+        println!("warm search…");
+        let (qps, p50, p99, recall) = tvs_warm_search(&data, &set);
+        base_search = baseline.run(&["warm_search"]).remove("warm_search");
+        let base = base_search.as_ref().expect("the baseline's warm search");
+        let qps_target = (preset.name == "big").then_some(Target::Ratio(50.0));
+        rows.push(row(
+            "warm search k=10",
+            "QPS",
+            qps,
+            base["qps"].as_f64(),
+            true,
+            qps_target,
+        ));
+        rows.push(row(
+            "warm search k=10, p50",
+            "ms",
+            p50,
+            base["p50_ms"].as_f64(),
+            false,
+            None,
+        ));
+        rows.push(row(
+            "warm search k=10, p99",
+            "ms",
+            p99,
+            base["p99_ms"].as_f64(),
+            false,
+            None,
+        ));
+        rows.push(row(
+            "recall@10",
+            "",
+            recall,
+            base["recall"].as_f64(),
+            true,
+            Some(Target::AtLeast(0.95)),
+        ));
+    }
+    if preset.name == "small" {
+        println!("durable single-document writes…");
+        let base = baseline.run(&["writes"]);
+        rows.push(row(
+            "durable single-document writes",
+            "writes/s",
+            tvs_writes(&data, &set, 2_000),
+            base["writes"]["writes_per_s"].as_f64(),
+            true,
+            Some(Target::Ratio(10.0)),
+        ));
+        if let Some(r) = embeddings_row() {
+            rows.push(r);
+        }
+        // Last: the server's pool keeps these tenants open (and locked) until the process ends.
+        if let Some(base) = &base_search {
+            println!("search over HTTP + guest…");
+            let (http_qps, http_p50) = tvs_http_search(&tvs_root, &set);
+            rows.push(row(
+                "same search over HTTP + guest",
+                "QPS",
+                http_qps,
+                base["qps"].as_f64(),
+                true,
+                None,
+            ));
+            rows.push(row(
+                "same search over HTTP + guest, p50",
+                "ms",
+                http_p50,
+                base["p50_ms"].as_f64(),
+                false,
+                None,
+            ));
+        }
+    }
+    if preset.zipf_accesses > 0 {
+        println!("Zipf access through the pools…");
+        let base = &baseline.run(&["zipf"])["zipf"];
+        // Equal memory: what the baseline's 10 open stores occupy.
+        let raw_tenant = (preset.docs * DIMS * 4) as f64;
+        let budget = (10.0 * base_rss.unwrap_or(2.1) * raw_tenant) as u64;
+        let (hit_rate, most_open) = tvs_zipf(&data, &set, budget);
+        println!("tvs pool: {budget} bytes held up to {most_open} open tenants (the baseline's: 10)");
+        rows.push(row(
+            "pool hit rate, Zipf s=1, equal memory",
+            "",
+            hit_rate,
+            base["hit_rate"].as_f64(),
+            true,
+            Some(Target::Ratio(1.0)),
+        ));
+    }
+
+    print_table(preset.name, &rows);
+    let report = json!({
+        "preset": preset.name,
+        "tenants": preset.tenants,
+        "docs_per_tenant": preset.docs,
+        "seconds": started.elapsed().as_secs_f64(),
+        "rows": rows.iter().map(|r| json!({
+            "measure": r.measure, "unit": r.unit, "tvs": r.tvs, "baseline": r.baseline,
+            "higher_is_better": r.higher_is_better, "tvs_advantage": r.advantage(),
+            "target": r.target_text(), "met": r.met(),
+        })).collect::<Vec<_>>(),
+    });
+    let json_path = out_dir.join(format!("{}.json", preset.name));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    let svg_path = out_dir.join(format!("{}.svg", preset.name));
+    std::fs::write(&svg_path, svg_chart(preset.name, &rows)).unwrap();
+    println!(
+        "\nwrote {} and {} in {:.0} s",
+        json_path.display(),
+        svg_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+}
