@@ -467,6 +467,7 @@ fn tvs_memory(data: &Path, set: &Dataset) -> f64 {
         ])
         .output()
         .unwrap();
+    print!("{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
