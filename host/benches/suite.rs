@@ -13,8 +13,6 @@
 //! and exact top-10 ground truth by brute force. Both sides use the L2 metric.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -533,51 +531,9 @@ fn tvs_zipf(data: &DataDir, set: &Dataset, capacity: usize) -> f64 {
     pool.stats().hit_rate
 }
 
-/// A keep-alive HTTP/1.1 client connection.
-struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Connection {
-    fn open(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Connection {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        }
-    }
-
-    fn post(&mut self, path: &str, key: &str, body: &str) -> u16 {
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: tvs\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        self.writer.write_all(head.as_bytes()).unwrap();
-        self.writer.write_all(body.as_bytes()).unwrap();
-        let mut status_line = String::new();
-        self.reader.read_line(&mut status_line).unwrap();
-        let status = status_line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; length];
-        self.reader.read_exact(&mut body).unwrap();
-        status
-    }
-}
+#[path = "common/http_client.rs"]
+mod http_client;
+use http_client::Connection;
 
 /// The same warm searches through `tvs serve`'s HTTP stack and a fresh guest per request:
 /// (QPS, p50 ms), one client.
@@ -614,10 +570,10 @@ fn tvs_http_search(root: &Path, set: &Dataset) -> (f64, f64) {
             .iter()
             .map(|q| json!({"vector": q, "top_k": K}).to_string())
             .collect();
-        assert_eq!(conn.post("/v1/search", key, &bodies[0]), 200);
+        assert_eq!(conn.post("/v1/search", key, &bodies[0]).0, 200);
         for body in &bodies {
             let start = Instant::now();
-            assert_eq!(conn.post("/v1/search", key, body), 200);
+            assert_eq!(conn.post("/v1/search", key, body).0, 200);
             latencies.push(start.elapsed().as_secs_f64());
         }
     }
