@@ -25,7 +25,7 @@ const SEARCHES_PER_CLIENT: usize = 1500;
 
 #[path = "common/http_client.rs"]
 mod http_client;
-use http_client::Connection;
+use http_client::{Connection, serve_in_background};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -43,19 +43,7 @@ fn main() {
     let pool = Arc::new(Pool::new(data, PoolConfig::from_settings(&settings)));
     let runtime = Arc::new(Runtime::new(RuntimeLimits::default()).unwrap());
     let app = Arc::new(App::new(pool.clone(), runtime, keys, settings, ServerLimits::default()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            tvs::http::serve(app, listener).await.unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
+    let addr = serve_in_background(app);
 
     // Tenants and ingest through HTTP + guest, 500 documents per request.
     let mut tenant_keys = Vec::new();

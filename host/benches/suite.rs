@@ -533,7 +533,7 @@ fn tvs_zipf(data: &DataDir, set: &Dataset, capacity: usize) -> f64 {
 
 #[path = "common/http_client.rs"]
 mod http_client;
-use http_client::Connection;
+use http_client::{Connection, serve_in_background};
 
 /// The same warm searches through `tvs serve`'s HTTP stack and a fresh guest per request:
 /// (QPS, p50 ms), one client.
@@ -551,19 +551,7 @@ fn tvs_http_search(root: &Path, set: &Dataset) -> (f64, f64) {
     let pool = Arc::new(Pool::new(data, PoolConfig::from_settings(&settings)));
     let runtime = Arc::new(Runtime::new(RuntimeLimits::default()).unwrap());
     let app = Arc::new(App::new(pool, runtime, keys, settings, ServerLimits::default()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            tvs::http::serve(app, listener).await.unwrap();
-        });
-    });
-    let mut conn = Connection::open(rx.recv().unwrap());
+    let mut conn = Connection::open(serve_in_background(app));
     let mut latencies = Vec::new();
     for (t, key) in tenant_keys.iter().enumerate() {
         let bodies: Vec<String> = set.queries[t]

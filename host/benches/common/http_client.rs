@@ -54,3 +54,21 @@ impl Connection {
         (status, body)
     }
 }
+
+/// Serves `app` on an ephemeral loopback port from a background tokio runtime (for the life of
+/// the process) and returns the address.
+pub fn serve_in_background(app: std::sync::Arc<tvs::http::App>) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            tx.send(listener.local_addr().expect("address")).expect("send address");
+            tvs::http::serve(app, listener).await.expect("serve");
+        });
+    });
+    rx.recv().expect("the server's address")
+}
