@@ -38,9 +38,10 @@ pub trait Embedder: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// One vector per text, in order, each of `dims` dimensions.
     fn embed(&self, texts: &[String], dims: usize) -> Result<Vec<Vec<f32>>, EmbedError>;
-    /// Tokens the model reads for these texts, where the model's tokenizer is at hand.
-    fn count_tokens(&self, _texts: &[String]) -> Option<usize> {
-        None
+    /// [`Self::embed`], plus the tokens the model read where its tokenizer is at hand (for
+    /// OpenAI's `usage`), counted while embedding rather than by tokenizing again.
+    fn embed_counted(&self, texts: &[String], dims: usize) -> Result<(Vec<Vec<f32>>, Option<usize>), EmbedError> {
+        self.embed(texts, dims).map(|vectors| (vectors, None))
     }
 }
 
@@ -146,6 +147,11 @@ impl LocalEmbedder {
 
     /// Embeds texts on the calling thread's single-threaded inference pool.
     pub fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed_texts_counted(texts).map(|(vectors, _)| vectors)
+    }
+
+    /// [`Self::embed_texts`], plus the number of word pieces read.
+    fn embed_texts_counted(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, usize), EmbedError> {
         thread_local! {
             static ONE_THREAD: Option<rayon::ThreadPool> =
                 rayon::ThreadPoolBuilder::new().num_threads(1).build().ok();
@@ -159,11 +165,11 @@ impl LocalEmbedder {
     /// Embeds texts on the threads of `pool`; the benchmark compares such pools with
     /// [`Self::embed_texts`], which serving uses.
     pub fn embed_texts_in(&self, pool: &rayon::ThreadPool, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        pool.install(|| self.embed_here(texts))
+        pool.install(|| self.embed_here(texts)).map(|(vectors, _)| vectors)
     }
 
-    /// Word pieces the model reads for these texts (after truncation), as OpenAI's `usage`
-    /// reports; a text that does not tokenize counts 0.
+    /// Word pieces the model reads for these texts (after truncation); a text that does not
+    /// tokenize counts 0.
     pub fn count_tokens_of(&self, texts: &[String]) -> usize {
         texts
             .iter()
@@ -173,8 +179,8 @@ impl LocalEmbedder {
     }
 
     /// Tokenizes, sorts by length so padded batches waste little, and runs the batches on
-    /// whatever rayon pool this is called in.
-    fn embed_here(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// whatever rayon pool this is called in. Returns the vectors and the word pieces read.
+    fn embed_here(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, usize), EmbedError> {
         let encodings = texts
             .iter()
             .map(|t| self.tokenizer.encode(t.as_str(), true))
@@ -192,7 +198,8 @@ impl LocalEmbedder {
                 vectors[i] = vector;
             }
         }
-        Ok(vectors)
+        let tokens = encodings.iter().map(|e| e.get_ids().len()).sum();
+        Ok((vectors, tokens))
     }
 
     fn embed_batch(&self, encodings: &[&tokenizers::Encoding]) -> candle_core::Result<Vec<Vec<f32>>> {
@@ -226,17 +233,18 @@ impl Embedder for LocalEmbedder {
     }
 
     fn embed(&self, texts: &[String], dims: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed_counted(texts, dims).map(|(vectors, _)| vectors)
+    }
+
+    fn embed_counted(&self, texts: &[String], dims: usize) -> Result<(Vec<Vec<f32>>, Option<usize>), EmbedError> {
         if dims != crate::model::LOCAL_MODEL_DIMS {
             return Err(EmbedError::Dimensions {
                 got: crate::model::LOCAL_MODEL_DIMS,
                 want: dims,
             });
         }
-        self.embed_texts(texts)
-    }
-
-    fn count_tokens(&self, texts: &[String]) -> Option<usize> {
-        Some(self.count_tokens_of(texts))
+        let (vectors, tokens) = self.embed_texts_counted(texts)?;
+        Ok((vectors, Some(tokens)))
     }
 }
 

@@ -722,11 +722,11 @@ async fn embeddings(
             tracing::warn!(error = %e, "no embedder");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", e.to_string())
         })?;
-        let vectors = embedder.embed(&texts, config.dims).map_err(|e| {
+        let (vectors, tokens) = embedder.embed_counted(&texts, config.dims).map_err(|e| {
             tracing::warn!(error = %e, "embedding failed");
             ApiError::new(StatusCode::BAD_GATEWAY, "embedding_failed", e.to_string())
         })?;
-        let tokens = embedder.count_tokens(&texts).unwrap_or(0);
+        let tokens = tokens.unwrap_or(0);
         let data: Vec<Value> = vectors
             .into_iter()
             .enumerate()
