@@ -361,20 +361,12 @@ impl Reader<'_> {
                     self.memo.insert(index, value);
                 }
                 b'q' | b'r' => {
-                    let index = if opcode == b'q' {
-                        u32::from(self.u8()?)
-                    } else {
-                        u32::from_le_bytes(self.le()?)
-                    };
+                    let index = self.memo_index(opcode == b'q')?;
                     let value = self.top()?.clone();
                     self.memo.insert(index, value);
                 }
                 b'h' | b'j' => {
-                    let index = if opcode == b'h' {
-                        u32::from(self.u8()?)
-                    } else {
-                        u32::from_le_bytes(self.le()?)
-                    };
+                    let index = self.memo_index(opcode == b'h')?;
                     let value = self
                         .memo
                         .get(&index)
@@ -397,19 +389,12 @@ impl Reader<'_> {
                     let class = self.class(module, name)?;
                     self.stack.push(class);
                 }
-                0x81 | b'R' => {
-                    // NEWOBJ (cls, args) and REDUCE (callable, args) both become inert data.
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    let Value::Tuple(args) = args else {
-                        return Err(self.malformed("arguments that are not a tuple"));
-                    };
-                    let value = self.instantiate(callable, args.as_ref().clone())?;
-                    self.stack.push(value);
-                }
-                0x92 => {
-                    // NEWOBJ_EX (cls, args, kwargs)
-                    let _kwargs = self.pop()?;
+                0x81 | b'R' | 0x92 => {
+                    // NEWOBJ (cls, args), REDUCE (callable, args) and NEWOBJ_EX (cls, args,
+                    // kwargs) all become inert data; keyword arguments are not kept.
+                    if opcode == 0x92 {
+                        self.pop()?;
+                    }
                     let args = self.pop()?;
                     let callable = self.pop()?;
                     let Value::Tuple(args) = args else {
@@ -444,6 +429,15 @@ impl Reader<'_> {
                 }
             }
         }
+    }
+
+    /// The memo index of BINPUT/BINGET (one byte) or LONG_BINPUT/LONG_BINGET (four).
+    fn memo_index(&mut self, short: bool) -> Result<u32, PickleError> {
+        Ok(if short {
+            u32::from(self.u8()?)
+        } else {
+            u32::from_le_bytes(self.le()?)
+        })
     }
 
     fn line(&mut self) -> Result<String, PickleError> {
