@@ -17,15 +17,9 @@ use tvs::tenant::StoreDir;
 const DIMS: usize = 384;
 const QUERIES: usize = 200;
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+#[path = "common/rss.rs"]
+mod rss;
+use rss::rss_bytes;
 
 fn docs(n: usize, seed: u64) -> Vec<NewDocument> {
     let mut generator = EmbeddingLike::new(DIMS, seed);

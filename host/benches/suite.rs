@@ -466,15 +466,9 @@ fn tvs_writes(data: &DataDir, set: &Dataset, count: usize) -> f64 {
     count as f64 / start.elapsed().as_secs_f64()
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+#[path = "common/rss.rs"]
+mod rss;
+use rss::rss_bytes;
 
 /// Child-process entry: opens `tenants` stores under `data` and prints RSS growth / raw bytes.
 fn memory_child(data: &Path, tenants: usize, docs: usize) {
