@@ -4,6 +4,12 @@
 //! generation (bumped by every compaction, so a snapshot taken against an older log is never
 //! replayed against a newer one). Every other line is an `upsert` or a `delete` record.
 //!
+//! An upsert's vector is written as base64 of its little-endian f32s (version 2): exact, 1.33×
+//! the raw bytes, and encoded at memory speed, where decimal text was 2.5× the raw bytes and
+//! formatting it was half the cost of an ingest. Version-1 lines (a JSON array of numbers) stay
+//! readable; opening a version-1 log rewrites its header to version 2 in place before anything
+//! new is appended, so an older tvs refuses the log instead of misreading it.
+//!
 //! Invariants:
 //! - A record is appended with a single `write` call and is acknowledged only after an fsync
 //!   covering its last byte; concurrent writers share fsyncs (group commit).
@@ -28,8 +34,10 @@ use crate::fsutil;
 
 /// Name written in the header line.
 pub const LOG_FORMAT: &str = "tvs-doclog";
-/// Version of the record format.
-pub const LOG_VERSION: u32 = 1;
+/// Version of the record format written.
+pub const LOG_VERSION: u32 = 2;
+/// Oldest record format this tvs reads (vectors as JSON arrays).
+pub const LOG_VERSION_OLDEST: u32 = 1;
 
 /// A record as read back from the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +54,7 @@ pub enum Record {
         text: String,
         #[serde(default)]
         metadata: Map<String, Value>,
+        #[serde(deserialize_with = "vector_codec::deserialize")]
         vector: Vec<f32>,
     },
     Delete {
@@ -60,7 +69,64 @@ pub struct UpsertRef<'a> {
     pub id: &'a str,
     pub text: &'a str,
     pub metadata: &'a Map<String, Value>,
+    #[serde(serialize_with = "vector_codec::serialize")]
     pub vector: &'a [f32],
+}
+
+/// Vectors in log lines: written as base64 of little-endian f32, read from that or from a JSON
+/// array of numbers (version 1).
+mod vector_codec {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(vector: &&[f32], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut raw = Vec::with_capacity(vector.len() * 4);
+        for x in vector.iter() {
+            raw.extend_from_slice(&x.to_le_bytes());
+        }
+        serializer.serialize_str(&STANDARD.encode(&raw))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
+        deserializer.deserialize_any(VectorVisitor)
+    }
+
+    struct VectorVisitor;
+
+    impl<'de> Visitor<'de> for VectorVisitor {
+        type Value = Vec<f32>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a vector: base64 of little-endian f32, or an array of numbers")
+        }
+
+        fn visit_str<E: de::Error>(self, encoded: &str) -> Result<Vec<f32>, E> {
+            let raw = STANDARD
+                .decode(encoded)
+                .map_err(|e| E::custom(format!("vector is not valid base64: {e}")))?;
+            if raw.len() % 4 != 0 {
+                return Err(E::custom(format!(
+                    "vector has {} bytes, not a whole number of f32s",
+                    raw.len()
+                )));
+            }
+            Ok(raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f32>, A::Error> {
+            let mut vector = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(x) = seq.next_element::<f32>()? {
+                vector.push(x);
+            }
+            Ok(vector)
+        }
+    }
 }
 
 impl<'a> UpsertRef<'a> {
@@ -116,7 +182,7 @@ pub enum LogError {
     },
     #[error("{path} does not start with a tvs log header; it is not a tvs document log")]
     NoHeader { path: PathBuf },
-    #[error("{path} has format version {found}; this tvs reads version {LOG_VERSION}")]
+    #[error("{path} has format version {found}; this tvs reads versions {LOG_VERSION_OLDEST} to {LOG_VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("an earlier fsync of {path} failed ({reason}); writes are refused until the store is reopened")]
     Poisoned { path: PathBuf, reason: String },
@@ -224,11 +290,14 @@ impl DocLog {
                 version,
                 generation,
             }) if format == LOG_FORMAT => {
-                if version != LOG_VERSION {
+                if !(LOG_VERSION_OLDEST..=LOG_VERSION).contains(&version) {
                     return Err(LogError::Version {
                         path: path.to_owned(),
                         found: version,
                     });
+                }
+                if version < LOG_VERSION {
+                    upgrade_header(path, &line, generation).map_err(io_err)?;
                 }
                 generation
             }
@@ -449,6 +518,24 @@ impl DocLog {
     }
 }
 
+/// Rewrites an older log's header line to the current version, in place, before records of the
+/// current version are appended after it. The new line has the same length (only the version
+/// digit differs), so the one-sector write cannot tear into the records after it. A header
+/// written by hand in another layout is left as it is: this tvs reads either version.
+fn upgrade_header(path: &Path, old_line: &[u8], generation: u64) -> io::Result<()> {
+    let new_line = header_line(generation);
+    if new_line.len() != old_line.len() {
+        tracing::warn!(log = %path.display(), "log header of an older version left as written: its layout is not tvs's");
+        return Ok(());
+    }
+    // Not the append handle: Linux ignores the offset of `pwrite` on an O_APPEND file.
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all_at(&new_line, 0)?;
+    file.sync_data()?;
+    tracing::info!(log = %path.display(), from = LOG_VERSION_OLDEST, to = LOG_VERSION, "log header upgraded");
+    Ok(())
+}
+
 /// Reads the line starting at `offset` of `file` into `buf` (newline included).
 pub fn read_line_at(file: &File, offset: u64, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
@@ -539,6 +626,74 @@ mod tests {
         drop(log);
         let err = DocLog::open(&path, None, |_, _| Ok(())).expect_err("corrupt");
         assert!(matches!(err, LogError::Corrupt { line: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn vectors_round_trip_bit_exact_as_base64() {
+        let vector = [0.1f32, -3.5e-38, f32::MIN_POSITIVE, 1.0 / 3.0, -0.0, 7.25e12];
+        let mut line = Vec::new();
+        encode_line(&mut line, &UpsertRef::new("a", "t", &Map::new(), &vector));
+        let text = std::str::from_utf8(&line).expect("utf-8");
+        assert!(text.contains(r#""vector":""#), "vector is a base64 string: {text}");
+        let Ok(Record::Upsert { vector: read, .. }) = serde_json::from_slice::<Record>(&line) else {
+            panic!("parses: {text}");
+        };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&read), bits(&vector));
+        let truncated = br#"{"op":"upsert","id":"a","vector":"AACAPw=="}"#;
+        assert!(serde_json::from_slice::<Record>(truncated).is_ok(), "one whole f32");
+        let ragged = br#"{"op":"upsert","id":"a","vector":"AACA"}"#;
+        let err = serde_json::from_slice::<Record>(ragged).expect_err("3 bytes is not an f32");
+        assert!(err.to_string().contains("whole number of f32s"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_log_replays_and_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docs.jsonl");
+        let v1 = concat!(
+            r#"{"op":"header","format":"tvs-doclog","version":1,"generation":4}"#,
+            "\n",
+            r#"{"op":"upsert","id":"old","text":"t","metadata":{},"vector":[0.5,-2.0]}"#,
+            "\n",
+        );
+        std::fs::write(&path, v1).expect("write v1 log");
+        let mut vectors = Vec::new();
+        let (log, report) = DocLog::open(&path, None, |_, r| {
+            if let Record::Upsert { vector, .. } = r {
+                vectors.push(vector)
+            }
+            Ok(())
+        })
+        .expect("a version-1 log opens");
+        assert_eq!(vectors, [vec![0.5, -2.0]]);
+        assert_eq!((report.records, report.end), (1, v1.len() as u64));
+        log.append(&upsert_line("new")).expect("append");
+        drop(log);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            text.starts_with(r#"{"op":"header","format":"tvs-doclog","version":2,"generation":4}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""vector":[0.5,-2.0]"#),
+            "old records kept verbatim: {text}"
+        );
+        assert_eq!(replay_ids(&path).0, ["old", "new"]);
+    }
+
+    #[test]
+    fn a_log_of_a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docs.jsonl");
+        std::fs::write(
+            &path,
+            "{\"op\":\"header\",\"format\":\"tvs-doclog\",\"version\":9,\"generation\":1}\n",
+        )
+        .expect("write");
+        let err = DocLog::open(&path, None, |_, _| Ok(())).expect_err("newer version");
+        assert!(matches!(err, LogError::Version { found: 9, .. }), "{err}");
+        assert!(err.to_string().contains("reads versions 1 to 2"), "{err}");
     }
 
     #[test]
