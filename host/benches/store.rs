@@ -105,6 +105,37 @@ fn search_rows(label: &str, store: &TenantStore, work: &Workload, rows: &mut Vec
     ));
 }
 
+/// Search with a metadata filter that half of the documents pass (`n < half`): the filter is
+/// evaluated on every candidate, so this shows what reading stored metadata costs.
+fn filtered_search_rows(label: &str, store: &TenantStore, work: &Workload, half: usize, rows: &mut Vec<Row>) {
+    let filter = tvs::filter::Filter::parse(&serde_json::json!({"n": {"$lt": half}})).unwrap();
+    let mut times = Vec::with_capacity(QUERIES);
+    for q in &work.queries {
+        let start = Instant::now();
+        let hits = store
+            .search(&SearchQuery {
+                vector: q.clone(),
+                k: 10,
+                filter: Some(filter.clone()),
+                ..Default::default()
+            })
+            .unwrap();
+        times.push(start.elapsed());
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|h| h.metadata["n"].as_u64().unwrap() < half as u64));
+    }
+    times.sort();
+    let total: Duration = times.iter().sum();
+    rows.push(Row(
+        format!("{label}: filtered search (half pass) p50; QPS"),
+        format!(
+            "{}; {:.0}",
+            fmt_ms(percentile(&times, 0.5)),
+            QUERIES as f64 / total.as_secs_f64()
+        ),
+    ));
+}
+
 fn main() {
     let big: usize = std::env::var("TVS_BENCH_BIG")
         .ok()
@@ -129,6 +160,7 @@ fn main() {
     ));
     let small_work = workload(&small_docs);
     search_rows("2k exact", &store, &small_work, &mut rows);
+    filtered_search_rows("2k exact", &store, &small_work, 1000, &mut rows);
     let small_graph = TenantStore::create(
         &StoreDir::new(tmp.path().join("small-hnsw")),
         &StoreConfig {
@@ -140,6 +172,7 @@ fn main() {
     small_graph.upsert(small_docs.clone()).unwrap();
     small_graph.wait_for_index();
     search_rows("2k hnsw (ef 128)", &small_graph, &small_work, &mut rows);
+    filtered_search_rows("2k hnsw (ef 128)", &small_graph, &small_work, 1000, &mut rows);
     drop(small_graph);
     store.flush().unwrap();
     drop(store);
@@ -240,6 +273,7 @@ fn main() {
         ),
     ));
     search_rows(&format!("{big} hnsw (ef 128)"), &store, &big_work, &mut rows);
+    filtered_search_rows(&format!("{big} hnsw (ef 128)"), &store, &big_work, big / 2, &mut rows);
     let info = store.info();
     rows.push(Row(
         format!("{big} open tenant memory / raw f32 (estimate)"),

@@ -48,16 +48,102 @@ impl Filter {
 
     /// Evaluates the filter against a document's metadata.
     pub fn matches(&self, metadata: &Map<String, Value>) -> bool {
+        self.matches_with(&|field| metadata.get(field))
+    }
+
+    /// Evaluates the filter with `value_of` giving a field's value (`None` when absent).
+    fn matches_with<'v>(&self, value_of: &impl Fn(&str) -> Option<&'v Value>) -> bool {
         match self {
-            Filter::And(parts) => parts.iter().all(|f| f.matches(metadata)),
-            Filter::Or(parts) => parts.iter().any(|f| f.matches(metadata)),
-            Filter::Not(inner) => !inner.matches(metadata),
+            Filter::And(parts) => parts.iter().all(|f| f.matches_with(value_of)),
+            Filter::Or(parts) => parts.iter().any(|f| f.matches_with(value_of)),
+            Filter::Not(inner) => !inner.matches_with(value_of),
             Filter::Field { field, conditions } => {
-                let value = metadata.get(field).unwrap_or(&Value::Null);
+                let value = value_of(field).unwrap_or(&Value::Null);
                 conditions.iter().all(|c| c.holds(value))
             }
         }
     }
+
+    /// The top-level metadata fields the filter reads, each once.
+    pub fn fields(&self) -> Vec<&str> {
+        fn collect<'f>(filter: &'f Filter, out: &mut Vec<&'f str>) {
+            match filter {
+                Filter::And(parts) | Filter::Or(parts) => parts.iter().for_each(|f| collect(f, out)),
+                Filter::Not(inner) => collect(inner, out),
+                Filter::Field { field, .. } => {
+                    if !out.contains(&field.as_str()) {
+                        out.push(field)
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        collect(self, &mut out);
+        out
+    }
+
+    /// Evaluates the filter against metadata stored as a JSON object, parsing only the values
+    /// of `fields` (from [`Filter::fields`]); `values` is scratch space reused across calls.
+    /// Unparsable metadata matches nothing.
+    pub fn matches_json(&self, json: &[u8], fields: &[&str], values: &mut Vec<Option<Value>>) -> bool {
+        values.clear();
+        values.resize(fields.len(), None);
+        if !json.is_empty() && project_fields(json, fields, values).is_err() {
+            return false;
+        }
+        let values = &*values;
+        self.matches_with(&|field| fields.iter().position(|f| *f == field).and_then(|i| values[i].as_ref()))
+    }
+}
+
+/// Reads the top-level values of `fields` from the JSON object `json` into `values` (index for
+/// index), skipping every other value without building it.
+fn project_fields(json: &[u8], fields: &[&str], values: &mut [Option<Value>]) -> serde_json::Result<()> {
+    use serde::Deserializer as _;
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+    struct Projection<'a> {
+        fields: &'a [&'a str],
+        values: &'a mut [Option<Value>],
+    }
+    impl<'de> Visitor<'de> for Projection<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a metadata object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(index) = map.next_key_seed(FieldIndex(self.fields))? {
+                match index {
+                    Some(i) => self.values[i] = Some(map.next_value()?),
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    /// Deserialises a key to its index in `fields` without allocating it.
+    struct FieldIndex<'a>(&'a [&'a str]);
+    impl<'de> DeserializeSeed<'de> for FieldIndex<'_> {
+        type Value = Option<usize>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> Visitor<'de> for FieldIndex<'_> {
+        type Value = Option<usize>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a field name")
+        }
+        fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+            Ok(self.0.iter().position(|f| *f == key))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(json);
+    de.deserialize_map(Projection { fields, values })?;
+    de.end()
 }
 
 fn parse_object(value: &Value, depth: usize) -> Result<Filter, FilterError> {
@@ -194,11 +280,40 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Evaluates both ways, on a parsed map and on the stored JSON, and checks they agree.
     fn check(filter: Value, metadata: Value) -> bool {
         let Value::Object(m) = metadata else {
             panic!("metadata must be an object")
         };
-        Filter::parse(&filter).expect("valid filter").matches(&m)
+        let filter = Filter::parse(&filter).expect("valid filter");
+        let on_map = filter.matches(&m);
+        let json = serde_json::to_vec(&m).expect("json");
+        let on_json = filter.matches_json(&json, &filter.fields(), &mut Vec::new());
+        assert_eq!(
+            on_map, on_json,
+            "map and JSON evaluation differ for {filter:?} on {m:?}"
+        );
+        on_map
+    }
+
+    #[test]
+    fn json_evaluation_reads_escaped_keys_and_skips_other_values() {
+        let filter = Filter::parse(&json!({"$or": [{"t\"ag": "x"}, {"n": {"$gt": 2}}]})).expect("valid");
+        assert_eq!(filter.fields(), ["t\"ag", "n"]);
+        let mut scratch = Vec::new();
+        let json = br#"{"big": {"deep": [1, {"n": 9}]}, "t\"ag": "x"}"#;
+        assert!(filter.matches_json(json, &filter.fields(), &mut scratch));
+        let json = br#"{"big": {"n": 9}, "n": 1}"#;
+        assert!(
+            !filter.matches_json(json, &filter.fields(), &mut scratch),
+            "nested n is not top-level n"
+        );
+        assert!(!filter.matches_json(b"{not json", &filter.fields(), &mut scratch));
+        let missing = Filter::parse(&json!({"gone": null})).expect("valid");
+        assert!(
+            missing.matches_json(b"", &missing.fields(), &mut scratch),
+            "no metadata: null"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod http;
 pub mod langchain;
 pub mod metrics;
 pub mod model;
+pub mod packed;
 pub mod pickle;
 pub mod pool;
 pub mod runtime;

@@ -15,9 +15,9 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use crate::fsutil;
+use crate::packed::PackedDoc;
 
 pub const MANIFEST: &str = "manifest.json";
 const DOCS_MAGIC: &[u8; 8] = b"TVSDOCS1";
@@ -48,9 +48,8 @@ pub struct SnapDoc {
     /// Graph node holding the document's vector (`u64::MAX` for slab snapshots).
     pub node: u64,
     pub offset: u64,
-    pub id: String,
-    pub text: String,
-    pub metadata: Map<String, Value>,
+    /// Id, text and metadata JSON.
+    pub doc: PackedDoc,
 }
 
 /// Writes a data file with a trailing CRC; the file is fsynced before returning.
@@ -104,18 +103,15 @@ pub fn read_data_file(path: &Path) -> io::Result<Vec<u8>> {
 pub fn encode_docs<'a>(
     out: &mut dyn Write,
     count: u64,
-    docs: impl Iterator<Item = (u64, u64, u64, &'a str, &'a str, &'a Map<String, Value>)>,
+    docs: impl Iterator<Item = (u64, u64, u64, &'a PackedDoc)>,
 ) -> io::Result<()> {
     out.write_all(DOCS_MAGIC)?;
     out.write_all(&count.to_le_bytes())?;
-    let mut meta = Vec::new();
-    for (slot, node, offset, id, text, metadata) in docs {
-        meta.clear();
-        serde_json::to_writer(&mut meta, metadata).map_err(io::Error::other)?;
+    for (slot, node, offset, doc) in docs {
         out.write_all(&slot.to_le_bytes())?;
         out.write_all(&node.to_le_bytes())?;
         out.write_all(&offset.to_le_bytes())?;
-        for field in [id.as_bytes(), text.as_bytes(), &meta] {
+        for field in [doc.id().as_bytes(), doc.text().as_bytes(), doc.metadata_json()] {
             out.write_all(&(field.len() as u64).to_le_bytes())?;
             out.write_all(field)?;
         }
@@ -127,7 +123,8 @@ fn bad(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("snapshot documents: {msg}"))
 }
 
-/// Decodes what [`encode_docs`] wrote.
+/// Decodes what [`encode_docs`] wrote. Metadata stays JSON text, parsed when it is read (the
+/// file's CRC, checked before this, vouches for it).
 pub fn decode_docs(bytes: &[u8]) -> io::Result<Vec<SnapDoc>> {
     let mut pos = 0usize;
     let mut take = |n: usize| -> io::Result<&[u8]> {
@@ -153,20 +150,18 @@ pub fn decode_docs(bytes: &[u8]) -> io::Result<Vec<SnapDoc>> {
             let len = u64_of(take(8)?) as usize;
             take(len)
         };
-        let id = std::str::from_utf8(field()?)
-            .map_err(|_| bad("id not UTF-8"))?
-            .to_owned();
-        let text = std::str::from_utf8(field()?)
-            .map_err(|_| bad("text not UTF-8"))?
-            .to_owned();
-        let metadata = serde_json::from_slice(field()?).map_err(|e| bad(&e.to_string()))?;
+        let id = std::str::from_utf8(field()?).map_err(|_| bad("id not UTF-8"))?;
+        let text = std::str::from_utf8(field()?).map_err(|_| bad("text not UTF-8"))?;
+        let metadata = field()?;
+        if metadata.first() != Some(&b'{') {
+            return Err(bad("metadata is not a JSON object"));
+        }
+        let doc = PackedDoc::new(id, text, metadata).map_err(|e| bad(&e))?;
         docs.push(SnapDoc {
             slot,
             node,
             offset,
-            id,
-            text,
-            metadata,
+            doc,
         });
     }
     Ok(docs)
@@ -226,7 +221,7 @@ pub fn commit_manifest(dir: &Path, manifest: &Manifest) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     #[test]
     fn documents_round_trip_and_corruption_is_caught() {
@@ -235,23 +230,18 @@ mod tests {
         let Value::Object(meta) = json!({"a": [1, {"b": null}], "c": "é"}) else {
             unreachable!()
         };
+        let meta_json = serde_json::to_vec(&meta).expect("json");
+        let x = PackedDoc::new("x", "hello", &meta_json).expect("pack");
+        let y = PackedDoc::new("y", "", b"{}").expect("pack");
         write_data_file(&path, |out| {
-            encode_docs(
-                out,
-                2,
-                [
-                    (0u64, 3u64, 10u64, "x", "hello", &meta),
-                    (5, u64::MAX, 99, "y", "", &meta),
-                ]
-                .into_iter(),
-            )
+            encode_docs(out, 2, [(0u64, 3u64, 10u64, &x), (5, u64::MAX, 99, &y)].into_iter())
         })
         .expect("write");
         let docs = decode_docs(&read_data_file(&path).expect("read")).expect("decode");
         assert_eq!(docs.len(), 2);
-        assert_eq!((docs[1].slot, docs[1].offset, docs[1].id.as_str()), (5, 99, "y"));
-        assert_eq!(docs[0].node, 3);
-        assert_eq!(docs[0].metadata, meta);
+        assert_eq!((docs[1].slot, docs[1].offset, docs[1].doc.id()), (5, 99, "y"));
+        assert_eq!((docs[0].node, docs[0].doc.text()), (3, "hello"));
+        assert_eq!(docs[0].doc.metadata(), meta);
 
         let mut bytes = fs::read(&path).expect("raw");
         bytes[20] ^= 0xff;

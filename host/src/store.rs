@@ -8,7 +8,8 @@
 //! the store failing loudly: if an fsync fails the log refuses further writes until reopened.
 //!
 //! Invariants:
-//! - `by_id` and `entries` describe the same documents; `entries[slot]` is `Some` exactly for the
+//! - `by_id` and `entries` describe the same documents (`by_id` holds slots and reads ids from
+//!   `entries`); `entries[slot]` is `Some` exactly for the
 //!   slots whose vector is stored in [`Vectors`].
 //! - `entries[slot].offset` is the log offset of that document's latest upsert record, so
 //!   compaction can copy live records verbatim (vectors keep full precision).
@@ -29,6 +30,7 @@ use crate::config::{Metric, StoreConfig};
 use crate::doclog::{self, DocLog, LogError, Record, UpsertRef};
 use crate::filter::{Filter, FilterError};
 use crate::fsutil;
+use crate::packed::{IdIndex, PackedDoc};
 use crate::snapshot::{self, Manifest};
 use crate::tenant::StoreDir;
 use crate::vectors::{self, Graph, Neighbor, Vectors};
@@ -225,18 +227,14 @@ impl StoreLock {
 
 #[derive(Debug)]
 struct Entry {
-    id: Arc<str>,
     offset: u64,
-    text: String,
-    metadata: Map<String, Value>,
-    /// Estimated heap bytes of id, text and metadata.
-    payload_bytes: usize,
+    doc: PackedDoc,
 }
 
 /// The documents and vectors of a store.
 #[derive(Debug)]
 struct Docs {
-    by_id: HashMap<Arc<str>, u64>,
+    by_id: IdIndex,
     entries: Vec<Option<Entry>>,
     free_slots: Vec<u64>,
     vectors: Vectors,
@@ -248,7 +246,7 @@ struct Docs {
 impl Docs {
     fn new(dims: usize, metric: Metric) -> Self {
         Docs {
-            by_id: HashMap::new(),
+            by_id: IdIndex::default(),
             entries: Vec::new(),
             free_slots: Vec::new(),
             vectors: Vectors::exact(dims, metric),
@@ -373,10 +371,7 @@ impl TenantStore {
             tracing::debug!(store = %dir.root().display(), records = report.records, torn = report.torn_bytes, "replayed log tail");
         }
         let mut state = loader.finish(Arc::new(log), snapshot_at);
-        let needs_graph = state
-            .docs
-            .vectors
-            .wants_build(state.docs.by_id.len(), config.hnsw_threshold);
+        let needs_graph = state.docs.vectors.wants_build(state.docs.len(), config.hnsw_threshold);
         let needs_indexer = state.docs.vectors.claim_indexer();
         let store = Arc::new_cyclic(|this| TenantStore {
             dir: dir.clone(),
@@ -444,6 +439,7 @@ impl TenantStore {
     /// Inserts or replaces documents by id; returns their ids once they are durable.
     pub fn upsert(&self, docs: Vec<NewDocument>) -> Result<Vec<String>, StoreError> {
         let mut ids = Vec::with_capacity(docs.len());
+        let mut packed = Vec::with_capacity(docs.len());
         for (index, doc) in docs.iter().enumerate() {
             let invalid = |reason: String| StoreError::InvalidDocument {
                 index,
@@ -460,12 +456,14 @@ impl TenantStore {
                 None => uuid::Uuid::new_v4().to_string(),
             };
             self.check_vector(&doc.vector).map_err(invalid)?;
-            let metadata_bytes = serde_json::to_vec(&doc.metadata).map_or(usize::MAX, |m| m.len());
-            if metadata_bytes > MAX_METADATA_BYTES {
+            let metadata_json = serde_json::to_vec(&doc.metadata).map_err(|e| invalid(e.to_string()))?;
+            if metadata_json.len() > MAX_METADATA_BYTES {
                 return Err(invalid(format!(
-                    "metadata is {metadata_bytes} bytes of JSON; at most {MAX_METADATA_BYTES} are accepted"
+                    "metadata is {} bytes of JSON; at most {MAX_METADATA_BYTES} are accepted",
+                    metadata_json.len()
                 )));
             }
+            packed.push(PackedDoc::new(&id, &doc.text, &metadata_json).map_err(invalid)?);
             ids.push(id);
         }
         if docs.is_empty() {
@@ -484,17 +482,17 @@ impl TenantStore {
             let mut fresh: Vec<&str> = ids
                 .iter()
                 .map(String::as_str)
-                .filter(|id| !state.docs.by_id.contains_key(*id))
+                .filter(|id| state.docs.slot_of(id).is_none())
                 .collect();
             fresh.sort_unstable();
             fresh.dedup();
-            if state.docs.by_id.len() as u64 + fresh.len() as u64 > limit {
+            if state.docs.len() as u64 + fresh.len() as u64 > limit {
                 return Err(StoreError::QuotaExceeded { limit });
             }
         }
         let (start, end) = state.log.append(&buf)?;
-        for ((doc, id), rel) in docs.into_iter().zip(&ids).zip(line_starts) {
-            state.docs.upsert(id, doc.text, doc.metadata, &doc.vector, start + rel);
+        for ((doc, packed), rel) in docs.iter().zip(packed).zip(line_starts) {
+            state.docs.upsert(packed, &doc.vector, start + rel);
         }
         let log = state.log.clone();
         let start_build = self.should_build(&state);
@@ -517,7 +515,7 @@ impl TenantStore {
         Self::check_writable(&state)?;
         let mut present: Vec<String> = ids
             .iter()
-            .filter(|id| state.docs.by_id.contains_key(id.as_str()))
+            .filter(|id| state.docs.slot_of(id).is_some())
             .cloned()
             .collect();
         present.sort_unstable();
@@ -534,8 +532,8 @@ impl TenantStore {
             .entries
             .iter()
             .flatten()
-            .filter(|e| filter.matches(&e.metadata))
-            .map(|e| e.id.to_string())
+            .filter(|e| filter.matches(&e.doc.metadata()))
+            .map(|e| e.doc.id().to_owned())
             .collect();
         self.delete_locked(state, ids)
     }
@@ -566,13 +564,13 @@ impl TenantStore {
         let mut buf = vec![0f32; self.config.dims];
         ids.iter()
             .filter_map(|id| {
-                let slot = *state.docs.by_id.get(id.as_str())?;
+                let slot = state.docs.slot_of(id)?;
                 let entry = state.docs.entries[slot as usize].as_ref()?;
                 let vector = (include_vectors && state.docs.vectors.get(slot, &mut buf)).then(|| buf.clone());
                 Some(Document {
-                    id: entry.id.to_string(),
-                    text: entry.text.clone(),
-                    metadata: entry.metadata.clone(),
+                    id: entry.doc.id().to_owned(),
+                    text: entry.doc.text().to_owned(),
+                    metadata: entry.doc.metadata(),
                     vector,
                 })
             })
@@ -581,7 +579,7 @@ impl TenantStore {
 
     /// Number of live documents.
     pub fn count(&self) -> u64 {
-        self.read().docs.by_id.len() as u64
+        self.read().docs.len() as u64
     }
 
     /// k-NN search with an optional filter applied during the search and optional MMR.
@@ -614,16 +612,22 @@ impl TenantStore {
         if state.deleted {
             return Err(StoreError::Deleted);
         }
+        let filter_fields = query.filter.as_ref().map(Filter::fields).unwrap_or_default();
         let accept = |slot: u64| {
             state
                 .docs
                 .entries
                 .get(slot as usize)
                 .and_then(Option::as_ref)
-                .is_some_and(|e| query.filter.as_ref().is_none_or(|f| f.matches(&e.metadata)))
+                .is_some_and(|e| {
+                    query.filter.as_ref().is_none_or(|f| {
+                        FILTER_VALUES
+                            .with_borrow_mut(|values| f.matches_json(e.doc.metadata_json(), &filter_fields, values))
+                    })
+                })
         };
         let all_slots = 0..state.docs.entries.len() as u64;
-        let live = state.docs.by_id.len();
+        let live = state.docs.len();
         let mut neighbors = match state.docs.vectors.graph_search(&query.vector, wanted, accept) {
             Some(Ok(found)) if found.len() >= wanted.min(live) => found,
             Some(Ok(_)) => {
@@ -662,11 +666,11 @@ impl TenantStore {
             .filter_map(|Neighbor { slot, distance }| {
                 let entry = state.docs.entries[slot as usize].as_ref()?;
                 Some(Hit {
-                    id: entry.id.to_string(),
+                    id: entry.doc.id().to_owned(),
                     score: self.score_of(distance),
                     distance,
-                    text: entry.text.clone(),
-                    metadata: entry.metadata.clone(),
+                    text: entry.doc.text().to_owned(),
+                    metadata: entry.doc.metadata(),
                     vector: if query.include_vectors {
                         vectors_of.remove(&slot)
                     } else {
@@ -687,7 +691,7 @@ impl TenantStore {
     /// Facts about the store.
     pub fn info(&self) -> StoreInfo {
         let state = self.read();
-        let count = state.docs.by_id.len() as u64;
+        let count = state.docs.len() as u64;
         StoreInfo {
             count,
             dims: self.config.dims,
@@ -740,7 +744,7 @@ impl TenantStore {
         let dir = self.dir.vector_store();
         let stem = format!("snap-{generation}-{offset}-{}", uuid::Uuid::new_v4().simple());
         let docs_file = format!("{stem}.docs");
-        let live = state.docs.by_id.len() as u64;
+        let live = state.docs.len() as u64;
         snapshot::write_data_file(&dir.join(&docs_file), |out| {
             snapshot::encode_docs(
                 out,
@@ -748,7 +752,7 @@ impl TenantStore {
                 state.docs.entries.iter().enumerate().filter_map(|(slot, e)| {
                     let e = e.as_ref()?;
                     let node = state.docs.vectors.graph().map_or(u64::MAX, |g| g.node_of(slot as u64));
-                    Some((slot as u64, node, e.offset, &*e.id, e.text.as_str(), &e.metadata))
+                    Some((slot as u64, node, e.offset, &e.doc))
                 }),
             )
         })
@@ -796,7 +800,7 @@ impl TenantStore {
     fn maybe_compact(&self) -> Result<(), StoreError> {
         let needed = {
             let state = self.read();
-            state.docs.dead_records >= COMPACT_MIN_DEAD.max(state.docs.by_id.len() as u64)
+            state.docs.dead_records >= COMPACT_MIN_DEAD.max(state.docs.len() as u64)
         };
         if needed { self.compact() } else { Ok(()) }
     }
@@ -858,7 +862,7 @@ impl TenantStore {
         state
             .docs
             .vectors
-            .wants_build(state.docs.by_id.len(), self.config.hnsw_threshold)
+            .wants_build(state.docs.len(), self.config.hnsw_threshold)
     }
 
     /// Builds the HNSW graph on a background thread; writers carry on meanwhile.
@@ -868,7 +872,7 @@ impl TenantStore {
             if !self.should_build(&state) {
                 return;
             }
-            let live: Vec<u64> = state.docs.by_id.values().copied().collect();
+            let live: Vec<u64> = state.docs.by_id.slots().collect();
             state.docs.vectors.begin_build(live.into_iter())
         };
         let weak = self.this.clone();
@@ -884,7 +888,7 @@ impl TenantStore {
                     let entries = &docs.entries;
                     docs.vectors.install_graph(graph, |slot| entries.get(slot as usize).is_some_and(Option::is_some));
                     let start_indexer = docs.vectors.claim_indexer();
-                    tracing::info!(store = %store.dir.root().display(), docs = docs.by_id.len(), "HNSW graph built");
+                    tracing::info!(store = %store.dir.root().display(), docs = docs.len(), "HNSW graph built");
                     drop(state);
                     if start_indexer {
                         store.start_indexer();
@@ -979,72 +983,70 @@ impl TenantStore {
 
 fn memory_of(docs: &Docs) -> usize {
     let per_slot = size_of::<Option<Entry>>();
-    docs.vectors.memory_bytes() + docs.payload_bytes + docs.entries.capacity() * per_slot + docs.by_id.capacity() * 40
+    docs.vectors.memory_bytes() + docs.payload_bytes + docs.entries.capacity() * per_slot + docs.by_id.heap_bytes()
 }
 
-fn payload_size(id: &str, text: &str, metadata: &Map<String, Value>) -> usize {
-    fn value_size(v: &Value) -> usize {
-        match v {
-            Value::String(s) => 24 + s.len(),
-            Value::Array(a) => 24 + a.iter().map(value_size).sum::<usize>(),
-            Value::Object(m) => 48 + m.iter().map(|(k, v)| 24 + k.len() + value_size(v)).sum::<usize>(),
-            _ => 16,
-        }
-    }
-    id.len()
-        + text.len()
-        + 48
-        + metadata
-            .iter()
-            .map(|(k, v)| 24 + k.len() + value_size(v))
-            .sum::<usize>()
+thread_local! {
+    /// Scratch space for the metadata values a filter reads, reused across the candidates of a
+    /// search so that evaluating a filter allocates nothing for numbers and booleans.
+    static FILTER_VALUES: std::cell::RefCell<Vec<Option<Value>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The id stored at `slot` ("" for an empty slot, which no id index entry points at).
+fn id_at(entries: &[Option<Entry>], slot: u64) -> &str {
+    entries
+        .get(slot as usize)
+        .and_then(Option::as_ref)
+        .map_or("", |e| e.doc.id())
 }
 
 impl Docs {
-    /// Applies an upsert record at log `offset`.
-    fn upsert(&mut self, id: &str, text: String, metadata: Map<String, Value>, vector: &[f32], offset: u64) {
-        let state = self;
-        let payload_bytes = payload_size(id, &text, &metadata);
-        let slot = match state.by_id.get(id) {
+    /// Number of live documents.
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn slot_of(&self, id: &str) -> Option<u64> {
+        self.by_id.get(id, |slot| id_at(&self.entries, slot))
+    }
+
+    /// Applies an upsert at log `offset` of a document already packed.
+    fn upsert(&mut self, doc: PackedDoc, vector: &[f32], offset: u64) {
+        let slot = match self.slot_of(doc.id()) {
             Some(slot) => {
-                state.dead_records += 1;
-                *slot
+                self.dead_records += 1;
+                slot
             }
             None => {
-                let slot = state.free_slots.pop().unwrap_or(state.entries.len() as u64);
-                if slot as usize == state.entries.len() {
-                    state.entries.push(None);
+                let slot = self.free_slots.pop().unwrap_or(self.entries.len() as u64);
+                if slot as usize == self.entries.len() {
+                    self.entries.push(None);
                 }
                 slot
             }
         };
-        state.vectors.set(slot, vector);
-        let id: Arc<str> = Arc::from(id);
-        if let Some(old) = state.entries[slot as usize].replace(Entry {
-            id: id.clone(),
-            offset,
-            text,
-            metadata,
-            payload_bytes,
-        }) {
-            state.payload_bytes -= old.payload_bytes;
+        self.vectors.set(slot, vector);
+        self.payload_bytes += doc.heap_bytes();
+        if let Some(old) = self.entries[slot as usize].replace(Entry { offset, doc }) {
+            self.payload_bytes -= old.doc.heap_bytes();
         }
-        state.payload_bytes += payload_bytes;
-        state.by_id.insert(id, slot);
+        let Docs { by_id, entries, .. } = self;
+        let id = id_at(entries, slot);
+        by_id.insert(id, slot, |s| id_at(entries, s));
     }
 
     /// Applies the deletion of one id; returns whether it existed.
     fn delete(&mut self, id: &str) -> bool {
-        let state = self;
-        let Some(slot) = state.by_id.remove(id) else {
+        let Docs { by_id, entries, .. } = self;
+        let Some(slot) = by_id.remove(id, |s| id_at(entries, s)) else {
             return false;
         };
-        state.vectors.remove(slot);
-        if let Some(old) = state.entries[slot as usize].take() {
-            state.payload_bytes -= old.payload_bytes;
-            state.dead_records += 1;
+        self.vectors.remove(slot);
+        if let Some(old) = self.entries[slot as usize].take() {
+            self.payload_bytes -= old.doc.heap_bytes();
+            self.dead_records += 1;
         }
-        state.free_slots.push(slot);
+        self.free_slots.push(slot);
         true
     }
 }
@@ -1104,13 +1106,13 @@ impl Loader {
                 for doc in snap_docs.iter().filter(|d| d.node == vectors::NONE) {
                     doclog::read_line_at(&log, doc.offset, &mut line)?;
                     match serde_json::from_slice(&line) {
-                        Ok(Record::Upsert { id, vector, .. }) if id == doc.id && vector.len() == dims => {
+                        Ok(Record::Upsert { id, vector, .. }) if id == doc.doc.id() && vector.len() == dims => {
                             vectors.restore_pending(doc.slot, &vector);
                         }
                         _ => {
                             return Err(io::Error::new(
                                 io::ErrorKind::InvalidData,
-                                format!("log record at {} is not the upsert of {:?}", doc.offset, doc.id),
+                                format!("log record at {} is not the upsert of {:?}", doc.offset, doc.doc.id()),
                             ));
                         }
                     }
@@ -1138,22 +1140,21 @@ impl Loader {
             if docs.entries.len() <= slot {
                 docs.entries.resize_with(slot + 1, || None);
             }
-            let payload_bytes = payload_size(&doc.id, &doc.text, &doc.metadata);
-            let id: Arc<str> = Arc::from(doc.id);
-            if docs.by_id.insert(id.clone(), doc.slot).is_some() || docs.entries[slot].is_some() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "duplicate id or slot in snapshot",
-                ));
+            if docs.entries[slot].is_some() {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "duplicate slot in snapshot"));
             }
-            docs.payload_bytes += payload_bytes;
+            docs.payload_bytes += doc.doc.heap_bytes();
             docs.entries[slot] = Some(Entry {
-                id,
                 offset: doc.offset,
-                text: doc.text,
-                metadata: doc.metadata,
-                payload_bytes,
+                doc: doc.doc,
             });
+            let Docs { by_id, entries, .. } = docs;
+            if by_id
+                .insert(id_at(entries, doc.slot), doc.slot, |s| id_at(entries, s))
+                .is_some()
+            {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "duplicate id in snapshot"));
+            }
         }
         docs.free_slots = (0..docs.entries.len() as u64)
             .rev()
@@ -1175,7 +1176,9 @@ impl Loader {
                         "record for {id:?} has a vector of the wrong size or with non-finite values"
                     ));
                 }
-                self.docs.upsert(&id, text, metadata, &vector, offset);
+                let metadata_json = serde_json::to_vec(&metadata).map_err(|e| e.to_string())?;
+                let doc = PackedDoc::new(&id, &text, &metadata_json)?;
+                self.docs.upsert(doc, &vector, offset);
                 Ok(())
             }
             Record::Delete { ids } => {

@@ -123,6 +123,11 @@ impl TopK {
             heap: BinaryHeap::with_capacity(k + 1),
         }
     }
+    /// Whether `offer(_, distance)` would keep the candidate; lets a scan skip evaluating an
+    /// expensive filter on candidates that are too far anyway.
+    fn would_take(&self, distance: f32) -> bool {
+        self.heap.len() < self.k || self.heap.peek().is_some_and(|worst| distance < worst.0)
+    }
     fn offer(&mut self, slot: u64, distance: f32) {
         if self.heap.len() < self.k {
             self.heap.push(HeapItem(distance, slot));
@@ -653,7 +658,7 @@ impl Vectors {
             let query_inverse_norm = inverse_norm(query);
             for slot in slots {
                 let start = slot as usize * self.dims;
-                if start + self.dims > slab.len() || !accept(slot) {
+                if start + self.dims > slab.len() {
                     continue;
                 }
                 let row = &slab[start..start + self.dims];
@@ -661,7 +666,10 @@ impl Vectors {
                     Metric::Cos => 1.0 - dot(query, row) * query_inverse_norm * self.inverse_norms[slot as usize],
                     metric => distance(metric, query, row),
                 };
-                top.offer(slot, d);
+                // The distance is cheaper than a metadata filter: ask the filter last.
+                if top.would_take(d) && accept(slot) {
+                    top.offer(slot, d);
+                }
             }
         } else {
             let mut buf = vec![0f32; self.dims];
@@ -693,9 +701,10 @@ impl Vectors {
                 top.offer(n.slot, n.distance);
             }
             for (i, slot) in self.pending.slots.iter().enumerate() {
-                if accept(*slot) {
-                    let row = &self.pending.rows[i * self.dims..(i + 1) * self.dims];
-                    top.offer(*slot, distance(self.metric, query, row));
+                let row = &self.pending.rows[i * self.dims..(i + 1) * self.dims];
+                let d = distance(self.metric, query, row);
+                if top.would_take(d) && accept(*slot) {
+                    top.offer(*slot, d);
                 }
             }
             top.into_sorted()
