@@ -281,7 +281,9 @@ impl DocLog {
                 },
             ));
         }
-        let mut reader = BufReader::with_capacity(1 << 20, (&file).take(len));
+        // The header is short; a large buffer here would copy the log's first megabyte on every
+        // open, even when a snapshot covers all of it.
+        let mut reader = BufReader::with_capacity(4096, (&file).take(len));
         let mut line = Vec::new();
         reader.read_until(b'\n', &mut line).map_err(io_err)?;
         let generation = match serde_json::from_slice::<Record>(&line) {
@@ -305,7 +307,7 @@ impl DocLog {
         };
         let header_end = line.len() as u64;
         let start = from.filter(|o| *o >= header_end && *o <= len).unwrap_or(header_end);
-        let mut reader = BufReader::with_capacity(1 << 20, &file);
+        let mut reader = BufReader::with_capacity((len - start).clamp(1, 1 << 20) as usize, &file);
         reader.seek(SeekFrom::Start(start)).map_err(io_err)?;
         let mut reader = reader.take(len - start);
         let mut offset = start;

@@ -53,9 +53,15 @@ impl PackedDoc {
     }
 
     pub fn id(&self) -> &str {
-        let (id_len, _) = self.lens();
         // Built from a &str, so this never falls back.
-        std::str::from_utf8(&self.0[HEADER..HEADER + id_len]).unwrap_or_default()
+        std::str::from_utf8(self.id_bytes()).unwrap_or_default()
+    }
+
+    /// The id's bytes, without the UTF-8 check `id` pays (the id index hashes and compares
+    /// these on every lookup).
+    pub fn id_bytes(&self) -> &[u8] {
+        let (id_len, _) = self.lens();
+        &self.0[HEADER..HEADER + id_len]
     }
 
     pub fn text(&self) -> &str {
@@ -115,14 +121,20 @@ impl IdIndex {
         self.table.capacity() * (size_of::<u64>() + 1)
     }
 
+    /// Makes room for `additional` more ids without rehashing on the way.
+    pub fn reserve<'a>(&mut self, additional: usize, id_of: impl Fn(u64) -> &'a [u8]) {
+        let hasher = &self.hasher;
+        self.table.reserve(additional, |s| hasher.hash_one(id_of(*s)));
+    }
+
     /// The slot of `id`; `id_of` reads the id stored at a slot.
-    pub fn get<'a>(&self, id: &str, id_of: impl Fn(u64) -> &'a str) -> Option<u64> {
+    pub fn get<'a>(&self, id: &[u8], id_of: impl Fn(u64) -> &'a [u8]) -> Option<u64> {
         let hash = self.hasher.hash_one(id);
         self.table.find(hash, |slot| id_of(*slot) == id).copied()
     }
 
     /// Records that `id` lives at `slot`; returns the slot it had before, if any.
-    pub fn insert<'a>(&mut self, id: &str, slot: u64, id_of: impl Fn(u64) -> &'a str) -> Option<u64> {
+    pub fn insert<'a>(&mut self, id: &[u8], slot: u64, id_of: impl Fn(u64) -> &'a [u8]) -> Option<u64> {
         let hash = self.hasher.hash_one(id);
         let hasher = &self.hasher;
         match self
@@ -138,7 +150,7 @@ impl IdIndex {
     }
 
     /// Forgets `id`; returns its slot.
-    pub fn remove<'a>(&mut self, id: &str, id_of: impl Fn(u64) -> &'a str) -> Option<u64> {
+    pub fn remove<'a>(&mut self, id: &[u8], id_of: impl Fn(u64) -> &'a [u8]) -> Option<u64> {
         let hash = self.hasher.hash_one(id);
         match self.table.find_entry(hash, |slot| id_of(*slot) == id) {
             Ok(found) => Some(found.remove().0),
@@ -173,19 +185,19 @@ mod tests {
 
     #[test]
     fn the_id_index_finds_inserts_replaces_and_removes() {
-        let ids = ["a", "b", "c", "d"];
+        let ids: [&[u8]; 4] = [b"a", b"b", b"c", b"d"];
         let id_of = |slot: u64| ids[slot as usize];
         let mut index = IdIndex::default();
         for (slot, id) in ids.iter().enumerate() {
             assert_eq!(index.insert(id, slot as u64, id_of), None);
         }
         assert_eq!(index.len(), 4);
-        assert_eq!(index.get("c", id_of), Some(2));
-        assert_eq!(index.get("zz", id_of), None);
-        assert_eq!(index.insert("c", 2, id_of), Some(2));
-        assert_eq!(index.remove("b", id_of), Some(1));
-        assert_eq!(index.get("b", id_of), None);
-        assert_eq!(index.remove("b", id_of), None);
+        assert_eq!(index.get(b"c", id_of), Some(2));
+        assert_eq!(index.get(b"zz", id_of), None);
+        assert_eq!(index.insert(b"c", 2, id_of), Some(2));
+        assert_eq!(index.remove(b"b", id_of), Some(1));
+        assert_eq!(index.get(b"b", id_of), None);
+        assert_eq!(index.remove(b"b", id_of), None);
         let mut slots: Vec<u64> = index.slots().collect();
         slots.sort_unstable();
         assert_eq!(slots, [0, 2, 3]);

@@ -992,12 +992,12 @@ thread_local! {
     static FILTER_VALUES: std::cell::RefCell<Vec<Option<Value>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The id stored at `slot` ("" for an empty slot, which no id index entry points at).
-fn id_at(entries: &[Option<Entry>], slot: u64) -> &str {
+/// The id stored at `slot` (empty for an empty slot, which no id index entry points at).
+fn id_at(entries: &[Option<Entry>], slot: u64) -> &[u8] {
     entries
         .get(slot as usize)
         .and_then(Option::as_ref)
-        .map_or("", |e| e.doc.id())
+        .map_or(&[][..], |e| e.doc.id_bytes())
 }
 
 impl Docs {
@@ -1007,7 +1007,7 @@ impl Docs {
     }
 
     fn slot_of(&self, id: &str) -> Option<u64> {
-        self.by_id.get(id, |slot| id_at(&self.entries, slot))
+        self.by_id.get(id.as_bytes(), |slot| id_at(&self.entries, slot))
     }
 
     /// Applies an upsert at log `offset` of a document already packed.
@@ -1038,7 +1038,7 @@ impl Docs {
     /// Applies the deletion of one id; returns whether it existed.
     fn delete(&mut self, id: &str) -> bool {
         let Docs { by_id, entries, .. } = self;
-        let Some(slot) = by_id.remove(id, |s| id_at(entries, s)) else {
+        let Some(slot) = by_id.remove(id.as_bytes(), |s| id_at(entries, s)) else {
             return false;
         };
         self.vectors.remove(slot);
@@ -1069,14 +1069,15 @@ impl Loader {
         let dims = self.config.dims;
         let vs = dir.vector_store();
         let snap_docs = snapshot::decode_docs(&snapshot::read_data_file(&vs.join(&manifest.docs_file))?)?;
-        let vector_bytes = snapshot::read_data_file(&vs.join(&manifest.vectors_file))?;
+        let vectors_path = vs.join(&manifest.vectors_file);
         let vectors = match manifest.vectors_kind.as_str() {
             "vectors" => {
                 let mut v = Vectors::exact(dims, self.config.metric);
-                v.set_slab(snapshot::decode_f32s(&vector_bytes)?);
+                v.set_slab(snapshot::read_f32_file(&vectors_path)?);
                 v
             }
             "usearch" => {
+                let vector_bytes = snapshot::read_data_file(&vectors_path)?;
                 let index = vectors::new_graph(&self.config).map_err(io::Error::other)?;
                 index
                     .load_from_buffer(&vector_bytes)
@@ -1129,6 +1130,8 @@ impl Loader {
         let slab_rows = vectors.slab().map(|s| s.len() / dims);
         let docs = &mut self.docs;
         docs.vectors = vectors;
+        let Docs { by_id, entries, .. } = docs;
+        by_id.reserve(snap_docs.len(), |s| id_at(entries, s));
         for doc in snap_docs {
             let slot = doc.slot as usize;
             if slab_rows.is_some_and(|rows| slot >= rows) {
