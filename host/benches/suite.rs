@@ -336,8 +336,13 @@ impl Baseline {
     }
 }
 
+/// tvs's store settings: L2 like the baseline, f32 vectors unless `TVS_BENCH_SCALAR` (f16, i8)
+/// asks for a narrower graph to compare against.
 fn config() -> StoreConfig {
-    StoreConfig::new(DIMS, Metric::L2, ScalarKind::F32, "none")
+    let scalar: ScalarKind = std::env::var("TVS_BENCH_SCALAR")
+        .map(|s| s.parse().unwrap_or_else(|e| panic!("TVS_BENCH_SCALAR: {e}")))
+        .unwrap_or(ScalarKind::F32);
+    StoreConfig::new(DIMS, Metric::L2, scalar, "none")
 }
 
 fn documents(docs: &[Vec<f32>], name: &str) -> Vec<NewDocument> {
@@ -687,7 +692,10 @@ fn embeddings_row() -> Option<Row> {
 }
 
 fn print_table(preset: &str, rows: &[Row]) {
-    println!("\npreset {preset}: tvs beside the design it replaces, same data, same run\n");
+    println!(
+        "\npreset {preset} (tvs graph vectors: {:?}): tvs beside the design it replaces, same data, same run\n",
+        config().scalar
+    );
     println!(
         "{:<46} {:>12} {:>12} {:>14} {:>8} {:>6}",
         "measure", "tvs", "baseline", "tvs advantage", "target", "met"

@@ -98,6 +98,35 @@ pub fn read_data_file(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Checks a data file's CRC by streaming it through a small buffer, for files a library then
+/// reads itself (the HNSW graph): reading it whole into memory first would cost a second copy
+/// of hundreds of megabytes and their page faults.
+pub fn verify_data_file(path: &Path) -> io::Result<()> {
+    use std::io::Read;
+    let mut file = fsutil::open_read(path)?;
+    let len = file.metadata()?.len();
+    let mut body_left = len
+        .checked_sub(4)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot file too short"))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    while body_left > 0 {
+        let n = body_left.min(chunk.len() as u64) as usize;
+        file.read_exact(&mut chunk[..n])?;
+        hasher.update(&chunk[..n]);
+        body_left -= n as u64;
+    }
+    let mut stored = [0u8; 4];
+    file.read_exact(&mut stored)?;
+    if hasher.finalize() != u32::from_le_bytes(stored) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} fails its checksum", path.display()),
+        ));
+    }
+    Ok(())
+}
+
 /// Encodes documents: magic, count, then per document slot, graph node, log offset and three
 /// length-prefixed byte strings (id, text, metadata JSON).
 pub fn encode_docs<'a>(
@@ -265,8 +294,10 @@ mod tests {
 
         let mut bytes = fs::read(&path).expect("raw");
         bytes[20] ^= 0xff;
+        assert!(verify_data_file(&path).is_ok());
         fs::write(&path, bytes).expect("corrupt");
         assert!(read_data_file(&path).is_err());
+        assert!(verify_data_file(&path).is_err());
     }
 
     #[test]

@@ -1077,11 +1077,17 @@ impl Loader {
                 v
             }
             "usearch" => {
-                let vector_bytes = snapshot::read_data_file(&vectors_path)?;
                 let index = vectors::new_graph(&self.config).map_err(io::Error::other)?;
-                index
-                    .load_from_buffer(&vector_bytes)
-                    .map_err(|e| io::Error::other(e.to_string()))?;
+                // usearch reads the file itself (it stops before the CRC trailer), after the CRC
+                // is checked by streaming: no second in-memory copy of the graph.
+                match vectors_path.to_str() {
+                    Some(path) => {
+                        snapshot::verify_data_file(&vectors_path)?;
+                        index.load(path)
+                    }
+                    None => index.load_from_buffer(&snapshot::read_data_file(&vectors_path)?),
+                }
+                .map_err(|e| io::Error::other(e.to_string()))?;
                 if index.dimensions() != dims {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,

@@ -289,6 +289,34 @@ fn writes_during_the_background_graph_build_are_not_lost() {
 }
 
 #[test]
+fn a_damaged_graph_snapshot_is_ignored_and_the_log_replayed() {
+    let mut cfg = config(32, Metric::L2);
+    cfg.hnsw_threshold = 1000;
+    let (_tmp, dir, store) = temp_store(&cfg);
+    let docs = documents(3000, 32, 8);
+    store.upsert(docs.clone()).expect("upsert");
+    store.wait_for_index();
+    store.flush().expect("snapshot");
+    drop(store);
+    let graph_file = std::fs::read_dir(dir.vector_store())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "usearch"))
+        .expect("a graph snapshot");
+    let mut bytes = std::fs::read(&graph_file).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&graph_file, &bytes).expect("flip a bit");
+    let reopened = TenantStore::open(&dir).expect("a damaged snapshot does not stop the open");
+    assert_eq!(reopened.count(), 3000);
+    reopened.wait_for_index();
+    for (i, doc) in docs.iter().enumerate().step_by(101) {
+        let hits = reopened.search(&query(doc.vector.clone(), 1)).expect("search");
+        assert_eq!(hits[0].id, format!("doc-{i}"), "rebuilt from the log");
+    }
+}
+
+#[test]
 fn mmr_prefers_diverse_results() {
     let (_tmp, _dir, store) = temp_store(&config(2, Metric::Cos));
     let docs = [
