@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::{Metric, StoreConfig};
-use crate::doclog::{self, DocLog, LogError, Record, UpsertRef};
+use crate::doclog::{self, DocLog, LogError, Record};
 use crate::filter::{Filter, FilterError};
 use crate::fsutil;
 use crate::packed::{IdIndex, PackedDoc};
@@ -469,11 +469,18 @@ impl TenantStore {
         if docs.is_empty() {
             return Ok(ids);
         }
-        let mut buf = Vec::with_capacity(docs.len() * (self.config.dims * 12 + 128));
+        // base64 vectors take 16/3 bytes a dimension; text and metadata vary.
+        let mut buf = Vec::with_capacity(docs.len() * (self.config.dims * 6 + 256));
         let mut line_starts = Vec::with_capacity(docs.len());
-        for (doc, id) in docs.iter().zip(&ids) {
+        for (doc, packed) in docs.iter().zip(&packed) {
             line_starts.push(buf.len() as u64);
-            doclog::encode_line(&mut buf, &UpsertRef::new(id, &doc.text, &doc.metadata, &doc.vector));
+            doclog::encode_upsert(
+                &mut buf,
+                packed.id(),
+                packed.text(),
+                packed.metadata_json(),
+                &doc.vector,
+            );
         }
 
         let mut state = self.write();
