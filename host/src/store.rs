@@ -260,8 +260,9 @@ impl Docs {
 struct State {
     log: Arc<DocLog>,
     docs: Docs,
-    /// Log position the current snapshot covers (generation, offset).
-    snapshot_at: Option<(u64, u64)>,
+    /// What the current snapshot reflects: log generation, log offset and the index's
+    /// [`Vectors::index_changes`] (the indexer moves rows into the graph without log records).
+    snapshot_at: Option<(u64, u64, u64)>,
     deleted: bool,
 }
 
@@ -363,7 +364,7 @@ impl TenantStore {
                 tracing::warn!(store = %dir.root().display(), error = %e, "ignoring an unreadable snapshot manifest")
             }
         }
-        let snapshot_at = replay_from.map(|offset| (log_generation, offset));
+        let snapshot_at = replay_from.map(|offset| (log_generation, offset, 0));
         let (log, report) = DocLog::open(&dir.docs_log(), replay_from, |offset, record| {
             loader.apply(offset, record)
         })?;
@@ -734,13 +735,18 @@ impl TenantStore {
         if state.deleted {
             return Ok(());
         }
-        let at = (state.log.generation(), state.log.end());
+        let at = (
+            state.log.generation(),
+            state.log.end(),
+            state.docs.vectors.index_changes(),
+        );
         if state.snapshot_at == Some(at) {
             return Ok(());
         }
         let manifest = self.write_snapshot(&state)?;
+        let changes = state.docs.vectors.index_changes();
         drop(state);
-        self.write().snapshot_at = Some((manifest.log_generation, manifest.log_offset));
+        self.write().snapshot_at = Some((manifest.log_generation, manifest.log_offset, changes));
         Ok(())
     }
 
@@ -848,7 +854,11 @@ impl TenantStore {
         state.docs.dead_records = 0;
         tracing::info!(store = %self.dir.root().display(), before, after = state.log.end(), "compacted the document log");
         let manifest = self.write_snapshot(&state)?;
-        state.snapshot_at = Some((manifest.log_generation, manifest.log_offset));
+        state.snapshot_at = Some((
+            manifest.log_generation,
+            manifest.log_offset,
+            state.docs.vectors.index_changes(),
+        ));
         Ok(())
     }
 
@@ -1208,7 +1218,7 @@ impl Loader {
         }
     }
 
-    fn finish(self, log: Arc<DocLog>, snapshot_at: Option<(u64, u64)>) -> State {
+    fn finish(self, log: Arc<DocLog>, snapshot_at: Option<(u64, u64, u64)>) -> State {
         State {
             log,
             docs: self.docs,

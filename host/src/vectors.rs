@@ -502,6 +502,9 @@ pub struct Vectors {
     pending: Pending,
     /// Bumped whenever `graph` is replaced, so an indexer batch for an old graph is discarded.
     graph_epoch: u64,
+    /// Bumped whenever the graph changes without a log record (a graph installed, pending rows
+    /// published), so a snapshot of the same log position can still be out of date.
+    index_changes: u64,
     /// Whether an indexer thread is draining `pending`.
     indexing: bool,
     permits: Arc<Permits>,
@@ -538,6 +541,7 @@ impl Vectors {
             graph: None,
             pending: Pending::new(dims),
             graph_epoch: 0,
+            index_changes: 0,
             indexing: false,
             permits: Arc::new(Permits::new(graph_threads())),
             dirty: None,
@@ -568,6 +572,11 @@ impl Vectors {
     /// Vectors not yet in the graph.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Changes to the graph made without a log record (see the field); 0 for a fresh load.
+    pub fn index_changes(&self) -> u64 {
+        self.index_changes
     }
 
     /// The raw slab (exact mode), row `slot` at `[slot*dims .. (slot+1)*dims]`.
@@ -753,6 +762,7 @@ impl Vectors {
         self.pending = pending;
         self.graph = Some(graph);
         self.graph_epoch += 1;
+        self.index_changes += 1;
         self.slab = None;
         self.inverse_norms = Vec::new();
     }
@@ -815,6 +825,7 @@ impl Vectors {
         if batch.epoch != self.graph_epoch {
             return;
         }
+        self.index_changes += 1;
         for (i, (slot, version, _)) in batch.rows.iter().enumerate() {
             let node = batch.first_node + i as u64;
             if self.pending.version(*slot) == Some(*version) {

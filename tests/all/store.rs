@@ -317,6 +317,32 @@ fn a_damaged_graph_snapshot_is_ignored_and_the_log_replayed() {
 }
 
 #[test]
+fn a_flush_after_the_indexer_drains_snapshots_the_finished_graph() {
+    // Regression: the graph build snapshots at once, with the rows written during the build
+    // still pending; the indexer then moves them into the graph without a log record, and a
+    // later flush at the same log position was skipped, so every reopen read them back from
+    // the log and scanned them exactly (a 200k-document tenant reopened in 2 s, not 0.3 s).
+    let mut cfg = config(128, Metric::L2);
+    cfg.hnsw_threshold = 2000;
+    let (_tmp, dir, store) = temp_store(&cfg);
+    let docs = documents(6000, 128, 9);
+    store.upsert(docs[..2000].to_vec()).expect("cross the threshold");
+    // One batch, logged long before a 2,000-node build ends: the build's own snapshot is
+    // then taken at the log's final position with these rows pending.
+    store
+        .upsert(docs[2000..].to_vec())
+        .expect("upsert while the graph is built");
+    store.wait_for_index();
+    assert_eq!(store.info().pending_vectors, 0);
+    store.flush().expect("snapshot");
+    drop(store);
+    let reopened = TenantStore::open(&dir).expect("reopen");
+    let info = reopened.info();
+    assert_eq!(info.index, IndexKind::Hnsw);
+    assert_eq!(info.pending_vectors, 0, "the snapshot holds every row in the graph");
+}
+
+#[test]
 fn mmr_prefers_diverse_results() {
     let (_tmp, _dir, store) = temp_store(&config(2, Metric::Cos));
     let docs = [
