@@ -9,8 +9,8 @@
 //!
 //! Invariants:
 //! - `by_id` and `entries` describe the same documents (`by_id` holds slots and reads ids from
-//!   `entries`); `entries[slot]` is `Some` exactly for the
-//!   slots whose vector is stored in [`Vectors`].
+//!   `entries`); `entries[slot]` is `Some` exactly for the slots whose vector is stored in
+//!   [`Vectors`].
 //! - `entries[slot].offset` is the log offset of that document's latest upsert record, so
 //!   compaction can copy live records verbatim (vectors keep full precision).
 //! - One process holds a store at a time (a `flock` on `.lock`); the pool makes sure one
@@ -535,12 +535,13 @@ impl TenantStore {
     pub fn delete_where(&self, filter: &Filter) -> Result<u64, StoreError> {
         let state = self.write();
         Self::check_writable(&state)?;
+        let fields = filter.fields();
         let ids: Vec<String> = state
             .docs
             .entries
             .iter()
             .flatten()
-            .filter(|e| filter.matches(&e.doc.metadata()))
+            .filter(|e| passes(filter, &fields, &e.doc))
             .map(|e| e.doc.id().to_owned())
             .collect();
         self.delete_locked(state, ids)
@@ -627,12 +628,7 @@ impl TenantStore {
                 .entries
                 .get(slot as usize)
                 .and_then(Option::as_ref)
-                .is_some_and(|e| {
-                    query.filter.as_ref().is_none_or(|f| {
-                        FILTER_VALUES
-                            .with_borrow_mut(|values| f.matches_json(e.doc.metadata_json(), &filter_fields, values))
-                    })
-                })
+                .is_some_and(|e| query.filter.as_ref().is_none_or(|f| passes(f, &filter_fields, &e.doc)))
         };
         let all_slots = 0..state.docs.entries.len() as u64;
         let live = state.docs.len();
@@ -1007,6 +1003,11 @@ thread_local! {
     /// Scratch space for the metadata values a filter reads, reused across the candidates of a
     /// search so that evaluating a filter allocates nothing for numbers and booleans.
     static FILTER_VALUES: std::cell::RefCell<Vec<Option<Value>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `doc`'s metadata passes `filter`, whose [`Filter::fields`] are `fields`.
+fn passes(filter: &Filter, fields: &[&str], doc: &PackedDoc) -> bool {
+    FILTER_VALUES.with_borrow_mut(|values| filter.matches_json(doc.metadata_json(), fields, values))
 }
 
 /// The id stored at `slot` (empty for an empty slot, which no id index entry points at).
