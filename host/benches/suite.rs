@@ -131,6 +131,56 @@ impl Row {
     }
 }
 
+/// The rows of one warm-search measurement, (QPS, p50, p99, recall@10) beside the baseline's;
+/// `label` tells settings apart (", ef_search 96").
+fn search_rows(
+    rows: &mut Vec<Row>,
+    label: &str,
+    (qps, p50, p99, recall): (f64, f64, Option<f64>, f64),
+    base: &Value,
+    qps_target: Option<Target>,
+) {
+    let search = if label.is_empty() {
+        "warm search k=10"
+    } else {
+        "warm search"
+    };
+    rows.push(row(
+        &format!("{search}{label}"),
+        "QPS",
+        qps,
+        base["qps"].as_f64(),
+        true,
+        qps_target,
+    ));
+    rows.push(row(
+        &format!("{search}{label}, p50"),
+        "ms",
+        p50,
+        base["p50_ms"].as_f64(),
+        false,
+        None,
+    ));
+    if let Some(p99) = p99 {
+        rows.push(row(
+            &format!("{search}{label}, p99"),
+            "ms",
+            p99,
+            base["p99_ms"].as_f64(),
+            false,
+            None,
+        ));
+    }
+    rows.push(row(
+        &format!("recall@10{label}"),
+        "",
+        recall,
+        base["recall"].as_f64(),
+        true,
+        Some(Target::AtLeast(0.95)),
+    ));
+}
+
 fn row(
     measure: &str,
     unit: &'static str,
@@ -856,67 +906,14 @@ fn main() {
         base_search = baseline.run(&["warm_search"]).remove("warm_search");
         let base = base_search.as_ref().expect("the baseline's warm search");
         let qps_target = (preset.name == "big").then_some(Target::Ratio(50.0));
-        rows.push(row(
-            "warm search k=10",
-            "QPS",
-            qps,
-            base["qps"].as_f64(),
-            true,
-            qps_target,
-        ));
-        rows.push(row(
-            "warm search k=10, p50",
-            "ms",
-            p50,
-            base["p50_ms"].as_f64(),
-            false,
-            None,
-        ));
-        rows.push(row(
-            "warm search k=10, p99",
-            "ms",
-            p99,
-            base["p99_ms"].as_f64(),
-            false,
-            None,
-        ));
-        rows.push(row(
-            "recall@10",
-            "",
-            recall,
-            base["recall"].as_f64(),
-            true,
-            Some(Target::AtLeast(0.95)),
-        ));
+        search_rows(&mut rows, "", (qps, p50, Some(p99), recall), base, qps_target);
         if preset.name == "big" {
             // Narrower searches trade recall for speed; the target asks for recall ≥ 0.95.
             for ef in [256, 192, 96, 64] {
                 set_ef_search(&data, 0, ef);
                 let (qps, p50, _, recall) = tvs_warm_search(&data, &set);
-                rows.push(row(
-                    &format!("warm search, ef_search {ef}"),
-                    "QPS",
-                    qps,
-                    base["qps"].as_f64(),
-                    true,
-                    Some(Target::Ratio(50.0)),
-                ));
-                rows.push(row(
-                    &format!("warm search, ef_search {ef}, p50"),
-                    "ms",
-                    p50,
-                    base["p50_ms"].as_f64(),
-                    false,
-                    None,
-                ));
-                rows.push(row(
-                    &format!("recall@10, ef_search {ef}"),
-                    "",
-                    recall,
-                    base["recall"].as_f64(),
-                    true,
-                    Some(Target::AtLeast(0.95)),
-                ));
+                let label = format!(", ef_search {ef}");
+                search_rows(&mut rows, &label, (qps, p50, None, recall), base, qps_target);
             }
         }
     }
