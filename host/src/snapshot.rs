@@ -83,19 +83,29 @@ pub fn write_data_file(path: &Path, body: impl FnOnce(&mut dyn Write) -> io::Res
 /// Reads a data file and checks its CRC, returning the contents without it.
 pub fn read_data_file(path: &Path) -> io::Result<Vec<u8>> {
     let mut bytes = fsutil::read_all(path)?;
-    if bytes.len() < 4 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file too short"));
-    }
-    let body_len = bytes.len() - 4;
-    let stored = u32::from_le_bytes(bytes[body_len..].try_into().expect("4 bytes"));
-    if crc32fast::hash(&bytes[..body_len]) != stored {
+    let body_len = body_len(bytes.len() as u64)? as usize;
+    let stored = bytes[body_len..].try_into().expect("4 bytes");
+    check_crc(path, crc32fast::hash(&bytes[..body_len]), stored)?;
+    bytes.truncate(body_len);
+    Ok(bytes)
+}
+
+/// Length of a data file's body: all but its 4-byte CRC trailer.
+fn body_len(file_len: u64) -> io::Result<u64> {
+    file_len
+        .checked_sub(4)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot file too short"))
+}
+
+/// Compares a body's CRC with the little-endian trailer stored after it.
+fn check_crc(path: &Path, computed: u32, stored: [u8; 4]) -> io::Result<()> {
+    if computed != u32::from_le_bytes(stored) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{} fails its checksum", path.display()),
         ));
     }
-    bytes.truncate(body_len);
-    Ok(bytes)
+    Ok(())
 }
 
 /// Checks a data file's CRC by streaming it through a small buffer, for files a library then
@@ -104,10 +114,7 @@ pub fn read_data_file(path: &Path) -> io::Result<Vec<u8>> {
 pub fn verify_data_file(path: &Path) -> io::Result<()> {
     use std::io::Read;
     let mut file = fsutil::open_read(path)?;
-    let len = file.metadata()?.len();
-    let mut body_left = len
-        .checked_sub(4)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot file too short"))?;
+    let mut body_left = body_len(file.metadata()?.len())?;
     let mut hasher = crc32fast::Hasher::new();
     let mut chunk = vec![0u8; 1 << 20];
     while body_left > 0 {
@@ -118,13 +125,7 @@ pub fn verify_data_file(path: &Path) -> io::Result<()> {
     }
     let mut stored = [0u8; 4];
     file.read_exact(&mut stored)?;
-    if hasher.finalize() != u32::from_le_bytes(stored) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} fails its checksum", path.display()),
-        ));
-    }
-    Ok(())
+    check_crc(path, hasher.finalize(), stored)
 }
 
 /// Encodes documents: magic, count, then per document slot, graph node, log offset and three
@@ -214,10 +215,7 @@ pub fn encode_f32s(out: &mut dyn Write, values: &[f32]) -> io::Result<()> {
 pub fn read_f32_file(path: &Path) -> io::Result<Vec<f32>> {
     use std::io::Read;
     let mut file = fsutil::open_read(path)?;
-    let len = file.metadata()?.len();
-    let body_len = len
-        .checked_sub(4)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot file too short"))?;
+    let body_len = body_len(file.metadata()?.len())?;
     if body_len % 4 != 0 {
         return Err(bad("vector file length is not a multiple of 4"));
     }
@@ -225,12 +223,7 @@ pub fn read_f32_file(path: &Path) -> io::Result<Vec<f32>> {
     file.read_exact(bytemuck::cast_slice_mut(&mut values))?;
     let mut stored = [0u8; 4];
     file.read_exact(&mut stored)?;
-    if crc32fast::hash(bytemuck::cast_slice(&values)) != u32::from_le_bytes(stored) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} fails its checksum", path.display()),
-        ));
-    }
+    check_crc(path, crc32fast::hash(bytemuck::cast_slice(&values)), stored)?;
     // The file is little-endian; this compiles to nothing on little-endian machines.
     for value in &mut values {
         *value = f32::from_bits(u32::from_le(value.to_bits()));
