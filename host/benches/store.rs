@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use tvs::config::{Metric, ScalarKind, StoreConfig};
-use tvs::store::{NewDocument, SearchQuery, TenantStore};
+use tvs::store::{Hit, NewDocument, SearchQuery, TenantStore};
 use tvs::synth::EmbeddingLike;
 use tvs::tenant::StoreDir;
 
@@ -69,24 +69,42 @@ fn workload(corpus: &[NewDocument]) -> Workload {
     Workload { queries, truths }
 }
 
-fn search_rows(label: &str, store: &TenantStore, work: &Workload, rows: &mut Vec<Row>) {
-    let (qs, truths) = (&work.queries, &work.truths);
+/// Runs every query once, timed; returns the sorted latencies and each query's hits.
+fn timed_searches(
+    store: &TenantStore,
+    work: &Workload,
+    filter: Option<&tvs::filter::Filter>,
+) -> (Vec<Duration>, Vec<Vec<Hit>>) {
     let mut times = Vec::with_capacity(QUERIES);
-    let mut found = 0;
-    for (q, t) in qs.iter().zip(truths) {
+    let mut results = Vec::with_capacity(QUERIES);
+    for q in &work.queries {
         let start = Instant::now();
         let hits = store
             .search(&SearchQuery {
                 vector: q.clone(),
                 k: 10,
+                filter: filter.cloned(),
                 ..Default::default()
             })
             .unwrap();
         times.push(start.elapsed());
-        found += hits.iter().filter(|h| t.contains(&h.id)).count();
+        results.push(hits);
     }
     times.sort();
-    let total: Duration = times.iter().sum();
+    (times, results)
+}
+
+fn qps(sorted_times: &[Duration]) -> f64 {
+    sorted_times.len() as f64 / sorted_times.iter().sum::<Duration>().as_secs_f64()
+}
+
+fn search_rows(label: &str, store: &TenantStore, work: &Workload, rows: &mut Vec<Row>) {
+    let (times, results) = timed_searches(store, work, None);
+    let found: usize = results
+        .iter()
+        .zip(&work.truths)
+        .map(|(hits, truth)| hits.iter().filter(|h| truth.contains(&h.id)).count())
+        .sum();
     rows.push(Row(
         format!("{label}: search k=10 p50 / p99"),
         format!(
@@ -97,7 +115,7 @@ fn search_rows(label: &str, store: &TenantStore, work: &Workload, rows: &mut Vec
     ));
     rows.push(Row(
         format!("{label}: search QPS (1 thread)"),
-        format!("{:.0}", QUERIES as f64 / total.as_secs_f64()),
+        format!("{:.0}", qps(&times)),
     ));
     rows.push(Row(
         format!("{label}: recall@10"),
@@ -106,33 +124,17 @@ fn search_rows(label: &str, store: &TenantStore, work: &Workload, rows: &mut Vec
 }
 
 /// Search with a metadata filter that half of the documents pass (`n < half`): the filter is
-/// evaluated on every candidate, so this shows what reading stored metadata costs.
+/// evaluated on candidates, so this shows what reading stored metadata costs.
 fn filtered_search_rows(label: &str, store: &TenantStore, work: &Workload, half: usize, rows: &mut Vec<Row>) {
     let filter = tvs::filter::Filter::parse(&serde_json::json!({"n": {"$lt": half}})).unwrap();
-    let mut times = Vec::with_capacity(QUERIES);
-    for q in &work.queries {
-        let start = Instant::now();
-        let hits = store
-            .search(&SearchQuery {
-                vector: q.clone(),
-                k: 10,
-                filter: Some(filter.clone()),
-                ..Default::default()
-            })
-            .unwrap();
-        times.push(start.elapsed());
+    let (times, results) = timed_searches(store, work, Some(&filter));
+    for hits in &results {
         assert_eq!(hits.len(), 10);
         assert!(hits.iter().all(|h| h.metadata["n"].as_u64().unwrap() < half as u64));
     }
-    times.sort();
-    let total: Duration = times.iter().sum();
     rows.push(Row(
         format!("{label}: filtered search (half pass) p50; QPS"),
-        format!(
-            "{}; {:.0}",
-            fmt_ms(percentile(&times, 0.5)),
-            QUERIES as f64 / total.as_secs_f64()
-        ),
+        format!("{}; {:.0}", fmt_ms(percentile(&times, 0.5)), qps(&times)),
     ));
 }
 
