@@ -68,7 +68,8 @@ pub struct StoreConfig {
     pub metric: Metric,
     /// Storage of vectors inside the HNSW graph.
     pub scalar: ScalarKind,
-    /// Name of the embedding model whose vectors this store holds (`none`: client vectors).
+    /// Canonical name of the embedding model whose vectors this store holds (`none`: client
+    /// vectors); see `model::canonical_model_name`.
     pub embedding_model: String,
     /// Live document count at which search switches from exact scan to HNSW.
     #[serde(default = "default_hnsw_threshold")]
@@ -101,7 +102,7 @@ impl StoreConfig {
             dims,
             metric,
             scalar,
-            embedding_model: embedding_model.to_owned(),
+            embedding_model: crate::model::canonical_model_name(embedding_model),
             hnsw_threshold: DEFAULT_HNSW_THRESHOLD,
             ef_search: DEFAULT_EF_SEARCH,
             max_documents: None,
@@ -129,6 +130,13 @@ impl StoreConfig {
             ));
         }
         Ok(())
+    }
+
+    /// `validate`, and also that the model is one tvs can embed with: checked only when a
+    /// store is made, so a store written under another name by an older tvs still opens.
+    pub fn validate_new(&self) -> Result<(), String> {
+        self.validate()?;
+        crate::model::check_known_model(&self.embedding_model)
     }
 }
 
@@ -280,7 +288,13 @@ impl Settings {
             settings.default_top_k = parse_positive("DEFAULT_TOP_K", &v)?;
         }
         if let Some(v) = get("EMBEDDING_MODEL") {
-            settings.embedding_model = v.trim().to_owned();
+            let model = crate::model::canonical_model_name(&v);
+            crate::model::check_known_model(&model).map_err(|reason| SettingsError {
+                name: "EMBEDDING_MODEL",
+                value: v.clone(),
+                reason,
+            })?;
+            settings.embedding_model = model;
         }
         Ok(settings)
     }
@@ -337,6 +351,15 @@ mod tests {
         assert_eq!(s.vector_store_folder, PathBuf::from("legacy"));
         assert_eq!(s.data_dir, PathBuf::from("/srv/tvs"));
         assert_eq!(s.embedding_model, "none");
+    }
+
+    #[test]
+    fn embedding_model_takes_any_spelling_and_refuses_unknown_models() {
+        let s = settings_from(&[("EMBEDDING_MODEL", "sentence-transformers/all-minilm-l6-v2")]).expect("valid");
+        assert_eq!(s.embedding_model, "all-MiniLM-L6-v2");
+        let err = settings_from(&[("EMBEDDING_MODEL", "all-mpnet-base-v2")]).expect_err("unknown");
+        assert_eq!(err.name, "EMBEDDING_MODEL");
+        assert!(err.reason.contains("unknown embedding model"), "{}", err.reason);
     }
 
     #[test]

@@ -45,6 +45,27 @@ pub trait Embedder: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A token id that `cl100k_base` does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not a cl100k_base token id")]
+pub struct UnknownTokenId(pub u64);
+
+/// The text behind token ids an OpenAI client sent instead of text. They are `cl100k_base` ids:
+/// the encoding of OpenAI's embedding models, and what LangChain's `OpenAIEmbeddings` sends by
+/// default (it splits texts into chunks of at most 8191 tokens, which tvs's own model then
+/// tokenizes again). A chunk cut inside a multi-byte character decodes with U+FFFD there.
+pub fn text_of_openai_tokens(ids: &[u64]) -> Result<String, UnknownTokenId> {
+    let ranks = ids
+        .iter()
+        .map(|&id| u32::try_from(id).map_err(|_| UnknownTokenId(id)))
+        .collect::<Result<Vec<u32>, _>>()?;
+    // Built once per process, on first use (~0.2 s); servers that never see token ids never pay.
+    let bytes = tiktoken_rs::cl100k_base_singleton()
+        .decode_bytes(&ranks)
+        .map_err(|e| UnknownTokenId(u64::from(e.token)))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// The embedder for a tenant's configured model name, shared by every request that uses the
 /// model (an HTTP endpoint keeps its connection pool across requests).
 pub fn embedder_for(model: &str) -> Result<Arc<dyn Embedder>, EmbedError> {

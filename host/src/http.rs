@@ -641,37 +641,102 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
 /// Most inputs per `/v1/embeddings` request, as OpenAI allows.
 const MAX_EMBEDDING_INPUTS: usize = 2048;
 
+/// OpenAI's embeddings request, as its clients send it.
 #[derive(Debug, Deserialize, ToSchema)]
 struct EmbeddingsBody {
-    /// The tenant's model (`all-MiniLM-L6-v2` by default); omitted means the tenant's model.
+    /// The tenant's model, in any spelling of it (`all-MiniLM-L6-v2`, `all-minilm-l6-v2`,
+    /// `sentence-transformers/all-MiniLM-L6-v2`; for `openai:<model>` tenants, `<model>` too);
+    /// omitted means the tenant's model. Another model is refused: vectors of two models do not
+    /// mix in one tenant.
     #[serde(default)]
     model: Option<String>,
-    /// A text or a list of texts.
+    /// A text, a list of texts, or `cl100k_base` token ids (one list or a list of lists), as
+    /// OpenAI takes them; token ids are decoded to text and embedded by the tenant's model.
     #[schema(value_type = Object)]
     input: Value,
-    /// `float` (the default) is the only format served.
+    /// `float` (the default) or `base64` (the little-endian f32 bytes, which the `openai` client
+    /// asks for unless told otherwise).
     #[serde(default)]
     encoding_format: Option<String>,
-    /// If given, must equal the tenant's dimensions (models are never truncated silently).
+    /// If given, must equal the tenant's dimensions: these models cannot shorten their vectors.
     #[serde(default)]
-    dimensions: Option<usize>,
+    dimensions: Option<u64>,
+    /// The end user, for the caller's own abuse tracking at OpenAI; accepted and not used.
+    #[serde(default)]
+    #[allow(dead_code)]
+    user: Option<String>,
 }
 
-/// The texts of an OpenAI `input`, or why they are not acceptable.
+/// How `/v1/embeddings` writes each vector.
+#[derive(Debug, Clone, Copy)]
+enum EncodingFormat {
+    Float,
+    /// Base64 of the vector's little-endian f32 bytes, as OpenAI sends it.
+    Base64,
+}
+
+impl EncodingFormat {
+    fn parse(format: Option<&str>) -> Result<Self, ApiError> {
+        match format {
+            None | Some("float") => Ok(Self::Float),
+            Some("base64") => Ok(Self::Base64),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "encoding_format must be \"float\" or \"base64\", got {other:?}"
+            ))),
+        }
+    }
+
+    fn encode(self, vector: Vec<f32>) -> Value {
+        match self {
+            Self::Float => json!(vector),
+            Self::Base64 => {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        }
+    }
+}
+
+/// The texts of an OpenAI `input` (a text, texts, token ids or lists of token ids), or why it
+/// is not acceptable.
 fn embedding_inputs(input: Value) -> Result<Vec<String>, ApiError> {
+    let token_ids = |index: usize, ids: &[Value]| -> Result<String, ApiError> {
+        let ids = ids
+            .iter()
+            .map(|id| {
+                id.as_u64().ok_or_else(|| {
+                    ApiError::bad_request(format!("input[{index}]: token ids are whole numbers ≥ 0, got {id}"))
+                })
+            })
+            .collect::<Result<Vec<u64>, _>>()?;
+        if ids.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "input[{index}] is an empty list of token ids"
+            )));
+        }
+        crate::embed::text_of_openai_tokens(&ids).map_err(|e| ApiError::bad_request(format!("input[{index}]: {e}")))
+    };
     let texts = match input {
         Value::String(text) => vec![text],
+        // One input given as token ids.
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => vec![token_ids(0, &items)?],
         Value::Array(items) => items
             .into_iter()
-            .map(|item| match item {
+            .enumerate()
+            .map(|(index, item)| match item {
                 Value::String(text) => Ok(text),
-                // OpenAI also takes token ids; tvs's tokenizer is not the client's.
-                _ => Err(ApiError::bad_request(
-                    "input must be a text or a list of texts, not token ids (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))",
-                )),
+                Value::Array(ids) => token_ids(index, &ids),
+                _ => Err(ApiError::bad_request(format!(
+                    "input[{index}] must be a text or a list of token ids"
+                ))),
             })
             .collect::<Result<_, _>>()?,
-        _ => return Err(ApiError::bad_request("input must be a text or a list of texts")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "input must be a text, a list of texts, or lists of token ids",
+            ));
+        }
     };
     if texts.is_empty() {
         return Err(ApiError::bad_request("input is empty"));
@@ -684,6 +749,12 @@ fn embedding_inputs(input: Value) -> Result<Vec<String>, ApiError> {
     Ok(texts)
 }
 
+/// Whether a client's model name means the tenant's (canonical) model.
+fn names_tenant_model(asked: &str, tenant_model: &str) -> bool {
+    let asked = crate::model::canonical_model_name(asked);
+    asked == tenant_model || tenant_model.strip_prefix(crate::model::OPENAI_PREFIX) == Some(asked.as_str())
+}
+
 #[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingsBody, responses((status = 200, description = "OpenAI-shaped embeddings from the tenant's model"), (status = 400, description = "bad input, another model, or a tenant without a model")), security(("tenant" = [])))]
 async fn embeddings(
     State(app): State<Arc<App>>,
@@ -692,11 +763,10 @@ async fn embeddings(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_of(&app, &headers)?;
     let Json(body) = body.map_err(from_json_rejection)?;
-    if body.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return Err(ApiError::bad_request("encoding_format must be \"float\""));
-    }
-    let texts = embedding_inputs(body.input)?;
+    let format = EncodingFormat::parse(body.encoding_format.as_deref())?;
     with_store(&app, tenant, move |_, store| {
+        // Here, off the async threads: decoding token ids may first build the cl100k table.
+        let texts = embedding_inputs(body.input)?;
         let config = store.config();
         let model = config.embedding_model.clone();
         if model == "none" {
@@ -704,18 +774,15 @@ async fn embeddings(
                 "this tenant has no embedding model (it stores client vectors)",
             ));
         }
-        let same_model = |asked: &str| {
-            asked == model || (crate::model::is_local_model(asked) && crate::model::is_local_model(&model))
-        };
-        if let Some(asked) = body.model.as_deref().filter(|asked| !same_model(asked)) {
+        if let Some(asked) = body.model.as_deref().filter(|asked| !names_tenant_model(asked, &model)) {
             return Err(ApiError::bad_request(format!(
-                "this tenant embeds with {model}, not {asked}: vectors of two models do not mix"
+                "this tenant embeds with {model}, not {asked:?}: vectors of two models do not mix"
             )));
         }
-        if let Some(dims) = body.dimensions.filter(|&d| d != config.dims) {
+        if let Some(dims) = body.dimensions.filter(|&d| d != config.dims as u64) {
             return Err(ApiError::bad_request(format!(
-                "this tenant's vectors have {} dimensions, not {dims}",
-                config.dims
+                "{model} makes {}-dimensional vectors and cannot shorten them: dimensions must be {} or left out, not {dims}",
+                config.dims, config.dims
             )));
         }
         let embedder = crate::embed::embedder_for(&model).map_err(|e| {
@@ -730,7 +797,7 @@ async fn embeddings(
         let data: Vec<Value> = vectors
             .into_iter()
             .enumerate()
-            .map(|(index, vector)| json!({"object": "embedding", "index": index, "embedding": vector}))
+            .map(|(index, vector)| json!({"object": "embedding", "index": index, "embedding": format.encode(vector)}))
             .collect();
         Ok(Json(json!({
             "object": "list",

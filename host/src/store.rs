@@ -289,7 +289,7 @@ impl TenantStore {
             source,
         };
         config
-            .validate()
+            .validate_new()
             .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         if dir.exists() {
             return Err(io_err(io::Error::new(

@@ -132,7 +132,7 @@ impl StoreDir {
     /// Reads and validates `config/user_config.json`.
     pub fn read_config(&self) -> io::Result<StoreConfig> {
         let bytes = fsutil::read_all(&self.config_file())?;
-        let config: StoreConfig = serde_json::from_slice(&bytes).map_err(|e| {
+        let mut config: StoreConfig = serde_json::from_slice(&bytes).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{} is not a valid store config: {e}", self.config_file().display()),
@@ -144,6 +144,8 @@ impl StoreDir {
                 format!("{}: {e}", self.config_file().display()),
             )
         })?;
+        // Older stores may hold another spelling of the same model; report one name.
+        config.embedding_model = crate::model::canonical_model_name(&config.embedding_model);
         Ok(config)
     }
 }
@@ -218,7 +220,7 @@ impl DataDir {
     /// Creates a tenant atomically: the directory is built under a hidden temp name and
     /// renamed into place, so no reader ever sees a half-created tenant.
     pub fn create_tenant(&self, id: &TenantId, config: &StoreConfig) -> Result<StoreDir, TenantError> {
-        config.validate().map_err(TenantError::InvalidConfig)?;
+        config.validate_new().map_err(TenantError::InvalidConfig)?;
         let final_dir = self.store_dir(id);
         if fs::symlink_metadata(final_dir.root()).is_ok() {
             return Err(TenantError::AlreadyExists(id.clone()));

@@ -119,3 +119,38 @@ fn a_tenant_of_the_local_model_must_have_its_384_dimensions() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// The `tiktoken-rs` crate's copy of OpenAI's `cl100k_base` table (the crate tvs decodes token
+/// ids with), in cargo's registry sources, where building tvs unpacked it.
+fn cl100k_file() -> std::path::PathBuf {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cargo")))
+        .expect("CARGO_HOME or HOME");
+    let registries = std::fs::read_dir(cargo_home.join("registry/src")).expect("cargo's registry sources");
+    registries
+        .filter_map(Result::ok)
+        .map(|registry| registry.path().join("tiktoken-rs-0.12.1/assets/cl100k_base.tiktoken"))
+        .find(|path| path.is_file())
+        .expect("tiktoken-rs 0.12.1 unpacked by the build (its version is pinned in host/Cargo.toml)")
+}
+
+#[test]
+fn the_openai_and_langchain_openai_clients_work_with_their_defaults() {
+    local_model();
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/openai");
+    let out = std::process::Command::new(crate::support::langchain_python())
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(&tests)
+        .env("TVS_BIN", env!("CARGO_BIN_EXE_tvs"))
+        .env("TVS_CL100K_FILE", cl100k_file())
+        .output()
+        .expect("run pytest");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("13 passed"), "{report}");
+}

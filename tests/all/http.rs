@@ -806,10 +806,17 @@ fn the_local_model_embeds_searches_and_serves_v1_embeddings_like_openai() {
             r#"{"model": "text-embedding-3-small", "input": ["x"]}"#,
             "vectors of two models do not mix",
         ),
-        (&key, r#"{"input": [[101, 2023]]}"#, "not token ids"),
+        (&key, r#"{"input": [[200000]]}"#, "200000 is not a cl100k_base token id"),
+        (&key, r#"{"input": [[4294967296]]}"#, "not a cl100k_base token id"),
+        (&key, r#"{"input": [[1, -2]]}"#, "whole numbers"),
+        (&key, r#"{"input": [{"text": "x"}]}"#, "input[0] must be a text"),
         (&key, r#"{"input": []}"#, "empty"),
         (&key, r#"{"input": "x", "dimensions": 256}"#, "384"),
-        (&key, r#"{"input": "x", "encoding_format": "base64"}"#, "float"),
+        (
+            &key,
+            r#"{"input": "x", "encoding_format": "int8"}"#,
+            "\"float\" or \"base64\"",
+        ),
         (&none_key, r#"{"input": "x"}"#, "no embedding model"),
     ] {
         let (status, reply) = call(addr, "POST", "/v1/embeddings", Some(who), Some(body));
