@@ -9,7 +9,7 @@ use crate::support::{stderr, stdout, tvs};
 
 fn corpus() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/corpus.jsonl")
+        .join("../../examples/corpus.jsonl")
         .display()
         .to_string()
 }

@@ -12,10 +12,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use tvs::config::Metric;
-use tvs::store::{NewDocument, SearchQuery, TenantStore};
-use tvs::synth::{EmbeddingLike, Rng};
-use tvs::tenant::StoreDir;
+use tvs_store::config::Metric;
+use tvs_store::store::{NewDocument, SearchQuery, TenantStore};
+use tvs_store::tenant::StoreDir;
+use tvs_synth::{EmbeddingLike, Rng};
 
 const CHILD_ENV: &str = "TVS_TEST_CRASH_CHILD_DIR";
 const DIMS: usize = 16;
@@ -250,7 +250,7 @@ fn every_acknowledged_write_survives_kill_9() {
         let all_ids: Vec<String> = (0..THREADS)
             .flat_map(|t| (0..400).map(move |n| format!("t{t}-{n}")))
             .collect();
-        let present: HashMap<String, tvs::store::Document> = store
+        let present: HashMap<String, tvs_store::store::Document> = store
             .get(&all_ids, true)
             .into_iter()
             .map(|d| (d.id.clone(), d))

@@ -3,7 +3,7 @@
 //! damaged model is an error that names the command fixing it, with nothing written.
 
 use serde_json::Value;
-use tvs::embed::LocalEmbedder;
+use tvs_embed::LocalEmbedder;
 
 use crate::support::{cosine, local_model, minilm_reference, stderr, stdout, tvs};
 
@@ -79,7 +79,7 @@ fn a_missing_or_damaged_model_names_tvs_model_fetch_and_nothing_is_written() {
     let missing = tmp.path().join("no-model");
     let damaged = tmp.path().join("damaged-model");
     std::fs::create_dir(&damaged).expect("mkdir");
-    for (name, _) in tvs::model::MODEL_FILES {
+    for (name, _) in tvs_embed::model::MODEL_FILES {
         std::fs::write(damaged.join(name), b"{}").expect("write");
     }
     assert!(tvs(tmp.path(), &["tenant", "create", "t"], &[]).status.success());
@@ -132,13 +132,13 @@ fn cl100k_file() -> std::path::PathBuf {
         .filter_map(Result::ok)
         .map(|registry| registry.path().join("tiktoken-rs-0.12.1/assets/cl100k_base.tiktoken"))
         .find(|path| path.is_file())
-        .expect("tiktoken-rs 0.12.1 unpacked by the build (its version is pinned in host/Cargo.toml)")
+        .expect("tiktoken-rs 0.12.1 unpacked by the build (its version is pinned in the workspace Cargo.toml)")
 }
 
 #[test]
 fn the_openai_and_langchain_openai_clients_work_with_their_defaults() {
     local_model();
-    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/openai");
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/openai");
     let out = std::process::Command::new(crate::support::langchain_python())
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(&tests)

@@ -6,11 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tvs::config::Metric;
-use tvs::runtime::{
-    GuestError, IngestDocument, IngestRequest, Mmr, Runtime, RuntimeLimits, SearchRequest, guest_paths,
-};
-use tvs::store::TenantStore;
+use tvs_runtime::{GuestError, IngestDocument, IngestRequest, Mmr, Runtime, RuntimeLimits, SearchRequest, guest_paths};
+use tvs_store::config::Metric;
+use tvs_store::store::TenantStore;
 
 use crate::support::{config, temp_store};
 
@@ -48,7 +46,7 @@ fn seeded(runtime: &Runtime) -> (tempfile::TempDir, Arc<TenantStore>) {
     (tmp, store)
 }
 
-fn ids(hits: &[tvs::runtime::Hit]) -> Vec<&str> {
+fn ids(hits: &[tvs_runtime::Hit]) -> Vec<&str> {
     hits.iter().map(|h| h.id.as_str()).collect()
 }
 
@@ -172,7 +170,7 @@ fn a_guest_that_loops_forever_is_stopped_by_the_deadline_and_the_host_keeps_serv
     });
     let (_tmp, _dir, store) = temp_store(&config(4, Metric::Cos));
     store
-        .upsert(vec![tvs::store::NewDocument {
+        .upsert(vec![tvs_store::store::NewDocument {
             id: Some("mine".into()),
             vector: vec![1.0, 0.0, 0.0, 0.0],
             ..Default::default()
@@ -220,7 +218,7 @@ fn a_guest_sees_nothing_of_another_tenant_whatever_ids_or_filters_it_asks_for() 
     let runtime = hostile_runtime(RuntimeLimits::default());
     let (_victim_tmp, _victim_dir, victim) = temp_store(&config(4, Metric::Cos));
     victim
-        .upsert(vec![tvs::store::NewDocument {
+        .upsert(vec![tvs_store::store::NewDocument {
             id: Some("secret-1".into()),
             text: "victim's secret".into(),
             metadata: crate::support::obj(serde_json::json!({"tenant": "victim", "owner": "victim"})),
@@ -229,7 +227,7 @@ fn a_guest_sees_nothing_of_another_tenant_whatever_ids_or_filters_it_asks_for() 
         .expect("victim data");
     let (_tmp, _dir, attacker) = temp_store(&config(4, Metric::Cos));
     attacker
-        .upsert(vec![tvs::store::NewDocument {
+        .upsert(vec![tvs_store::store::NewDocument {
             id: Some("own".into()),
             vector: vec![0.9, 0.1, 0.0, 0.0],
             ..Default::default()

@@ -7,15 +7,15 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use tvs::runtime::{Runtime, RuntimeLimits, SearchRequest};
-use tvs::store::TenantStore;
-use tvs::tenant::{DataDir, TenantId};
+use tvs_runtime::{Runtime, RuntimeLimits, SearchRequest};
+use tvs_store::store::TenantStore;
+use tvs_store::tenant::{DataDir, TenantId};
 
 use crate::support::{langchain_python, stderr, tvs};
 
 /// Makes the stores and LangChain's answers; returns the parsed `expected.json`.
 fn make_stores(out: &Path) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/langchain/make_faiss_stores.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/langchain/make_faiss_stores.py");
     let made = Command::new(langchain_python())
         .arg(script)
         .arg(out)
@@ -227,7 +227,7 @@ fn hostile_or_unsupported_files_are_refused_by_name_and_nothing_is_written() {
 #[test]
 fn the_python_client_passes_its_langchain_tests_against_a_real_server() {
     crate::support::local_model();
-    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python");
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/python");
     let out = Command::new(langchain_python())
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(client.join("tests"))

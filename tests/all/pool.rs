@@ -4,10 +4,10 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use tvs::config::Metric;
-use tvs::pool::{Pool, PoolConfig};
-use tvs::store::NewDocument;
-use tvs::tenant::{DataDir, TenantId};
+use tvs_store::config::Metric;
+use tvs_store::pool::{Pool, PoolConfig};
+use tvs_store::store::NewDocument;
+use tvs_store::tenant::{DataDir, TenantId};
 
 use crate::support::{config, documents};
 
@@ -169,13 +169,13 @@ fn many_threads_on_many_tenants_with_a_tiny_pool_lose_nothing() {
             let (pool, ids) = (pool.clone(), ids.clone());
             std::thread::spawn(move || {
                 let mut written = Vec::new();
-                let mut rng = tvs::synth::Rng::new(t);
+                let mut rng = tvs_synth::Rng::new(t);
                 for n in 0..150 {
                     let tenant = &ids[rng.below(ids.len() as u64) as usize];
                     let store = pool.get(tenant).expect("get");
                     if n % 3 == 0 {
                         store
-                            .search(&tvs::store::SearchQuery {
+                            .search(&tvs_store::store::SearchQuery {
                                 vector: vec![0.5; 8],
                                 k: 3,
                                 ..Default::default()

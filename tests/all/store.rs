@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use serde_json::json;
-use tvs::config::{Metric, ScalarKind, StoreConfig};
-use tvs::filter::Filter;
-use tvs::store::{IndexKind, Mmr, NewDocument, SearchQuery, StoreError, TenantStore};
-use tvs::synth::{EmbeddingLike, Rng};
+use tvs_guest_core::filter::Filter;
+use tvs_store::config::{Metric, ScalarKind, StoreConfig};
+use tvs_store::store::{IndexKind, Mmr, NewDocument, SearchQuery, StoreError, TenantStore};
+use tvs_synth::{EmbeddingLike, Rng};
 
 use crate::support::{brute_force, config, documents, obj, temp_store};
 
@@ -21,7 +21,7 @@ fn query(vector: Vec<f32>, k: usize) -> SearchQuery {
     }
 }
 
-fn ids(hits: &[tvs::store::Hit]) -> Vec<String> {
+fn ids(hits: &[tvs_store::store::Hit]) -> Vec<String> {
     hits.iter().map(|h| h.id.clone()).collect()
 }
 

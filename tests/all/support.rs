@@ -5,10 +5,10 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
-use tvs::config::{Metric, ScalarKind, StoreConfig};
-use tvs::store::{NewDocument, TenantStore};
-use tvs::synth::EmbeddingLike;
-use tvs::tenant::StoreDir;
+use tvs_store::config::{Metric, ScalarKind, StoreConfig};
+use tvs_store::store::{NewDocument, TenantStore};
+use tvs_store::tenant::StoreDir;
+use tvs_synth::EmbeddingLike;
 
 pub fn config(dims: usize, metric: Metric) -> StoreConfig {
     StoreConfig::new(dims, metric, ScalarKind::F32, "none")
@@ -75,7 +75,7 @@ pub fn stderr(out: &Output) -> String {
 pub fn brute_force(docs: &[(String, Vec<f32>)], query: &[f32], metric: Metric, k: usize) -> Vec<String> {
     let mut scored: Vec<(f32, &String)> = docs
         .iter()
-        .map(|(id, v)| (tvs::vectors::distance(metric, query, v), id))
+        .map(|(id, v)| (tvs_store::vectors::distance(metric, query, v), id))
         .collect();
     scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
     scored.into_iter().take(k).map(|(_, id)| id.clone()).collect()
@@ -86,15 +86,15 @@ pub fn brute_force(docs: &[(String, Vec<f32>)], query: &[f32], metric: Metric, k
 pub fn local_model() -> &'static Path {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tvs::model::model_dir();
-        tvs::model::ensure(&dir, &mut |line| eprintln!("{line}")).expect("fetching the local model");
+        let dir = tvs_embed::model::model_dir();
+        tvs_embed::model::ensure(&dir, &mut |line| eprintln!("{line}")).expect("fetching the local model");
         dir
     })
 }
 
 /// The committed sentence-transformers reference: (sentences, vectors).
 pub fn minilm_reference() -> (Vec<String>, Vec<Vec<f32>>) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/minilm_reference.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/minilm_reference.json");
     let raw = std::fs::read_to_string(&path).expect("reference fixture");
     let value: Value = serde_json::from_str(&raw).expect("fixture JSON");
     let sentences = serde_json::from_value(value["sentences"].clone()).expect("sentences");
@@ -113,7 +113,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 pub fn langchain_python() -> &'static Path {
     static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     PYTHON.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let requirements = root.join("tests/langchain/requirements.txt");
         let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("langchain-venv");
         let python = venv.join("bin/python");

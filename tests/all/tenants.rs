@@ -6,10 +6,10 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::sync::Arc;
 
-use tvs::config::Metric;
-use tvs::pool::{Pool, PoolConfig};
-use tvs::store::{NewDocument, OpenError, StoreError, TenantStore};
-use tvs::tenant::{DataDir, TenantError, TenantId};
+use tvs_store::config::Metric;
+use tvs_store::pool::{Pool, PoolConfig};
+use tvs_store::store::{NewDocument, OpenError, StoreError, TenantStore};
+use tvs_store::tenant::{DataDir, TenantError, TenantId};
 
 use crate::support::config;
 

@@ -1,6 +1,9 @@
-//! Pure logic of the tvs data-plane guests: text chunking and maximal marginal relevance.
-//! No I/O and no WIT types, so it builds for `wasm32-wasip2` inside the guest component and
-//! natively for the host and for unit tests.
+//! Pure logic that the host and the Wasm guests share: Mongo-style metadata filters, text
+//! chunking, maximal marginal relevance and the canonical names of embedding models. No I/O and
+//! no WIT types, so it builds for `wasm32-wasip2` inside guest components and natively for the
+//! host and for unit tests: a filter means the same wherever it is evaluated.
 
 pub mod chunk;
+pub mod filter;
 pub mod mmr;
+pub mod models;

@@ -1,0 +1,164 @@
+//! API keys. A tenant key is `tvs.{tenant}.{secret}` with 256 random bits of secret; only the
+//! SHA-256 of the secret is stored (`{tenant}/config/api_key.sha256`), compared in constant
+//! time. The admin key comes from `TVS_ADMIN_KEY`, or is generated once into
+//! `{data}/.admin_key` (mode 0600).
+//!
+//! Invariant: the tenant of a request is the one named in its key *and* whose stored hash the
+//! key's secret matches; nothing else (URL, body, filter) can choose a tenant.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+
+use tvs_store::fsutil;
+use tvs_store::tenant::{DataDir, TenantId};
+
+/// File holding the hash of a tenant's key, in its config directory.
+pub const KEY_HASH_FILE: &str = "api_key.sha256";
+/// File holding the generated admin key, in the data directory.
+pub const ADMIN_KEY_FILE: &str = ".admin_key";
+
+fn random_hex(bytes: usize) -> io::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Issues and checks keys.
+#[derive(Debug)]
+pub struct Keys {
+    data: DataDir,
+    admin: [u8; 32],
+}
+
+impl Keys {
+    /// Loads the admin key (from `env_key`, else the key file, else a new one written there).
+    /// Returns the keys and, when a key file was created, its path (to tell the operator).
+    pub fn open(data: DataDir, env_key: Option<String>) -> io::Result<(Keys, Option<PathBuf>)> {
+        if let Some(key) = env_key.filter(|k| !k.trim().is_empty()) {
+            return Ok((
+                Keys {
+                    data,
+                    admin: digest(key.trim()),
+                },
+                None,
+            ));
+        }
+        let path = data.root().join(ADMIN_KEY_FILE);
+        match fsutil::read_all(&path) {
+            Ok(bytes) => {
+                let key = String::from_utf8_lossy(&bytes).trim().to_owned();
+                Ok((
+                    Keys {
+                        data,
+                        admin: digest(&key),
+                    },
+                    None,
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let key = format!("tvs-admin.{}", random_hex(32)?);
+                fsutil::write_atomic(data.root(), ADMIN_KEY_FILE, format!("{key}\n").as_bytes())?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                Ok((
+                    Keys {
+                        data,
+                        admin: digest(&key),
+                    },
+                    Some(path),
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `key` is the admin key.
+    pub fn is_admin(&self, key: &str) -> bool {
+        constant_time_eq(&digest(key), &self.admin)
+    }
+
+    /// The tenant a key belongs to, if it is a valid, current tenant key.
+    pub fn tenant_of(&self, key: &str) -> Option<TenantId> {
+        let rest = key.strip_prefix("tvs.")?;
+        let (tenant, secret) = rest.rsplit_once('.')?;
+        let tenant = TenantId::new(tenant).ok()?;
+        let stored = fsutil::read_all(&self.hash_path(&tenant)).ok()?;
+        let stored = parse_hex32(std::str::from_utf8(&stored).ok()?)?;
+        constant_time_eq(&digest(secret), &stored).then_some(tenant)
+    }
+
+    fn hash_path(&self, tenant: &TenantId) -> PathBuf {
+        self.data.store_dir(tenant).config_dir().join(KEY_HASH_FILE)
+    }
+
+    /// Issues a new key for `tenant`, replacing (revoking) any earlier one. The key is returned
+    /// once and never stored.
+    pub fn issue(&self, tenant: &TenantId) -> io::Result<String> {
+        let secret = random_hex(32)?;
+        let hash: String = digest(&secret).iter().map(|b| format!("{b:02x}")).collect();
+        let dir = self.data.store_dir(tenant).config_dir();
+        fsutil::ensure_real_dir(&dir)?;
+        fsutil::write_atomic(&dir, KEY_HASH_FILE, hash.as_bytes())?;
+        Ok(format!("tvs.{tenant}.{secret}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tvs_store::config::{Metric, ScalarKind, StoreConfig};
+
+    #[test]
+    fn issued_keys_authenticate_their_tenant_only_until_rotated() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = DataDir::open(tmp.path()).expect("data");
+        let (keys, created) = Keys::open(data.clone(), None).expect("keys");
+        assert!(created.is_some(), "an admin key file was generated");
+        let admin = std::fs::read_to_string(tmp.path().join(ADMIN_KEY_FILE)).expect("admin key");
+        assert!(keys.is_admin(admin.trim()));
+        let mode = std::fs::metadata(tmp.path().join(ADMIN_KEY_FILE))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let config = StoreConfig::new(2, Metric::L2, ScalarKind::F32, "none");
+        let (a, b) = (TenantId::new("a").expect("id"), TenantId::new("b").expect("id"));
+        data.create_tenant(&a, &config).expect("a");
+        data.create_tenant(&b, &config).expect("b");
+        let key_a = keys.issue(&a).expect("issue");
+        assert_eq!(keys.tenant_of(&key_a), Some(a.clone()));
+        let secret = key_a.rsplit_once('.').expect("secret").1;
+        assert_eq!(
+            keys.tenant_of(&format!("tvs.b.{secret}")),
+            None,
+            "a's secret does not open b"
+        );
+        assert!(!keys.is_admin(&key_a));
+        let rotated = keys.issue(&a).expect("rotate");
+        assert_eq!(keys.tenant_of(&key_a), None, "the old key is revoked");
+        assert_eq!(keys.tenant_of(&rotated), Some(a));
+        assert_eq!(keys.tenant_of("tvs.../../x.y"), None);
+    }
+}

@@ -1,0 +1,965 @@
+//! The HTTP API of `tvs serve` (axum). Routes and shapes follow the contract in DESIGN.md.
+//!
+//! Invariants:
+//! - The tenant of a data request comes from its `Authorization: Bearer` key alone.
+//! - Every data request (ingest, search, get, delete, stats) runs in a fresh guest instance
+//!   bound to the key's tenant ([`tvs_runtime`]); admin routes are native. Blocking work (files, guests) runs on the blocking thread pool.
+//! - Every error is `{"error":{"code","message"}}` with a fitting status; no panic or wasm
+//!   backtrace reaches a client, and a refused request changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::auth::Keys;
+use crate::metrics::Metrics;
+use tvs_guest_core::filter::Filter;
+use tvs_runtime::{Chunking, GuestError, IngestDocument, IngestRequest, Mmr, RequestErrorKind, Runtime, SearchRequest};
+use tvs_store::config::{Metric, ScalarKind, Settings, StoreConfig};
+use tvs_store::pool::Pool;
+use tvs_store::store::{OpenError, TenantStore};
+use tvs_store::tenant::{TenantError, TenantId};
+
+/// Limits of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Largest number of documents in one ingest request.
+    pub max_batch: usize,
+    /// Largest `top_k`.
+    pub max_top_k: u32,
+    /// Time a request may take before it is answered 504.
+    pub request_timeout: Duration,
+    /// API requests served at once; more are answered 503 with `Retry-After`.
+    pub max_in_flight: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 << 20,
+            max_batch: 10_000,
+            max_top_k: 1_000,
+            request_timeout: Duration::from_secs(60),
+            // Below the runtime's instance slots, so a request never waits for a guest slot.
+            max_in_flight: 48,
+        }
+    }
+}
+
+/// Shared state of the server.
+#[derive(Debug)]
+pub struct App {
+    pub pool: Arc<Pool>,
+    pub runtime: Arc<Runtime>,
+    pub keys: Keys,
+    pub settings: Settings,
+    pub limits: ServerLimits,
+    metrics: Metrics,
+    in_flight: tokio::sync::Semaphore,
+}
+
+impl App {
+    pub fn new(pool: Arc<Pool>, runtime: Arc<Runtime>, keys: Keys, settings: Settings, limits: ServerLimits) -> Self {
+        App {
+            pool,
+            runtime,
+            keys,
+            settings,
+            metrics: Metrics::default(),
+            in_flight: tokio::sync::Semaphore::new(limits.max_in_flight.max(1)),
+            limits,
+        }
+    }
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to complete the request",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn from_json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is larger than the server accepts",
+        ),
+        other => ApiError::bad_request(format!("malformed JSON body: {}", other.body_text())),
+    }
+}
+
+fn from_open(error: OpenError) -> ApiError {
+    match error {
+        OpenError::NotFound(_) => ApiError::not_found("the tenant of this key no longer exists"),
+        OpenError::Locked(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the tenant is open in another tvs process",
+        ),
+        other => {
+            tracing::error!(error = ?other, "opening a tenant store failed");
+            ApiError::internal()
+        }
+    }
+}
+
+fn from_guest(error: GuestError) -> ApiError {
+    match error {
+        GuestError::Request { kind, message } => match kind {
+            RequestErrorKind::InvalidInput | RequestErrorKind::NoEmbedder => ApiError::bad_request(message),
+            RequestErrorKind::QuotaExceeded => ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", message),
+            RequestErrorKind::TenantDeleted => ApiError::not_found(message),
+            RequestErrorKind::Internal => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        },
+        GuestError::Deadline(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "guest_deadline", error.to_string()),
+        GuestError::Memory(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "guest_memory", error.to_string()),
+        GuestError::Trap(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "guest_trap", error.to_string()),
+        GuestError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string()),
+        other => {
+            tracing::error!(error = ?other, "guest setup failed");
+            ApiError::internal()
+        }
+    }
+}
+
+/// Maps a guest failure to a response, counting the failures of the sandbox.
+fn guest_failed(app: &App, error: GuestError) -> ApiError {
+    match &error {
+        GuestError::Deadline(_) => app.metrics.guest_failure("deadline"),
+        GuestError::Memory(_) => app.metrics.guest_failure("memory"),
+        GuestError::Trap(_) => app.metrics.guest_failure("trap"),
+        GuestError::Busy => app.metrics.guest_failure("busy"),
+        _ => {}
+    }
+    from_guest(error)
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <key>",
+            )
+        })
+}
+
+fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    if app.keys.is_admin(bearer(headers)?) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route needs the admin key",
+        ))
+    }
+}
+
+fn tenant_of(app: &App, headers: &HeaderMap) -> Result<TenantId, ApiError> {
+    app.keys.tenant_of(bearer(headers)?).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the key is not valid (revoked or unknown)",
+        )
+    })
+}
+
+/// Runs blocking work off the async threads, under the request timeout.
+async fn blocking<T: Send + 'static>(
+    app: &App,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(app.limits.request_timeout, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => {
+            tracing::error!(error = %join, "request handler panicked");
+            Err(ApiError::internal())
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request took too long",
+        )),
+    }
+}
+
+/// Checks a request's filter here, so a bad one is a 400 before any store is opened, and returns
+/// it as the JSON text the guest takes.
+fn checked_filter(filter: Option<&Value>) -> Result<Option<String>, ApiError> {
+    let Some(filter) = filter else { return Ok(None) };
+    Filter::parse(filter).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Some(filter.to_string()))
+}
+
+/// Runs `work` with the store of an authenticated tenant, on the blocking pool under the
+/// request timeout.
+async fn with_store<T: Send + 'static>(
+    app: &Arc<App>,
+    tenant: TenantId,
+    work: impl FnOnce(&App, Arc<TenantStore>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let shared = app.clone();
+    blocking(app, move || {
+        let store = shared.pool.get(&tenant).map_err(from_open)?;
+        work(&shared, store)
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    id: String,
+    #[serde(default)]
+    dims: Option<usize>,
+    /// `cos` (default), `ip` or `l2`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    metric: Option<Metric>,
+    /// `f32` (default), `f16` or `i8`: how the HNSW graph stores vectors.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    scalar: Option<ScalarKind>,
+    #[serde(default)]
+    embedding_model: Option<String>,
+    #[serde(default)]
+    max_documents: Option<u64>,
+}
+
+#[utoipa::path(post, path = "/v1/tenants", request_body = CreateTenant, responses((status = 201, description = "the tenant and its API key, shown once"), (status = 409, description = "exists")), security(("admin" = [])))]
+async fn create_tenant(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<CreateTenant>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&app, &headers)?;
+    let Json(body) = body.map_err(from_json_rejection)?;
+    let id = TenantId::new(&body.id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut config = StoreConfig::new(
+        body.dims.unwrap_or(384),
+        body.metric.unwrap_or(Metric::Cos),
+        body.scalar.unwrap_or(ScalarKind::F32),
+        body.embedding_model.as_deref().unwrap_or(&app.settings.embedding_model),
+    );
+    config.max_documents = body.max_documents;
+    let app2 = app.clone();
+    let key = blocking(&app, move || {
+        app2.pool.create_tenant(&id, &config).map_err(|e| match e {
+            TenantError::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            TenantError::InvalidConfig(_) | TenantError::InvalidId(_) => ApiError::bad_request(e.to_string()),
+            other => {
+                tracing::error!(error = ?other, "creating a tenant failed");
+                ApiError::internal()
+            }
+        })?;
+        let key = app2.keys.issue(&id).map_err(|e| {
+            tracing::error!(error = %e, "issuing a key failed");
+            ApiError::internal()
+        })?;
+        Ok(json!({"id": id.as_str(), "api_key": key}))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/tenants", params(ListQuery), responses((status = 200, description = "a sorted page of tenant ids")), security(("admin" = [])))]
+async fn list_tenants(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let app2 = app.clone();
+    blocking(&app, move || {
+        let page = app2
+            .pool
+            .data_dir()
+            .list_tenants(query.after.as_deref(), query.limit.unwrap_or(100).min(1000))
+            .map_err(|_| ApiError::internal())?;
+        Ok(Json(json!({"tenants": page.tenants, "next_after": page.next_after})))
+    })
+    .await
+}
+
+#[utoipa::path(delete, path = "/v1/tenants/{id}", params(("id" = String, Path)), responses((status = 204, description = "deleted with all its data"), (status = 404, description = "no such tenant")), security(("admin" = [])))]
+async fn delete_tenant(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&app, &headers)?;
+    let id = TenantId::new(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let app2 = app.clone();
+    blocking(&app, move || {
+        app2.pool.delete_tenant(&id).map_err(|e| match e {
+            TenantError::NotFound(_) => ApiError::not_found(e.to_string()),
+            TenantError::Busy(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
+            other => {
+                tracing::error!(error = ?other, "deleting a tenant failed");
+                ApiError::internal()
+            }
+        })
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/keys", params(("id" = String, Path)), responses((status = 200, description = "a new key; the old one is revoked")), security(("admin" = [])))]
+async fn rotate_key(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let id = TenantId::new(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let app2 = app.clone();
+    blocking(&app, move || {
+        if !app2.pool.data_dir().tenant_exists(&id) {
+            return Err(ApiError::not_found(format!("tenant {id} does not exist")));
+        }
+        let key = app2.keys.issue(&id).map_err(|_| ApiError::internal())?;
+        Ok(Json(json!({"id": id.as_str(), "api_key": key})))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DocumentIn {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    /// A JSON object.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    vector: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ChunkIn {
+    size: u32,
+    #[serde(default)]
+    overlap: u32,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpsertBody {
+    documents: Vec<DocumentIn>,
+    #[serde(default)]
+    chunk: Option<ChunkIn>,
+}
+
+#[utoipa::path(post, path = "/v1/documents", request_body = UpsertBody, responses((status = 200, description = "ids stored, in order"), (status = 400, description = "invalid input; nothing stored")), security(("tenant" = [])))]
+async fn upsert_documents(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<UpsertBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let Json(body) = body.map_err(from_json_rejection)?;
+    if body.documents.is_empty() {
+        return Err(ApiError::bad_request("documents is empty"));
+    }
+    if body.documents.len() > app.limits.max_batch {
+        return Err(ApiError::bad_request(format!(
+            "at most {} documents per request",
+            app.limits.max_batch
+        )));
+    }
+    let request = IngestRequest {
+        documents: body
+            .documents
+            .into_iter()
+            .map(|d| IngestDocument {
+                id: d.id,
+                text: d.text,
+                metadata: d.metadata.map(|m| Value::Object(m).to_string()),
+                vector: d.vector,
+            })
+            .collect(),
+        chunk: body.chunk.map(|c| Chunking {
+            size: c.size,
+            overlap: c.overlap,
+        }),
+    };
+    with_store(&app, tenant, move |app2, store| {
+        let response = app2
+            .runtime
+            .ingest(store, &request)
+            .map_err(|e| guest_failed(app2, e))?;
+        Ok(Json(json!({"ids": response.ids, "embedded": response.embedded})))
+    })
+    .await
+}
+
+fn hit_json(hit: tvs_runtime::Hit) -> Value {
+    let metadata: Value = serde_json::from_str(&hit.metadata).unwrap_or_else(|_| json!({}));
+    json!({"id": hit.id, "score": hit.score, "distance": hit.distance, "text": hit.text, "metadata": metadata})
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MmrIn {
+    #[serde(default = "default_fetch_k")]
+    fetch_k: u32,
+    #[serde(default = "default_lambda")]
+    lambda_mult: f32,
+}
+
+fn default_fetch_k() -> u32 {
+    20
+}
+fn default_lambda() -> f32 {
+    0.5
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    vector: Option<Vec<f32>>,
+    #[serde(default)]
+    top_k: Option<u32>,
+    /// A Mongo-style metadata filter.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    filter: Option<Value>,
+    #[serde(default)]
+    mmr: Option<MmrIn>,
+}
+
+#[utoipa::path(post, path = "/v1/search", request_body = SearchBody, responses((status = 200, description = "hits: id, score, distance, text, metadata")), security(("tenant" = [])))]
+async fn search(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<SearchBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let Json(body) = body.map_err(from_json_rejection)?;
+    let top_k = body.top_k.unwrap_or(app.settings.default_top_k as u32);
+    if top_k == 0 || top_k > app.limits.max_top_k {
+        return Err(ApiError::bad_request(format!(
+            "top_k must be between 1 and {}",
+            app.limits.max_top_k
+        )));
+    }
+    let filter = checked_filter(body.filter.as_ref())?;
+    let request = SearchRequest {
+        query: body.query,
+        vector: body.vector,
+        top_k,
+        filter,
+        mmr: body.mmr.map(|m| Mmr {
+            fetch_k: m.fetch_k.min(app.limits.max_top_k * 10),
+            lambda_mult: m.lambda_mult,
+        }),
+    };
+    with_store(&app, tenant, move |app2, store| {
+        let hits = app2
+            .runtime
+            .search(store, &request)
+            .map_err(|e| guest_failed(app2, e))?;
+        Ok(Json(
+            json!({"hits": hits.into_iter().map(hit_json).collect::<Vec<_>>()}),
+        ))
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/documents/{id}", params(("id" = String, Path)), responses((status = 200, description = "the document"), (status = 404, description = "no such document")), security(("tenant" = [])))]
+async fn get_document(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    with_store(&app, tenant, move |app2, store| {
+        let doc = app2
+            .runtime
+            .get(store, std::slice::from_ref(&id))
+            .map_err(|e| guest_failed(app2, e))?
+            .pop()
+            .ok_or_else(|| ApiError::not_found(format!("no document {id:?}")))?;
+        let metadata: Value = serde_json::from_str(&doc.metadata).unwrap_or_else(|_| json!({}));
+        Ok(Json(json!({"id": doc.id, "text": doc.text, "metadata": metadata})))
+    })
+    .await
+}
+
+#[utoipa::path(delete, path = "/v1/documents/{id}", params(("id" = String, Path)), responses((status = 200, description = "deleted"), (status = 404, description = "no such document")), security(("tenant" = [])))]
+async fn delete_document(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    with_store(&app, tenant, move |app2, store| {
+        match app2
+            .runtime
+            .delete(store, std::slice::from_ref(&id), None)
+            .map_err(|e| guest_failed(app2, e))?
+        {
+            0 => Err(ApiError::not_found(format!("no document {id:?}"))),
+            n => Ok(Json(json!({"deleted": n}))),
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+    /// A Mongo-style metadata filter.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    filter: Option<Value>,
+}
+
+#[utoipa::path(post, path = "/v1/documents/delete", request_body = DeleteBody, responses((status = 200, description = "how many were deleted")), security(("tenant" = [])))]
+async fn delete_documents(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<DeleteBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let Json(body) = body.map_err(from_json_rejection)?;
+    let filter = checked_filter(body.filter.as_ref())?;
+    if body.ids.is_none() && filter.is_none() {
+        return Err(ApiError::bad_request("give ids or filter"));
+    }
+    with_store(&app, tenant, move |app2, store| {
+        let ids = body.ids.unwrap_or_default();
+        let deleted = app2
+            .runtime
+            .delete(store, &ids, filter.as_ref())
+            .map_err(|e| guest_failed(app2, e))?;
+        Ok(Json(json!({"deleted": deleted})))
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "count, dims, metric, bytes, embedding model")), security(("tenant" = [])))]
+async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    with_store(&app, tenant, move |app2, store| {
+        let info = app2.runtime.stats(store).map_err(|e| guest_failed(app2, e))?;
+        let metric = match info.metric {
+            tvs_runtime::GuestMetric::Cos => "cos",
+            tvs_runtime::GuestMetric::Ip => "ip",
+            tvs_runtime::GuestMetric::L2 => "l2",
+        };
+        Ok(Json(json!({
+            "count": info.count, "dims": info.dims, "metric": metric, "bytes": info.bytes,
+            "embedding_model": info.embedding_model,
+        })))
+    })
+    .await
+}
+
+/// Most inputs per `/v1/embeddings` request, as OpenAI allows.
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// OpenAI's embeddings request, as its clients send it.
+#[derive(Debug, Deserialize, ToSchema)]
+struct EmbeddingsBody {
+    /// The tenant's model, in any spelling of it (`all-MiniLM-L6-v2`, `all-minilm-l6-v2`,
+    /// `sentence-transformers/all-MiniLM-L6-v2`; for `openai:<model>` tenants, `<model>` too);
+    /// omitted means the tenant's model. Another model is refused: vectors of two models do not
+    /// mix in one tenant.
+    #[serde(default)]
+    model: Option<String>,
+    /// A text, a list of texts, or `cl100k_base` token ids (one list or a list of lists), as
+    /// OpenAI takes them; token ids are decoded to text and embedded by the tenant's model.
+    #[schema(value_type = Object)]
+    input: Value,
+    /// `float` (the default) or `base64` (the little-endian f32 bytes, which the `openai` client
+    /// asks for unless told otherwise).
+    #[serde(default)]
+    encoding_format: Option<String>,
+    /// If given, must equal the tenant's dimensions: these models cannot shorten their vectors.
+    #[serde(default)]
+    dimensions: Option<u64>,
+    /// The end user, for the caller's own abuse tracking at OpenAI; accepted and not used.
+    #[serde(default)]
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+/// How `/v1/embeddings` writes each vector.
+#[derive(Debug, Clone, Copy)]
+enum EncodingFormat {
+    Float,
+    /// Base64 of the vector's little-endian f32 bytes, as OpenAI sends it.
+    Base64,
+}
+
+impl EncodingFormat {
+    fn parse(format: Option<&str>) -> Result<Self, ApiError> {
+        match format {
+            None | Some("float") => Ok(Self::Float),
+            Some("base64") => Ok(Self::Base64),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "encoding_format must be \"float\" or \"base64\", got {other:?}"
+            ))),
+        }
+    }
+
+    fn encode(self, vector: Vec<f32>) -> Value {
+        match self {
+            Self::Float => json!(vector),
+            Self::Base64 => {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        }
+    }
+}
+
+/// The texts of an OpenAI `input` (a text, texts, token ids or lists of token ids), or why it
+/// is not acceptable.
+fn embedding_inputs(input: Value) -> Result<Vec<String>, ApiError> {
+    let token_ids = |index: usize, ids: &[Value]| -> Result<String, ApiError> {
+        let ids = ids
+            .iter()
+            .map(|id| {
+                id.as_u64().ok_or_else(|| {
+                    ApiError::bad_request(format!("input[{index}]: token ids are whole numbers ≥ 0, got {id}"))
+                })
+            })
+            .collect::<Result<Vec<u64>, _>>()?;
+        if ids.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "input[{index}] is an empty list of token ids"
+            )));
+        }
+        tvs_embed::text_of_openai_tokens(&ids).map_err(|e| ApiError::bad_request(format!("input[{index}]: {e}")))
+    };
+    let texts = match input {
+        Value::String(text) => vec![text],
+        // One input given as token ids.
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => vec![token_ids(0, &items)?],
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| match item {
+                Value::String(text) => Ok(text),
+                Value::Array(ids) => token_ids(index, &ids),
+                _ => Err(ApiError::bad_request(format!(
+                    "input[{index}] must be a text or a list of token ids"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "input must be a text, a list of texts, or lists of token ids",
+            ));
+        }
+    };
+    if texts.is_empty() {
+        return Err(ApiError::bad_request("input is empty"));
+    }
+    if texts.len() > MAX_EMBEDDING_INPUTS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_EMBEDDING_INPUTS} inputs per request"
+        )));
+    }
+    Ok(texts)
+}
+
+/// Whether a client's model name means the tenant's (canonical) model.
+fn names_tenant_model(asked: &str, tenant_model: &str) -> bool {
+    let asked = tvs_guest_core::models::canonical_model_name(asked);
+    asked == tenant_model || tenant_model.strip_prefix(tvs_guest_core::models::OPENAI_PREFIX) == Some(asked.as_str())
+}
+
+#[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingsBody, responses((status = 200, description = "OpenAI-shaped embeddings from the tenant's model"), (status = 400, description = "bad input, another model, or a tenant without a model")), security(("tenant" = [])))]
+async fn embeddings(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<EmbeddingsBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let Json(body) = body.map_err(from_json_rejection)?;
+    let format = EncodingFormat::parse(body.encoding_format.as_deref())?;
+    with_store(&app, tenant, move |_, store| {
+        // Here, off the async threads: decoding token ids may first build the cl100k table.
+        let texts = embedding_inputs(body.input)?;
+        let config = store.config();
+        let model = config.embedding_model.clone();
+        if model == "none" {
+            return Err(ApiError::bad_request(
+                "this tenant has no embedding model (it stores client vectors)",
+            ));
+        }
+        if let Some(asked) = body.model.as_deref().filter(|asked| !names_tenant_model(asked, &model)) {
+            return Err(ApiError::bad_request(format!(
+                "this tenant embeds with {model}, not {asked:?}: vectors of two models do not mix"
+            )));
+        }
+        if let Some(dims) = body.dimensions.filter(|&d| d != config.dims as u64) {
+            return Err(ApiError::bad_request(format!(
+                "{model} makes {}-dimensional vectors and cannot shorten them: dimensions must be {} or left out, not {dims}",
+                config.dims, config.dims
+            )));
+        }
+        let embedder = tvs_embed::embedder_for(&model).map_err(|e| {
+            tracing::warn!(error = %e, "no embedder");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", e.to_string())
+        })?;
+        let (vectors, tokens) = embedder.embed_counted(&texts, config.dims).map_err(|e| {
+            tracing::warn!(error = %e, "embedding failed");
+            ApiError::new(StatusCode::BAD_GATEWAY, "embedding_failed", e.to_string())
+        })?;
+        let tokens = tokens.unwrap_or(0);
+        let data: Vec<Value> = vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, vector)| json!({"object": "embedding", "index": index, "embedding": format.encode(vector)}))
+            .collect();
+        Ok(Json(json!({
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })))
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/admin/pool", responses((status = 200, description = "pool counters and hit rate")), security(("admin" = [])))]
+async fn pool_stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    Ok(Json(
+        serde_json::to_value(app.pool.stats()).map_err(|_| ApiError::internal())?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/admin/pool/cleanup", responses((status = 200, description = "how many expired stores were dropped")), security(("admin" = [])))]
+async fn pool_cleanup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let app2 = app.clone();
+    blocking(&app, move || Ok(Json(json!({"expired": app2.pool.cleanup_expired()})))).await
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
+async fn metrics(State(app): State<Arc<App>>) -> String {
+    app.metrics.render(&app.pool.stats())
+}
+
+async fn count_requests(
+    State(app): State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let _permit = if route.starts_with("/v1/") {
+        match app.in_flight.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                app.metrics.rejected_busy();
+                app.metrics.observe(&route, 503, started.elapsed().as_secs_f64());
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "the server is at its limit of requests in flight; retry shortly",
+                )
+                .into_response();
+            }
+        }
+    } else {
+        None
+    };
+    let response = next.run(request).await;
+    app.metrics
+        .observe(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// The OpenAPI description, generated from the handlers' annotations.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "tvs", description = "Multi-tenant vector store. Data routes take a tenant key, admin routes the admin key, both as `Authorization: Bearer`. Errors are {\"error\": {\"code\", \"message\"}}."),
+    paths(
+        create_tenant, list_tenants, delete_tenant, rotate_key, upsert_documents, search, get_document,
+        delete_document, delete_documents, stats, embeddings, pool_stats, pool_cleanup, healthz, metrics
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for name in ["admin", "tenant"] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// The router of the API.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/tenants", post(create_tenant).get(list_tenants))
+        .route("/v1/tenants/{id}", delete(delete_tenant))
+        .route("/v1/tenants/{id}/keys", post(rotate_key))
+        .route("/v1/documents", post(upsert_documents))
+        .route("/v1/documents/delete", post(delete_documents))
+        .route("/v1/documents/{id}", get(get_document).delete(delete_document))
+        .route("/v1/search", post(search))
+        .route("/v1/stats", get(stats))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/admin/pool", get(pool_stats))
+        .route("/v1/admin/pool/cleanup", post(pool_cleanup))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(app.limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
+        .with_state(app)
+}
+
+/// Serves until SIGINT/SIGTERM, then stops accepting, finishes in-flight requests and flushes
+/// every open store.
+pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "tvs is listening");
+    let pool = app.pool.clone();
+    let cleanup_pool = app.pool.clone();
+    let cleanup = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let pool = cleanup_pool.clone();
+            let _ = tokio::task::spawn_blocking(move || pool.cleanup_expired()).await;
+        }
+    });
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    cleanup.abort();
+    tokio::task::spawn_blocking(move || pool.flush_all()).await.ok();
+    tracing::info!("stopped; every open store was flushed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

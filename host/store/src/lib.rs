@@ -1,0 +1,22 @@
+//! tvs-store: durable per-tenant vector stores.
+//!
+//! Each tenant owns a directory under the data directory ([`tenant`]) holding a durable
+//! [`store::TenantStore`]: an append-only document log ([`doclog`]), snapshots for fast opens
+//! ([`snapshot`]) and an exact-scan or HNSW vector index ([`vectors`]), with documents packed
+//! one allocation each ([`packed`]). Open stores live in an LRU/TTL [`pool::Pool`];
+//! [`config`] holds a store's fixed shape and the process-wide settings. The on-disk layout and
+//! commit protocol are described in `docs/design.md`.
+//!
+//! Invariants: a write is acknowledged only after its log record is fsynced; every file
+//! operation refuses symlinks inside the data directory ([`fsutil`]); one writer per tenant
+//! directory (a lock file), so a store is never opened twice for writing.
+
+pub mod config;
+pub mod doclog;
+pub mod fsutil;
+pub mod packed;
+pub mod pool;
+pub mod snapshot;
+pub mod store;
+pub mod tenant;
+pub mod vectors;
