@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use tvs_store::fsutil;
+use tvs_store::storage::{self, StdStorage};
 use tvs_store::tenant::{DataDir, TenantId};
 
 /// File holding the hash of a tenant's key, in its config directory.
@@ -67,7 +68,7 @@ impl Keys {
             ));
         }
         let path = data.root().join(ADMIN_KEY_FILE);
-        match fsutil::read_all(&path) {
+        match storage::read_all(&StdStorage, &path) {
             Ok(bytes) => {
                 let key = String::from_utf8_lossy(&bytes).trim().to_owned();
                 Ok((
@@ -80,7 +81,7 @@ impl Keys {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let key = format!("tvs-admin.{}", random_hex(32)?);
-                fsutil::write_atomic(data.root(), ADMIN_KEY_FILE, format!("{key}\n").as_bytes())?;
+                storage::write_atomic(&StdStorage, data.root(), ADMIN_KEY_FILE, format!("{key}\n").as_bytes())?;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
                 Ok((
                     Keys {
@@ -104,7 +105,7 @@ impl Keys {
         let rest = key.strip_prefix("tvs.")?;
         let (tenant, secret) = rest.rsplit_once('.')?;
         let tenant = TenantId::new(tenant).ok()?;
-        let stored = fsutil::read_all(&self.hash_path(&tenant)).ok()?;
+        let stored = storage::read_all(&StdStorage, &self.hash_path(&tenant)).ok()?;
         let stored = parse_hex32(std::str::from_utf8(&stored).ok()?)?;
         constant_time_eq(&digest(secret), &stored).then_some(tenant)
     }
@@ -120,7 +121,7 @@ impl Keys {
         let hash: String = digest(&secret).iter().map(|b| format!("{b:02x}")).collect();
         let dir = self.data.store_dir(tenant).config_dir();
         fsutil::ensure_real_dir(&dir)?;
-        fsutil::write_atomic(&dir, KEY_HASH_FILE, hash.as_bytes())?;
+        storage::write_atomic(&StdStorage, &dir, KEY_HASH_FILE, hash.as_bytes())?;
         Ok(format!("tvs.{tenant}.{secret}"))
     }
 }

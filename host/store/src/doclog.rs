@@ -20,9 +20,7 @@
 //!   reopened, because the kernel may have dropped the dirty pages (see PostgreSQL's
 //!   "fsyncgate").
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -30,7 +28,7 @@ use std::sync::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::fsutil;
+use crate::storage::{FileReader, FileWriter, OpenMode, Storage, StorageFile};
 
 /// Name written in the header line.
 pub const LOG_FORMAT: &str = "tvs-doclog";
@@ -210,7 +208,7 @@ struct SyncState {
 #[derive(Debug)]
 pub struct DocLog {
     path: PathBuf,
-    file: File,
+    file: Box<dyn StorageFile>,
     generation: u64,
     /// Serialises appends so that `written` always marks whole records.
     append_lock: Mutex<()>,
@@ -223,21 +221,21 @@ pub struct DocLog {
 
 impl DocLog {
     /// Creates a new log at `path` (which must not exist) with a header of `generation`.
-    pub fn create(path: &Path, generation: u64) -> Result<DocLog, LogError> {
+    pub fn create(storage: &dyn Storage, path: &Path, generation: u64) -> Result<DocLog, LogError> {
         let io_err = |source| LogError::Io {
             path: path.to_owned(),
             source,
         };
-        let mut file = fsutil::create_new(path).map_err(io_err)?;
+        let file = storage.open(path, OpenMode::CreateNew).map_err(io_err)?;
         let header = header_line(generation);
         file.write_all(&header).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
         drop(file);
-        let file = fsutil::open_append(path).map_err(io_err)?;
+        let file = storage.open(path, OpenMode::Append).map_err(io_err)?;
         Ok(Self::from_parts(path, file, generation, header.len() as u64))
     }
 
-    fn from_parts(path: &Path, file: File, generation: u64, end: u64) -> DocLog {
+    fn from_parts(path: &Path, file: Box<dyn StorageFile>, generation: u64, end: u64) -> DocLog {
         DocLog {
             path: path.to_owned(),
             file,
@@ -256,6 +254,7 @@ impl DocLog {
     /// Opens an existing log, replaying records from `from` (a record boundary recorded by a
     /// snapshot of this generation; `None` replays everything). A torn tail is cut off.
     pub fn open(
+        storage: &dyn Storage,
         path: &Path,
         from: Option<u64>,
         mut apply: impl FnMut(u64, Record) -> Result<(), String>,
@@ -264,13 +263,13 @@ impl DocLog {
             path: path.to_owned(),
             source,
         };
-        let file = fsutil::open_append(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
+        let file = storage.open(path, OpenMode::Append).map_err(io_err)?;
+        let len = file.size().map_err(io_err)?;
         if len == 0 {
             // An empty file only arises from an interrupted legacy create; start it afresh.
             drop(file);
-            std::fs::remove_file(path).map_err(io_err)?;
-            let log = DocLog::create(path, 1)?;
+            storage.remove_file(path).map_err(io_err)?;
+            let log = DocLog::create(storage, path, 1)?;
             let end = log.written.load(Ordering::Acquire);
             return Ok((
                 log,
@@ -283,7 +282,7 @@ impl DocLog {
         }
         // The header is short; a large buffer here would copy the log's first megabyte on every
         // open, even when a snapshot covers all of it.
-        let mut reader = BufReader::with_capacity(4096, (&file).take(len));
+        let mut reader = BufReader::with_capacity(4096, FileReader::new(&*file, 0).take(len));
         let mut line = Vec::new();
         reader.read_until(b'\n', &mut line).map_err(io_err)?;
         let generation = match serde_json::from_slice::<Record>(&line) {
@@ -299,7 +298,7 @@ impl DocLog {
                     });
                 }
                 if version < LOG_VERSION {
-                    upgrade_header(path, &line, generation).map_err(io_err)?;
+                    upgrade_header(storage, path, &line, generation).map_err(io_err)?;
                 }
                 generation
             }
@@ -307,9 +306,10 @@ impl DocLog {
         };
         let header_end = line.len() as u64;
         let start = from.filter(|o| *o >= header_end && *o <= len).unwrap_or(header_end);
-        let mut reader = BufReader::with_capacity((len - start).clamp(1, 1 << 20) as usize, &file);
-        reader.seek(SeekFrom::Start(start)).map_err(io_err)?;
-        let mut reader = reader.take(len - start);
+        let mut reader = BufReader::with_capacity(
+            (len - start).clamp(1, 1 << 20) as usize,
+            FileReader::new(&*file, start).take(len - start),
+        );
         let mut offset = start;
         let mut records = 0u64;
         let mut line_no = 0u64;
@@ -373,15 +373,15 @@ impl DocLog {
     }
 
     /// Reads the generation from a log's header line, and the log's length.
-    pub fn read_generation(path: &Path) -> Result<(u64, u64), LogError> {
+    pub fn read_generation(storage: &dyn Storage, path: &Path) -> Result<(u64, u64), LogError> {
         let io_err = |source| LogError::Io {
             path: path.to_owned(),
             source,
         };
-        let file = fsutil::open_read(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
+        let file = storage.open(path, OpenMode::Read).map_err(io_err)?;
+        let len = file.size().map_err(io_err)?;
         let mut line = Vec::new();
-        BufReader::new(file.take(64 * 1024))
+        BufReader::new(FileReader::new(&*file, 0).take(64 * 1024))
             .read_until(b'\n', &mut line)
             .map_err(io_err)?;
         match serde_json::from_slice::<Record>(&line) {
@@ -393,6 +393,7 @@ impl DocLog {
     /// Atomically replaces the log at `path` with a new one of `generation` whose body
     /// `write_body` produces (compaction). The new log is durable before it replaces the old.
     pub fn replace(
+        storage: &dyn Storage,
         path: &Path,
         generation: u64,
         write_body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
@@ -404,22 +405,24 @@ impl DocLog {
         let dir = path.parent().unwrap_or(Path::new("."));
         let tmp = dir.join(format!(".docs.jsonl.compact-{}", uuid::Uuid::new_v4().simple()));
         let result = (|| {
-            let file = fsutil::create_new(&tmp)?;
-            let mut out = io::BufWriter::with_capacity(1 << 20, file);
+            let file = storage.open(&tmp, OpenMode::CreateNew)?;
+            let mut out = io::BufWriter::with_capacity(1 << 20, FileWriter(&*file));
             let header = header_line(generation);
             out.write_all(&header)?;
             write_body(&mut out)?;
-            let file = out.into_inner().map_err(|e| e.into_error())?;
+            out.flush()?;
+            drop(out);
             file.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            fsutil::sync_dir(dir)
+            drop(file);
+            storage.rename(&tmp, path)?;
+            storage.sync_dir(dir)
         })();
         if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = storage.remove_file(&tmp);
             return Err(io_err(e));
         }
-        let file = fsutil::open_append(path).map_err(io_err)?;
-        let end = file.metadata().map_err(io_err)?.len();
+        let file = storage.open(path, OpenMode::Append).map_err(io_err)?;
+        let end = file.size().map_err(io_err)?;
         Ok(Self::from_parts(path, file, generation, end))
     }
 
@@ -459,7 +462,7 @@ impl DocLog {
         self.check_poison()?;
         let _guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
         let start = self.written.load(Ordering::Acquire);
-        if let Err(source) = (&self.file).write_all(lines) {
+        if let Err(source) = self.file.write_all(lines) {
             if let Err(cut) = self.file.set_len(start) {
                 self.poison(format!("cutting off a failed append failed: {cut}"));
             }
@@ -516,7 +519,7 @@ impl DocLog {
     /// Reads the record line starting at `offset` (used by compaction to copy live records
     /// verbatim, keeping full-precision vectors).
     pub fn read_line_at(&self, offset: u64, buf: &mut Vec<u8>) -> io::Result<()> {
-        read_line_at(&self.file, offset, buf)
+        read_line_at(&*self.file, offset, buf)
     }
 }
 
@@ -524,14 +527,14 @@ impl DocLog {
 /// current version are appended after it. The new line has the same length (only the version
 /// digit differs), so the one-sector write cannot tear into the records after it. A header
 /// written by hand in another layout is left as it is: this tvs reads either version.
-fn upgrade_header(path: &Path, old_line: &[u8], generation: u64) -> io::Result<()> {
+fn upgrade_header(storage: &dyn Storage, path: &Path, old_line: &[u8], generation: u64) -> io::Result<()> {
     let new_line = header_line(generation);
     if new_line.len() != old_line.len() {
         tracing::warn!(log = %path.display(), "log header of an older version left as written: its layout is not tvs's");
         return Ok(());
     }
     // Not the append handle: Linux ignores the offset of `pwrite` on an O_APPEND file.
-    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let file = storage.open(path, OpenMode::Write)?;
     file.write_all_at(&new_line, 0)?;
     file.sync_data()?;
     tracing::info!(log = %path.display(), from = LOG_VERSION_OLDEST, to = LOG_VERSION, "log header upgraded");
@@ -539,7 +542,7 @@ fn upgrade_header(path: &Path, old_line: &[u8], generation: u64) -> io::Result<(
 }
 
 /// Reads the line starting at `offset` of `file` into `buf` (newline included).
-pub fn read_line_at(file: &File, offset: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+pub fn read_line_at(file: &dyn StorageFile, offset: u64, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
     let mut chunk = [0u8; 64 * 1024];
     let mut pos = offset;
@@ -563,6 +566,7 @@ pub fn read_line_at(file: &File, offset: u64, buf: &mut Vec<u8>) -> io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StdStorage;
 
     fn upsert_line(id: &str) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -572,7 +576,7 @@ mod tests {
 
     fn replay_ids(path: &Path) -> (Vec<String>, ReplayReport) {
         let mut ids = Vec::new();
-        let (_, report) = DocLog::open(path, None, |_, r| {
+        let (_, report) = DocLog::open(&StdStorage, path, None, |_, r| {
             if let Record::Upsert { id, .. } = r {
                 ids.push(id)
             }
@@ -586,7 +590,7 @@ mod tests {
     fn appended_records_replay_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("docs.jsonl");
-        let log = DocLog::create(&path, 1).expect("create");
+        let log = DocLog::create(&StdStorage, &path, 1).expect("create");
         for id in ["a", "b", "c"] {
             let (_, end) = log.append(&upsert_line(id)).expect("append");
             log.sync_to(end).expect("sync");
@@ -601,17 +605,17 @@ mod tests {
     fn a_torn_last_record_is_dropped_and_the_log_stays_appendable() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("docs.jsonl");
-        let log = DocLog::create(&path, 1).expect("create");
+        let log = DocLog::create(&StdStorage, &path, 1).expect("create");
         log.append(&upsert_line("a")).expect("append");
         drop(log);
         let torn = upsert_line("b");
-        let mut file = fsutil::open_append(&path).expect("open");
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
         file.write_all(&torn[..torn.len() / 2]).expect("write half a record");
         drop(file);
         let (ids, report) = replay_ids(&path);
         assert_eq!(ids, ["a"]);
         assert_eq!(report.torn_bytes as usize, torn.len() / 2);
-        let (log, _) = DocLog::open(&path, None, |_, _| Ok(())).expect("reopen");
+        let (log, _) = DocLog::open(&StdStorage, &path, None, |_, _| Ok(())).expect("reopen");
         log.append(&upsert_line("c")).expect("append after repair");
         drop(log);
         assert_eq!(replay_ids(&path).0, ["a", "c"]);
@@ -621,12 +625,12 @@ mod tests {
     fn corruption_before_good_records_refuses_to_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("docs.jsonl");
-        let log = DocLog::create(&path, 1).expect("create");
+        let log = DocLog::create(&StdStorage, &path, 1).expect("create");
         log.append(&upsert_line("a")).expect("append");
         log.append(b"{not json}\n").expect("append garbage");
         log.append(&upsert_line("b")).expect("append");
         drop(log);
-        let err = DocLog::open(&path, None, |_, _| Ok(())).expect_err("corrupt");
+        let err = DocLog::open(&StdStorage, &path, None, |_, _| Ok(())).expect_err("corrupt");
         assert!(matches!(err, LogError::Corrupt { line: 2, .. }), "{err}");
     }
 
@@ -674,7 +678,7 @@ mod tests {
         );
         std::fs::write(&path, v1).expect("write v1 log");
         let mut vectors = Vec::new();
-        let (log, report) = DocLog::open(&path, None, |_, r| {
+        let (log, report) = DocLog::open(&StdStorage, &path, None, |_, r| {
             if let Record::Upsert { vector, .. } = r {
                 vectors.push(vector)
             }
@@ -706,7 +710,7 @@ mod tests {
             "{\"op\":\"header\",\"format\":\"tvs-doclog\",\"version\":9,\"generation\":1}\n",
         )
         .expect("write");
-        let err = DocLog::open(&path, None, |_, _| Ok(())).expect_err("newer version");
+        let err = DocLog::open(&StdStorage, &path, None, |_, _| Ok(())).expect_err("newer version");
         assert!(matches!(err, LogError::Version { found: 9, .. }), "{err}");
         assert!(err.to_string().contains("reads versions 1 to 2"), "{err}");
     }
@@ -717,7 +721,7 @@ mod tests {
         let path = dir.path().join("docs.jsonl");
         std::fs::write(&path, b"{\"page_content\":\"x\"}\n").expect("write");
         assert!(matches!(
-            DocLog::open(&path, None, |_, _| Ok(())),
+            DocLog::open(&StdStorage, &path, None, |_, _| Ok(())),
             Err(LogError::NoHeader { .. })
         ));
     }

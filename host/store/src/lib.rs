@@ -8,7 +8,8 @@
 //! commit protocol are described in `docs/design.md`.
 //!
 //! Invariants: a write is acknowledged only after its log record is fsynced; every file
-//! operation refuses symlinks inside the data directory ([`fsutil`]); one writer per tenant
+//! operation on a store's data goes through the [`storage`] seam and refuses symlinks inside the
+//! data directory; one writer per tenant
 //! directory (a lock file), so a store is never opened twice for writing.
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod fsutil;
 pub mod packed;
 pub mod pool;
 pub mod snapshot;
+pub mod storage;
 pub mod store;
 pub mod tenant;
 pub mod vectors;

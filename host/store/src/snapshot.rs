@@ -16,8 +16,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
 use crate::packed::PackedDoc;
+use crate::storage::{self, FileReader, FileWriter, OpenMode, Storage};
 
 pub const MANIFEST: &str = "manifest.json";
 const DOCS_MAGIC: &[u8; 8] = b"TVSDOCS1";
@@ -53,7 +53,11 @@ pub struct SnapDoc {
 }
 
 /// Writes a data file with a trailing CRC; the file is fsynced before returning.
-pub fn write_data_file(path: &Path, body: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+pub fn write_data_file(
+    storage: &dyn Storage,
+    path: &Path,
+    body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     struct Crc<W> {
         inner: W,
         hasher: crc32fast::Hasher,
@@ -68,21 +72,22 @@ pub fn write_data_file(path: &Path, body: impl FnOnce(&mut dyn Write) -> io::Res
             self.inner.flush()
         }
     }
-    let file = fsutil::create_new(path)?;
+    let file = storage.open(path, OpenMode::CreateNew)?;
     let mut out = Crc {
-        inner: BufWriter::with_capacity(1 << 20, file),
+        inner: BufWriter::with_capacity(1 << 20, FileWriter(&*file)),
         hasher: crc32fast::Hasher::new(),
     };
     body(&mut out)?;
-    let crc = out.hasher.finalize();
-    out.inner.write_all(&crc.to_le_bytes())?;
-    let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+    let Crc { mut inner, hasher } = out;
+    inner.write_all(&hasher.finalize().to_le_bytes())?;
+    inner.flush()?;
+    drop(inner);
     file.sync_all()
 }
 
 /// Reads a data file and checks its CRC, returning the contents without it.
-pub fn read_data_file(path: &Path) -> io::Result<Vec<u8>> {
-    let mut bytes = fsutil::read_all(path)?;
+pub fn read_data_file(storage: &dyn Storage, path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = storage::read_all(storage, path)?;
     let body_len = body_len(bytes.len() as u64)? as usize;
     let stored = bytes[body_len..].try_into().expect("4 bytes");
     check_crc(path, crc32fast::hash(&bytes[..body_len]), stored)?;
@@ -111,10 +116,11 @@ fn check_crc(path: &Path, computed: u32, stored: [u8; 4]) -> io::Result<()> {
 /// Checks a data file's CRC by streaming it through a small buffer, for files a library then
 /// reads itself (the HNSW graph): reading it whole into memory first would cost a second copy
 /// of hundreds of megabytes and their page faults.
-pub fn verify_data_file(path: &Path) -> io::Result<()> {
+pub fn verify_data_file(storage: &dyn Storage, path: &Path) -> io::Result<()> {
     use std::io::Read;
-    let mut file = fsutil::open_read(path)?;
-    let mut body_left = body_len(file.metadata()?.len())?;
+    let handle = storage.open(path, OpenMode::Read)?;
+    let mut body_left = body_len(handle.size()?)?;
+    let mut file = FileReader::new(&*handle, 0);
     let mut hasher = crc32fast::Hasher::new();
     let mut chunk = vec![0u8; 1 << 20];
     while body_left > 0 {
@@ -212,10 +218,11 @@ pub fn encode_f32s(out: &mut dyn Write, values: &[f32]) -> io::Result<()> {
 
 /// Reads a data file of little-endian f32 values (a vector slab) straight into the vector that
 /// holds them, checking its CRC: no intermediate byte buffer, no second copy.
-pub fn read_f32_file(path: &Path) -> io::Result<Vec<f32>> {
+pub fn read_f32_file(storage: &dyn Storage, path: &Path) -> io::Result<Vec<f32>> {
     use std::io::Read;
-    let mut file = fsutil::open_read(path)?;
-    let body_len = body_len(file.metadata()?.len())?;
+    let handle = storage.open(path, OpenMode::Read)?;
+    let body_len = body_len(handle.size()?)?;
+    let mut file = FileReader::new(&*handle, 0);
     if body_len % 4 != 0 {
         return Err(bad("vector file length is not a multiple of 4"));
     }
@@ -232,8 +239,8 @@ pub fn read_f32_file(path: &Path) -> io::Result<Vec<f32>> {
 }
 
 /// Reads the manifest, if any.
-pub fn read_manifest(dir: &Path) -> io::Result<Option<Manifest>> {
-    match fsutil::read_all(&dir.join(MANIFEST)) {
+pub fn read_manifest(storage: &dyn Storage, dir: &Path) -> io::Result<Option<Manifest>> {
+    match storage::read_all(storage, &dir.join(MANIFEST)) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| bad(&e.to_string())),
@@ -243,9 +250,9 @@ pub fn read_manifest(dir: &Path) -> io::Result<Option<Manifest>> {
 }
 
 /// Commits `manifest` and removes files of older snapshots.
-pub fn commit_manifest(dir: &Path, manifest: &Manifest) -> io::Result<()> {
+pub fn commit_manifest(storage: &dyn Storage, dir: &Path, manifest: &Manifest) -> io::Result<()> {
     let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
-    fsutil::write_atomic(dir, MANIFEST, &json)?;
+    storage::write_atomic(storage, dir, MANIFEST, &json)?;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -254,7 +261,7 @@ pub fn commit_manifest(dir: &Path, manifest: &Manifest) -> io::Result<()> {
         // Leftovers of an interrupted write_atomic.
         let stale_temp = name.starts_with('.') && name.contains(".tmp-");
         if stale_snapshot || stale_temp {
-            let _ = fs::remove_file(entry.path());
+            let _ = storage.remove_file(&entry.path());
         }
     }
     Ok(())
@@ -263,6 +270,7 @@ pub fn commit_manifest(dir: &Path, manifest: &Manifest) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StdStorage;
     use serde_json::{Value, json};
 
     #[test]
@@ -275,11 +283,11 @@ mod tests {
         let meta_json = serde_json::to_vec(&meta).expect("json");
         let x = PackedDoc::new("x", "hello", &meta_json).expect("pack");
         let y = PackedDoc::new("y", "", b"{}").expect("pack");
-        write_data_file(&path, |out| {
+        write_data_file(&StdStorage, &path, |out| {
             encode_docs(out, 2, [(0u64, 3u64, 10u64, &x), (5, u64::MAX, 99, &y)].into_iter())
         })
         .expect("write");
-        let docs = decode_docs(&read_data_file(&path).expect("read")).expect("decode");
+        let docs = decode_docs(&read_data_file(&StdStorage, &path).expect("read")).expect("decode");
         assert_eq!(docs.len(), 2);
         assert_eq!((docs[1].slot, docs[1].offset, docs[1].doc.id()), (5, 99, "y"));
         assert_eq!((docs[0].node, docs[0].doc.text()), (3, "hello"));
@@ -287,10 +295,10 @@ mod tests {
 
         let mut bytes = fs::read(&path).expect("raw");
         bytes[20] ^= 0xff;
-        assert!(verify_data_file(&path).is_ok());
+        assert!(verify_data_file(&StdStorage, &path).is_ok());
         fs::write(&path, bytes).expect("corrupt");
-        assert!(read_data_file(&path).is_err());
-        assert!(verify_data_file(&path).is_err());
+        assert!(read_data_file(&StdStorage, &path).is_err());
+        assert!(verify_data_file(&StdStorage, &path).is_err());
     }
 
     #[test]
@@ -298,14 +306,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("snap-1-10.vectors");
         let values: Vec<f32> = (0..1000).map(|i| (i as f32).sin()).collect();
-        write_data_file(&path, |out| encode_f32s(out, &values)).expect("write");
-        assert_eq!(read_f32_file(&path).expect("read"), values);
+        write_data_file(&StdStorage, &path, |out| encode_f32s(out, &values)).expect("write");
+        assert_eq!(read_f32_file(&StdStorage, &path).expect("read"), values);
         let mut bytes = fs::read(&path).expect("raw");
         bytes[1234] ^= 0x01;
         fs::write(&path, &bytes).expect("corrupt");
-        let err = read_f32_file(&path).expect_err("checksum");
+        let err = read_f32_file(&StdStorage, &path).expect_err("checksum");
         assert!(err.to_string().contains("checksum"), "{err}");
         fs::write(&path, &bytes[..bytes.len() - 3]).expect("truncate");
-        assert!(read_f32_file(&path).is_err());
+        assert!(read_f32_file(&StdStorage, &path).is_err());
     }
 }

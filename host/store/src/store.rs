@@ -31,6 +31,7 @@ use crate::doclog::{self, DocLog, LogError, Record};
 use crate::fsutil;
 use crate::packed::{IdIndex, PackedDoc};
 use crate::snapshot::{self, Manifest};
+use crate::storage::OpenMode;
 use crate::tenant::StoreDir;
 use crate::vectors::{self, Graph, Neighbor, Vectors};
 use tvs_guest_core::filter::{Filter, FilterError};
@@ -301,8 +302,8 @@ impl TenantStore {
             std::fs::create_dir_all(parent).map_err(io_err)?;
         }
         dir.initialise(config).map_err(io_err)?;
-        drop(DocLog::create(&dir.docs_log(), 1)?);
-        fsutil::sync_dir(dir.root()).map_err(io_err)?;
+        drop(DocLog::create(dir.storage(), &dir.docs_log(), 1)?);
+        dir.storage().sync_dir(dir.root()).map_err(io_err)?;
         Self::open(dir)
     }
 
@@ -346,10 +347,10 @@ impl TenantStore {
         Self::check_dir(dir)?;
         let config = dir.read_config().map_err(io_err)?;
 
-        let (log_generation, log_len) = DocLog::read_generation(&dir.docs_log())?;
+        let (log_generation, log_len) = DocLog::read_generation(dir.storage(), &dir.docs_log())?;
         let mut loader = Loader::new(&config);
         let mut replay_from = None;
-        match snapshot::read_manifest(&dir.vector_store()) {
+        match snapshot::read_manifest(dir.storage(), &dir.vector_store()) {
             Ok(Some(manifest)) if manifest.log_generation == log_generation && manifest.log_offset <= log_len => {
                 match loader.load_snapshot(dir, &manifest) {
                     Ok(()) => replay_from = Some(manifest.log_offset),
@@ -365,7 +366,7 @@ impl TenantStore {
             }
         }
         let snapshot_at = replay_from.map(|offset| (log_generation, offset, 0));
-        let (log, report) = DocLog::open(&dir.docs_log(), replay_from, |offset, record| {
+        let (log, report) = DocLog::open(dir.storage(), &dir.docs_log(), replay_from, |offset, record| {
             loader.apply(offset, record)
         })?;
         if report.records > 0 || report.torn_bytes > 0 {
@@ -750,11 +751,12 @@ impl TenantStore {
         let (generation, offset) = (state.log.generation(), state.log.end());
         // The snapshot must never run ahead of what the log has made durable.
         state.log.sync_to(offset)?;
+        let storage = self.dir.storage();
         let dir = self.dir.vector_store();
         let stem = format!("snap-{generation}-{offset}-{}", uuid::Uuid::new_v4().simple());
         let docs_file = format!("{stem}.docs");
         let live = state.docs.len() as u64;
-        snapshot::write_data_file(&dir.join(&docs_file), |out| {
+        snapshot::write_data_file(storage, &dir.join(&docs_file), |out| {
             snapshot::encode_docs(
                 out,
                 live,
@@ -775,7 +777,7 @@ impl TenantStore {
                     graph
                         .save_to_buffer(&mut bytes)
                         .map_err(|e| StoreError::Snapshot(io::Error::other(e.to_string())))?;
-                    snapshot::write_data_file(&dir.join(&file), |out| out.write_all(&bytes))
+                    snapshot::write_data_file(storage, &dir.join(&file), |out| out.write_all(&bytes))
                         .map_err(StoreError::Snapshot)?;
                     ("usearch", file)
                 }
@@ -783,14 +785,14 @@ impl TenantStore {
                     let file = format!("{stem}.vectors");
                     let rows = state.docs.entries.len() * self.config.dims;
                     let slab = slab.unwrap_or(&[]);
-                    snapshot::write_data_file(&dir.join(&file), |out| {
+                    snapshot::write_data_file(storage, &dir.join(&file), |out| {
                         snapshot::encode_f32s(out, &slab[..rows.min(slab.len())])
                     })
                     .map_err(StoreError::Snapshot)?;
                     ("vectors", file)
                 }
             };
-        fsutil::sync_dir(&dir).map_err(StoreError::Snapshot)?;
+        storage.sync_dir(&dir).map_err(StoreError::Snapshot)?;
         let manifest = Manifest {
             format: "tvs-snapshot".into(),
             version: 1,
@@ -802,7 +804,7 @@ impl TenantStore {
             next_node,
             documents: live,
         };
-        snapshot::commit_manifest(&dir, &manifest).map_err(StoreError::Snapshot)?;
+        snapshot::commit_manifest(storage, &dir, &manifest).map_err(StoreError::Snapshot)?;
         Ok(manifest)
     }
 
@@ -829,7 +831,7 @@ impl TenantStore {
             .collect();
         live.sort_unstable();
         let mut new_offsets = Vec::with_capacity(live.len());
-        let new_log = DocLog::replace(old.path(), old.generation() + 1, |out| {
+        let new_log = DocLog::replace(self.dir.storage(), old.path(), old.generation() + 1, |out| {
             let mut line = Vec::new();
             let mut pos = doclog::header_line(old.generation() + 1).len() as u64;
             for (offset, slot) in &live {
@@ -1085,13 +1087,14 @@ impl Loader {
 
     fn load_snapshot(&mut self, dir: &StoreDir, manifest: &Manifest) -> io::Result<()> {
         let dims = self.config.dims;
+        let storage = dir.storage();
         let vs = dir.vector_store();
-        let snap_docs = snapshot::decode_docs(&snapshot::read_data_file(&vs.join(&manifest.docs_file))?)?;
+        let snap_docs = snapshot::decode_docs(&snapshot::read_data_file(storage, &vs.join(&manifest.docs_file))?)?;
         let vectors_path = vs.join(&manifest.vectors_file);
         let vectors = match manifest.vectors_kind.as_str() {
             "vectors" => {
                 let mut v = Vectors::exact(dims, self.config.metric);
-                v.set_slab(snapshot::read_f32_file(&vectors_path)?);
+                v.set_slab(snapshot::read_f32_file(storage, &vectors_path)?);
                 v
             }
             "usearch" => {
@@ -1100,10 +1103,10 @@ impl Loader {
                 // is checked by streaming: no second in-memory copy of the graph.
                 match vectors_path.to_str() {
                     Some(path) => {
-                        snapshot::verify_data_file(&vectors_path)?;
+                        snapshot::verify_data_file(storage, &vectors_path)?;
                         index.load(path)
                     }
-                    None => index.load_from_buffer(&snapshot::read_data_file(&vectors_path)?),
+                    None => index.load_from_buffer(&snapshot::read_data_file(storage, &vectors_path)?),
                 }
                 .map_err(|e| io::Error::other(e.to_string()))?;
                 if index.dimensions() != dims {
@@ -1126,10 +1129,10 @@ impl Loader {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 let mut vectors = Vectors::with_graph(dims, self.config.metric, graph);
                 // Vectors the indexer had not added yet are read back from their log records.
-                let log = fsutil::open_read(&dir.docs_log())?;
+                let log = storage.open(&dir.docs_log(), OpenMode::Read)?;
                 let mut line = Vec::new();
                 for doc in snap_docs.iter().filter(|d| d.node == vectors::NONE) {
-                    doclog::read_line_at(&log, doc.offset, &mut line)?;
+                    doclog::read_line_at(&*log, doc.offset, &mut line)?;
                     match serde_json::from_slice(&line) {
                         Ok(Record::Upsert { id, vector, .. }) if id == doc.doc.id() && vector.len() == dims => {
                             vectors.restore_pending(doc.slot, &vector);

@@ -11,9 +11,11 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::StoreConfig;
 use crate::fsutil;
+use crate::storage::{self, StdStorage, Storage};
 
 /// The rule every tenant id must satisfy, quoted in errors.
 pub const TENANT_ID_RULE: &str = "a tenant id is 1 to 64 characters from A-Z a-z 0-9 _ -, \
@@ -65,10 +67,12 @@ impl fmt::Debug for TenantId {
     }
 }
 
-/// The files of one store: a tenant's directory, or the legacy single-tenant folder.
+/// The files of one store: a tenant's directory, or the legacy single-tenant folder, and the
+/// [`Storage`] every file operation on them goes through.
 #[derive(Debug, Clone)]
 pub struct StoreDir {
     root: PathBuf,
+    storage: Arc<dyn Storage>,
 }
 
 /// Name of the document log inside a store directory.
@@ -83,8 +87,21 @@ pub const CONFIG_FILE: &str = "user_config.json";
 pub const LOCK_FILE: &str = ".lock";
 
 impl StoreDir {
+    /// The directory at `root`, on the real file system.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self::with_storage(root, StdStorage::shared())
+    }
+
+    /// The directory at `root`, reached through `storage` (tests record or fail operations).
+    pub fn with_storage(root: impl Into<PathBuf>, storage: Arc<dyn Storage>) -> Self {
+        Self {
+            root: root.into(),
+            storage,
+        }
+    }
+
+    pub fn storage(&self) -> &dyn Storage {
+        &*self.storage
     }
 
     pub fn root(&self) -> &Path {
@@ -122,16 +139,17 @@ impl StoreDir {
     /// caller creates the log next and then fsyncs `self.root`, which makes the subdirectory
     /// entries durable too; fsyncing it here as well would cost a sixth fsync per tenant.
     pub fn initialise(&self, config: &StoreConfig) -> io::Result<()> {
-        fsutil::create_real_dir(&self.root)?;
-        fsutil::create_real_dir(&self.vector_store())?;
-        fsutil::create_real_dir(&self.config_dir())?;
+        let storage = self.storage();
+        storage::create_real_dir(storage, &self.root)?;
+        storage::create_real_dir(storage, &self.vector_store())?;
+        storage::create_real_dir(storage, &self.config_dir())?;
         let json = serde_json::to_vec_pretty(config).map_err(io::Error::other)?;
-        fsutil::write_atomic(&self.config_dir(), CONFIG_FILE, &json)
+        storage::write_atomic(storage, &self.config_dir(), CONFIG_FILE, &json)
     }
 
     /// Reads and validates `config/user_config.json`.
     pub fn read_config(&self) -> io::Result<StoreConfig> {
-        let bytes = fsutil::read_all(&self.config_file())?;
+        let bytes = storage::read_all(self.storage(), &self.config_file())?;
         let mut config: StoreConfig = serde_json::from_slice(&bytes).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -176,6 +194,7 @@ pub enum TenantError {
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    storage: Arc<dyn Storage>,
 }
 
 /// A page of tenant ids, sorted.
@@ -189,6 +208,11 @@ pub struct TenantPage {
 impl DataDir {
     /// Opens (creating if needed) the data directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, TenantError> {
+        Self::open_with_storage(root, StdStorage::shared())
+    }
+
+    /// Opens the data directory, reaching every store in it through `storage`.
+    pub fn open_with_storage(root: impl Into<PathBuf>, storage: Arc<dyn Storage>) -> Result<Self, TenantError> {
         let root = root.into();
         let io_err = |source| TenantError::Io {
             path: root.clone(),
@@ -198,7 +222,7 @@ impl DataDir {
         // The root itself is chosen by the operator and may be a symlink; everything below it
         // is checked.
         let root = root.canonicalize().map_err(io_err)?;
-        Ok(Self { root })
+        Ok(Self { root, storage })
     }
 
     pub fn root(&self) -> &Path {
@@ -207,7 +231,7 @@ impl DataDir {
 
     /// The directory of a tenant; built only from a validated id.
     pub fn store_dir(&self, id: &TenantId) -> StoreDir {
-        StoreDir::new(self.root.join(id.as_str()))
+        StoreDir::with_storage(self.root.join(id.as_str()), self.storage.clone())
     }
 
     fn io_err(&self, source: io::Error) -> TenantError {
@@ -225,26 +249,30 @@ impl DataDir {
         if fs::symlink_metadata(final_dir.root()).is_ok() {
             return Err(TenantError::AlreadyExists(id.clone()));
         }
-        let tmp = StoreDir::new(
+        let storage = &*self.storage;
+        let tmp = StoreDir::with_storage(
             self.root
                 .join(format!(".creating-{id}-{}", uuid::Uuid::new_v4().simple())),
+            self.storage.clone(),
         );
         let built = tmp.initialise(config).and_then(|()| {
-            crate::doclog::DocLog::create(&tmp.docs_log(), 1).map_err(io::Error::other)?;
-            fsutil::sync_dir(tmp.root())
+            crate::doclog::DocLog::create(storage, &tmp.docs_log(), 1).map_err(io::Error::other)?;
+            storage.sync_dir(tmp.root())
         });
         if let Err(e) = built {
-            let _ = fs::remove_dir_all(tmp.root());
+            let _ = storage.remove_dir_all(tmp.root());
             return Err(self.io_err(e));
         }
         // rename(2) would replace an empty directory that appeared meanwhile; renameat2's
         // RENAME_NOREPLACE is not in std, so re-check and accept that tiny window.
         if fs::symlink_metadata(final_dir.root()).is_ok() {
-            let _ = fs::remove_dir_all(tmp.root());
+            let _ = storage.remove_dir_all(tmp.root());
             return Err(TenantError::AlreadyExists(id.clone()));
         }
-        fs::rename(tmp.root(), final_dir.root()).map_err(|e| self.io_err(e))?;
-        fsutil::sync_dir(&self.root).map_err(|e| self.io_err(e))?;
+        storage
+            .rename(tmp.root(), final_dir.root())
+            .map_err(|e| self.io_err(e))?;
+        storage.sync_dir(&self.root).map_err(|e| self.io_err(e))?;
         Ok(final_dir)
     }
 
@@ -292,7 +320,7 @@ impl DataDir {
             Err(e) => return Err(self.io_err(e)),
             Ok(meta) if meta.file_type().is_symlink() => {
                 // A planted symlink is removed as a link; its target is never touched.
-                fs::remove_file(dir.root()).map_err(|e| self.io_err(e))?;
+                self.storage.remove_file(dir.root()).map_err(|e| self.io_err(e))?;
                 return Ok(());
             }
             Ok(_) => {}
@@ -308,10 +336,10 @@ impl DataDir {
         let trash = self
             .root
             .join(format!(".deleting-{id}-{}", uuid::Uuid::new_v4().simple()));
-        fs::rename(dir.root(), &trash).map_err(|e| self.io_err(e))?;
+        self.storage.rename(dir.root(), &trash).map_err(|e| self.io_err(e))?;
         drop(lock);
-        fsutil::sync_dir(&self.root).map_err(|e| self.io_err(e))?;
-        fs::remove_dir_all(&trash).map_err(|e| self.io_err(e))?;
+        self.storage.sync_dir(&self.root).map_err(|e| self.io_err(e))?;
+        self.storage.remove_dir_all(&trash).map_err(|e| self.io_err(e))?;
         Ok(())
     }
 }
