@@ -2,6 +2,8 @@
 //! Every test works in its own temp directory, with real files and real usearch indexes.
 
 mod cli;
+mod crash_images;
+mod disk_model;
 mod durability;
 mod embeddings;
 mod guests;
