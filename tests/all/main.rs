@@ -6,6 +6,7 @@ mod crash_images;
 mod disk_model;
 mod durability;
 mod embeddings;
+mod faults;
 mod guests;
 mod http;
 mod langchain;

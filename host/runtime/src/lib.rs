@@ -22,6 +22,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use tvs_guest_core::filter::Filter;
+use tvs_store::doclog::LogError;
 use tvs_store::store::{self as tenant_store, StoreError, TenantStore};
 
 /// Bindings of `wit/` (world `guest`), generated once here.
@@ -368,6 +369,17 @@ fn to_wit(error: StoreError) -> Error {
         }
         StoreError::QuotaExceeded { limit } => Error::QuotaExceeded(limit),
         StoreError::Deleted => Error::TenantDeleted,
+        // Said plainly, without paths: the client can act on these (wait, retry, tell the operator).
+        StoreError::Log(LogError::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::StorageFull => {
+            tracing::error!(error = ?error, "disk full");
+            Error::Internal("the server's disk is full; the write was not stored".into())
+        }
+        StoreError::Log(LogError::Poisoned { .. }) => {
+            tracing::error!(error = ?error, "write to a poisoned log");
+            Error::Internal(
+                "an earlier write of this tenant could not be made durable; retry, and the tenant is reopened from what its log holds".into(),
+            )
+        }
         other => {
             tracing::error!(error = ?other, "store error during a guest call");
             Error::Internal("the store could not complete the operation".into())

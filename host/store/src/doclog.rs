@@ -444,7 +444,12 @@ impl DocLog {
         self.written.load(Ordering::Acquire)
     }
 
-    fn check_poison(&self) -> Result<(), LogError> {
+    /// Whether an fsync failed, so that no write is trusted to this log until it is reopened.
+    pub fn is_poisoned(&self) -> bool {
+        self.check_poison().is_err()
+    }
+
+    pub(crate) fn check_poison(&self) -> Result<(), LogError> {
         let state = self.sync.lock().unwrap_or_else(|p| p.into_inner());
         match &state.failed {
             Some(reason) => Err(LogError::Poisoned {

@@ -137,6 +137,14 @@ impl Pool {
                 return Err(OpenError::NotFound(self.data.store_dir(tenant).root().to_owned()));
             }
             if let Some(slot) = inner.lru.get_mut(tenant) {
+                if slot.store.is_poisoned() {
+                    // A failed fsync: reopen from the log rather than refuse writes until the
+                    // entry expires. The old store refuses every write, so it is no second writer.
+                    let slot = inner.lru.pop(tenant).expect("present");
+                    tracing::warn!(tenant = %tenant, "reopening a store whose log failed to sync");
+                    drop(slot);
+                    break;
+                }
                 if slot.last_used.elapsed() < self.config.ttl {
                     slot.last_used = Instant::now();
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -154,7 +162,10 @@ impl Pool {
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let (revived, held_lock) = match inner.alive.get(tenant) {
-            Some((weak, lock)) => (weak.upgrade().filter(|s| !s.is_deleted()), Some(lock.clone())),
+            Some((weak, lock)) => (
+                weak.upgrade().filter(|s| !s.is_deleted() && !s.is_poisoned()),
+                Some(lock.clone()),
+            ),
             None => (None, None),
         };
         let store = match revived {

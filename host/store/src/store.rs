@@ -414,7 +414,15 @@ impl TenantStore {
         if state.deleted {
             return Err(StoreError::Deleted);
         }
+        // Compaction too: it would copy records the disk may not hold.
+        state.log.check_poison()?;
         Ok(())
+    }
+
+    /// Whether an fsync of the log failed: the store refuses writes until it is reopened, and
+    /// the pool reopens it on the next request (replaying what the disk really holds).
+    pub fn is_poisoned(&self) -> bool {
+        self.read().log.is_poisoned()
     }
 
     /// Checks a vector against the store: dims, finite components, non-zero for cosine.
