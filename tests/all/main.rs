@@ -10,6 +10,7 @@ mod faults;
 mod guests;
 mod http;
 mod langchain;
+mod model_based;
 mod pool;
 mod store;
 mod support;
