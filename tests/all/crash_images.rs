@@ -272,6 +272,13 @@ fn expected<'s>(initial: &Tenants, steps: &'s [Step], applied: usize) -> (Tenant
 
 fn check_image(root: &Path, acked: &Tenants, running: Option<&Step>) -> Result<(), String> {
     let data = DataDir::open(root).map_err(|e| format!("data dir: {e}"))?;
+    // An interrupted deletion leaves its renamed tenant behind; opening the data dir removes it.
+    for entry in std::fs::read_dir(root).map_err(|e| e.to_string())? {
+        let name = entry.map_err(|e| e.to_string())?.file_name();
+        if name.to_string_lossy().starts_with(".deleting-") {
+            return Err(format!("{name:?} was left behind"));
+        }
+    }
     let running_change = running.map_or(&Change::Nothing, |s| &s.change);
     let mut names: BTreeSet<String> = acked.keys().cloned().collect();
     if let Change::CreateTenant(name) = running_change {

@@ -222,7 +222,37 @@ impl DataDir {
         // The root itself is chosen by the operator and may be a symlink; everything below it
         // is checked.
         let root = root.canonicalize().map_err(io_err)?;
-        Ok(Self { root, storage })
+        let data = Self { root, storage };
+        data.remove_leftovers();
+        Ok(data)
+    }
+
+    /// Removes what a crash in the middle of a tenant deletion or creation left behind: a
+    /// deleted tenant renamed to `.deleting-*` (never read again), and a `.creating-*` directory
+    /// older than an hour (a creation in progress in another process is younger).
+    fn remove_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let stale = name.starts_with(".deleting-")
+                || (name.starts_with(".creating-")
+                    && entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(3600))));
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if stale && is_dir {
+                match self.storage.remove_dir_all(&entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(dir = %entry.path().display(), "removed what an interrupted tenant deletion or creation left")
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove a leftover directory")
+                    }
+                }
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
