@@ -14,6 +14,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("HANDLER", "guest/handler", "tvs_guest_handler"),
     ("HOSTILE", "tests/guests/hostile", "tvs_test_guest_hostile"),
     ("BAD_IMPORT", "tests/guests/bad-import", "tvs_test_guest_bad_import"),
+    ("PLUGIN_PROBE", "tests/plugins/probe", "tvs_test_plugin_probe"),
 ];
 
 fn main() {
@@ -22,7 +23,7 @@ fn main() {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     check_target_installed();
 
-    for dir in ["wit", "guest/core/src", "guest/core/Cargo.toml"] {
+    for dir in ["wit", "wit/plugin", "guest/core/src", "guest/core/Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let target_dir = out_dir.join("guest-target");

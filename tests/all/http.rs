@@ -11,16 +11,16 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-const ADMIN: &str = "test-admin-key";
+pub(crate) const ADMIN: &str = "test-admin-key";
 
 /// A `tvs serve` child; killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Server {
-    fn start(data: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start(data: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         // Fetched once here, so servers started side by side do not each download it.
         crate::support::local_model();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tvs"));
@@ -68,23 +68,36 @@ impl Drop for Server {
 
 /// One HTTP/1.1 request with `Connection: close`; returns the status and the JSON body (or
 /// `Value::String` of the body when it is not JSON).
-fn call(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
+pub(crate) fn call(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> (u16, Value) {
     let body = body.unwrap_or("");
-    let mut request = format!(
+    let content_type = (!body.is_empty()).then_some("application/json");
+    request(addr, method, path, key, content_type, body.as_bytes())
+}
+
+/// One HTTP/1.1 request with any body and content type.
+pub(crate) fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: tvs\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if !body.is_empty() {
-        request.push_str("Content-Type: application/json\r\n");
+    if let Some(content_type) = content_type {
+        head.push_str(&format!("Content-Type: {content_type}\r\n"));
     }
     if let Some(key) = key {
-        request.push_str(&format!("Authorization: Bearer {key}\r\n"));
+        head.push_str(&format!("Authorization: Bearer {key}\r\n"));
     }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).expect("send head");
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("send head");
     // A server may answer (413) before reading a big body; a failed body write is fine then.
-    let _ = stream.write_all(body.as_bytes());
+    let _ = stream.write_all(body);
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");
     let text = String::from_utf8_lossy(&raw);
@@ -110,7 +123,7 @@ fn post_raw(addr: SocketAddr, path: &str, key: &str, body: &str) -> Option<Strin
     Some(raw)
 }
 
-fn create_tenant(addr: SocketAddr, id: &str, dims: usize) -> String {
+pub(crate) fn create_tenant(addr: SocketAddr, id: &str, dims: usize) -> String {
     let (status, body) = call(
         addr,
         "POST",
@@ -122,7 +135,7 @@ fn create_tenant(addr: SocketAddr, id: &str, dims: usize) -> String {
     body["api_key"].as_str().expect("key").to_owned()
 }
 
-fn ingest(addr: SocketAddr, key: &str, docs: Value) -> (u16, Value) {
+pub(crate) fn ingest(addr: SocketAddr, key: &str, docs: Value) -> (u16, Value) {
     call(
         addr,
         "POST",

@@ -11,6 +11,7 @@ mod guests;
 mod http;
 mod langchain;
 mod model_based;
+mod plugins;
 mod pool;
 mod store;
 mod support;

@@ -51,6 +51,14 @@ enum Command {
     Model(ModelCommand),
     /// Print a store's document count, dims, index kind and sizes as JSON
     Stats(TargetArgs),
+    /// Internal: compile an uploaded plugin in this child process, under resource limits
+    #[command(hide = true)]
+    PluginCompile {
+        input: PathBuf,
+        output: PathBuf,
+        /// The plugin limits as JSON (the engine must match the server's).
+        limits: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +271,11 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Search(args) => search(&settings, args),
         Command::Model(cmd) => model_command(cmd),
         Command::ImportLangchain(args) => import_langchain(&settings, args),
+        Command::PluginCompile { input, output, limits } => {
+            crate::limit_compiler_resources();
+            tvs_runtime::plugins::compile_child(&input, &output, &limits).map_err(anyhow::Error::msg)?;
+            Ok(Outcome::Done)
+        }
         Command::Stats(target) => {
             let store = open_target(&settings, &target)?;
             print_json(&store.info())?;
@@ -322,7 +335,15 @@ fn serve(settings: Settings, args: ServeArgs, file: &ServeFile) -> Result<Outcom
             .clamp(1, limits.max_instances as usize),
         ..defaults
     };
-    let app = Arc::new(tvs_server::http::App::new(pool, runtime, keys, settings, server_limits));
+    // Uploads are compiled by this same binary in a child process under resource limits.
+    let compiler = tvs_runtime::plugins::Compiler::Subprocess {
+        program: std::env::current_exe().context("finding this binary to compile plugins with")?,
+    };
+    let plugins = tvs_runtime::plugins::Plugins::new(tvs_runtime::plugins::PluginLimits::default(), compiler)
+        .context("starting the plugin runtime")?;
+    let app = Arc::new(
+        tvs_server::http::App::new(pool, runtime, keys, settings, server_limits).with_plugins(Arc::new(plugins)),
+    );
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,6 +3,7 @@
 
 mod cli;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -21,6 +22,30 @@ fn one_inference_thread_per_request() {
         #[allow(unsafe_code)]
         unsafe {
             std::env::set_var("RAYON_NUM_THREADS", "1");
+        }
+    }
+}
+
+/// Limits of the child that compiles an uploaded plugin: CPU seconds and address space. A
+/// compile bomb then kills this child (SIGXCPU, SIGKILL, or an allocation failure), and the
+/// server's upload answers with an error; the server's own wall-clock timeout covers the rest.
+pub(crate) fn limit_compiler_resources() {
+    const CPU_SECONDS: u64 = 60;
+    const ADDRESS_SPACE: u64 = 4 << 30;
+    for (resource, limit) in [(libc::RLIMIT_CPU, CPU_SECONDS), (libc::RLIMIT_AS, ADDRESS_SPACE)] {
+        let rlimit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: setrlimit only reads the struct passed by reference, which lives across the
+        // call; lowering this process's own limits cannot break memory safety.
+        #[allow(unsafe_code)]
+        let failed = unsafe { libc::setrlimit(resource, &rlimit) } != 0;
+        if failed {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: cannot limit the plugin compiler's resources"
+            );
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - Guests get a WASI context with nothing in it: no preopened directories, no environment,
 //!   no sockets, no arguments.
 
+pub mod plugins;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +35,8 @@ pub mod bindings {
     });
 }
 
-pub use bindings::exports::tvs::store::handler::{
-    Chunking, IngestDocument, IngestRequest, IngestResponse, Mmr, SearchRequest,
-};
+pub use bindings::exports::tvs::store::handler::{Chunking, IngestRequest, IngestResponse, Mmr, SearchRequest};
+pub use bindings::tvs::store::types::IngestDocument;
 use bindings::tvs::store::types::{self as wit, Error, NewDocument};
 pub use bindings::tvs::store::types::{CollectionInfo, Document, Hit, Metric as GuestMetric};
 
@@ -411,8 +412,12 @@ fn metadata_json(map: &serde_json::Map<String, serde_json::Value>) -> String {
 
 impl wit::Host for GuestState {}
 
-impl bindings::tvs::store::collection::Host for GuestState {
-    fn upsert(&mut self, documents: Vec<NewDocument>) -> Result<Vec<String>, Error> {
+/// What `collection`, `collection-read` and `embedder` do for a tenant, shared by the built-in
+/// guests and tenant plugins (whose bindings add caps around these calls).
+pub(crate) mod tenant_calls {
+    use super::*;
+
+    pub fn upsert(store: &TenantStore, documents: Vec<NewDocument>) -> Result<Vec<String>, Error> {
         let docs = documents
             .into_iter()
             .enumerate()
@@ -425,21 +430,20 @@ impl bindings::tvs::store::collection::Host for GuestState {
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        self.store.upsert(docs).map_err(to_wit)
+        store.upsert(docs).map_err(to_wit)
     }
 
-    fn delete(&mut self, ids: Vec<String>) -> Result<u64, Error> {
-        self.store.delete(&ids).map_err(to_wit)
+    pub fn delete(store: &TenantStore, ids: Vec<String>) -> Result<u64, Error> {
+        store.delete(&ids).map_err(to_wit)
     }
 
-    fn delete_where(&mut self, filter: String) -> Result<u64, Error> {
+    pub fn delete_where(store: &TenantStore, filter: String) -> Result<u64, Error> {
         let filter = parse_filter(&filter)?;
-        self.store.delete_where(&filter).map_err(to_wit)
+        store.delete_where(&filter).map_err(to_wit)
     }
 
-    fn get(&mut self, ids: Vec<String>, include_vectors: bool) -> Result<Vec<Document>, Error> {
-        Ok(self
-            .store
+    pub fn get(store: &TenantStore, ids: Vec<String>, include_vectors: bool) -> Result<Vec<Document>, Error> {
+        Ok(store
             .get(&ids, include_vectors)
             .into_iter()
             .map(|d| Document {
@@ -451,8 +455,8 @@ impl bindings::tvs::store::collection::Host for GuestState {
             .collect())
     }
 
-    fn search(
-        &mut self,
+    pub fn search(
+        store: &TenantStore,
         vector: Vec<f32>,
         k: u32,
         filter: Option<String>,
@@ -466,8 +470,7 @@ impl bindings::tvs::store::collection::Host for GuestState {
             mmr: None,
             include_vectors,
         };
-        Ok(self
-            .store
+        Ok(store
             .search(&query)
             .map_err(to_wit)?
             .into_iter()
@@ -482,14 +485,10 @@ impl bindings::tvs::store::collection::Host for GuestState {
             .collect())
     }
 
-    fn count(&mut self) -> u64 {
-        self.store.count()
-    }
-
-    fn info(&mut self) -> CollectionInfo {
-        let config = self.store.config();
+    pub fn info(store: &TenantStore) -> CollectionInfo {
+        let config = store.config();
         CollectionInfo {
-            count: self.store.count(),
+            count: store.count(),
             dims: config.dims as u32,
             metric: match config.metric {
                 tvs_store::config::Metric::Cos => wit::Metric::Cos,
@@ -497,22 +496,20 @@ impl bindings::tvs::store::collection::Host for GuestState {
                 tvs_store::config::Metric::L2 => wit::Metric::L2,
             },
             embedding_model: config.embedding_model.clone(),
-            bytes: self.store.memory_bytes(),
+            bytes: store.memory_bytes(),
         }
     }
-}
 
-impl bindings::tvs::store::embedder::Host for GuestState {
-    fn model(&mut self) -> (String, u32) {
-        let config = self.store.config();
+    pub fn model(store: &TenantStore) -> (String, u32) {
+        let config = store.config();
         match config.embedding_model.as_str() {
             "none" => ("none".into(), 0),
             model => (model.to_owned(), config.dims as u32),
         }
     }
 
-    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
-        let config = self.store.config();
+    pub fn embed(store: &TenantStore, texts: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
+        let config = store.config();
         let embedder = tvs_embed::embedder_for(&config.embedding_model).map_err(|e| match e {
             tvs_embed::EmbedError::NoModel => Error::NoEmbedder,
             other => Error::Internal(other.to_string()),
@@ -521,5 +518,51 @@ impl bindings::tvs::store::embedder::Host for GuestState {
             tracing::warn!(error = %e, "embedding failed");
             Error::Internal(e.to_string())
         })
+    }
+}
+
+impl bindings::tvs::store::collection::Host for GuestState {
+    fn upsert(&mut self, documents: Vec<NewDocument>) -> Result<Vec<String>, Error> {
+        tenant_calls::upsert(&self.store, documents)
+    }
+
+    fn delete(&mut self, ids: Vec<String>) -> Result<u64, Error> {
+        tenant_calls::delete(&self.store, ids)
+    }
+
+    fn delete_where(&mut self, filter: String) -> Result<u64, Error> {
+        tenant_calls::delete_where(&self.store, filter)
+    }
+
+    fn get(&mut self, ids: Vec<String>, include_vectors: bool) -> Result<Vec<Document>, Error> {
+        tenant_calls::get(&self.store, ids, include_vectors)
+    }
+
+    fn search(
+        &mut self,
+        vector: Vec<f32>,
+        k: u32,
+        filter: Option<String>,
+        include_vectors: bool,
+    ) -> Result<Vec<Hit>, Error> {
+        tenant_calls::search(&self.store, vector, k, filter, include_vectors)
+    }
+
+    fn count(&mut self) -> u64 {
+        self.store.count()
+    }
+
+    fn info(&mut self) -> CollectionInfo {
+        tenant_calls::info(&self.store)
+    }
+}
+
+impl bindings::tvs::store::embedder::Host for GuestState {
+    fn model(&mut self) -> (String, u32) {
+        tenant_calls::model(&self.store)
+    }
+
+    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
+        tenant_calls::embed(&self.store, texts)
     }
 }

@@ -65,6 +65,8 @@ pub struct App {
     pub keys: Keys,
     pub settings: Settings,
     pub limits: ServerLimits,
+    /// Tenant plugins; `None` in embedded uses that do not offer them (their routes answer 503).
+    pub plugins: Option<Arc<tvs_runtime::plugins::Plugins>>,
     metrics: Metrics,
     in_flight: tokio::sync::Semaphore,
 }
@@ -79,7 +81,14 @@ impl App {
             metrics: Metrics::default(),
             in_flight: tokio::sync::Semaphore::new(limits.max_in_flight.max(1)),
             limits,
+            plugins: None,
         }
+    }
+
+    /// Offers tenant plugins (`/v1/plugins`, `/v1/fn`).
+    pub fn with_plugins(mut self, plugins: Arc<tvs_runtime::plugins::Plugins>) -> Self {
+        self.plugins = Some(plugins);
+        self
     }
 }
 
@@ -92,20 +101,20 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
             message: message.into(),
         }
     }
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
-    fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
-    fn internal() -> Self {
+    pub(crate) fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -130,7 +139,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn from_json_rejection(rejection: JsonRejection) -> ApiError {
+pub(crate) fn from_json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -219,7 +228,7 @@ fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn tenant_of(app: &App, headers: &HeaderMap) -> Result<TenantId, ApiError> {
+pub(crate) fn tenant_of(app: &App, headers: &HeaderMap) -> Result<TenantId, ApiError> {
     app.keys.tenant_of(bearer(headers)?).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -258,7 +267,7 @@ fn checked_filter(filter: Option<&Value>) -> Result<Option<String>, ApiError> {
 
 /// Runs `work` with the store of an authenticated tenant, on the blocking pool under the
 /// request timeout.
-async fn with_store<T: Send + 'static>(
+pub(crate) async fn with_store<T: Send + 'static>(
     app: &Arc<App>,
     tenant: TenantId,
     work: impl FnOnce(&App, Arc<TenantStore>) -> Result<T, ApiError> + Send + 'static,
@@ -417,6 +426,58 @@ struct ChunkIn {
     overlap: u32,
 }
 
+impl From<DocumentIn> for IngestDocument {
+    fn from(d: DocumentIn) -> Self {
+        IngestDocument {
+            id: d.id,
+            text: d.text,
+            metadata: d.metadata.map(|m| Value::Object(m).to_string()),
+            vector: d.vector,
+        }
+    }
+}
+
+/// Documents in the request shape of `POST /v1/documents`.
+pub(crate) fn ingest_documents(value: Value) -> Result<Vec<IngestDocument>, ApiError> {
+    let documents: Vec<DocumentIn> =
+        serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("documents: {e}")))?;
+    Ok(documents.into_iter().map(IngestDocument::from).collect())
+}
+
+/// A document in the request shape of `POST /v1/documents`.
+pub(crate) fn ingest_document_json(doc: IngestDocument) -> Value {
+    let metadata: Option<Value> = doc.metadata.and_then(|m| serde_json::from_str(&m).ok());
+    json!({"id": doc.id, "text": doc.text, "metadata": metadata, "vector": doc.vector})
+}
+
+/// Hits in the response shape of `POST /v1/search`.
+pub(crate) fn hits_from_json(value: Value) -> Result<Vec<tvs_runtime::Hit>, ApiError> {
+    #[derive(Deserialize)]
+    struct HitIn {
+        id: String,
+        #[serde(default)]
+        score: f32,
+        #[serde(default)]
+        distance: f32,
+        #[serde(default)]
+        text: String,
+        #[serde(default)]
+        metadata: Map<String, Value>,
+    }
+    let hits: Vec<HitIn> = serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("hits: {e}")))?;
+    Ok(hits
+        .into_iter()
+        .map(|h| tvs_runtime::Hit {
+            id: h.id,
+            score: h.score,
+            distance: h.distance,
+            text: h.text,
+            metadata: Value::Object(h.metadata).to_string(),
+            vector: None,
+        })
+        .collect())
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpsertBody {
@@ -443,16 +504,7 @@ async fn upsert_documents(
         )));
     }
     let request = IngestRequest {
-        documents: body
-            .documents
-            .into_iter()
-            .map(|d| IngestDocument {
-                id: d.id,
-                text: d.text,
-                metadata: d.metadata.map(|m| Value::Object(m).to_string()),
-                vector: d.vector,
-            })
-            .collect(),
+        documents: body.documents.into_iter().map(IngestDocument::from).collect(),
         chunk: body.chunk.map(|c| Chunking {
             size: c.size,
             overlap: c.overlap,
@@ -468,7 +520,7 @@ async fn upsert_documents(
     .await
 }
 
-fn hit_json(hit: tvs_runtime::Hit) -> Value {
+pub(crate) fn hit_json(hit: tvs_runtime::Hit) -> Value {
     let metadata: Value = serde_json::from_str(&hit.metadata).unwrap_or_else(|_| json!({}));
     json!({"id": hit.id, "score": hit.score, "distance": hit.distance, "text": hit.text, "metadata": metadata})
 }
@@ -912,6 +964,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/search", post(search))
         .route("/v1/stats", get(stats))
         .route("/v1/embeddings", post(embeddings))
+        .merge(crate::plugin_routes::routes(&app))
         .route("/v1/admin/pool", get(pool_stats))
         .route("/v1/admin/pool/cleanup", post(pool_cleanup))
         .route("/healthz", get(healthz))

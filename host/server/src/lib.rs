@@ -7,3 +7,4 @@
 pub mod auth;
 pub mod http;
 pub mod metrics;
+mod plugin_routes;

@@ -1,0 +1,312 @@
+//! Tenant plugins through a real `tvs serve`: upload, call, list, roll back, delete; isolation
+//! between tenants; hostile plugins stopped with their own error codes while the server keeps
+//! answering searches; uploads that are not plugin components refused with the reason; a
+//! damaged compiled artifact compiled again. The probe plugin is `tests/plugins/probe`.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use tvs_runtime::guest_paths;
+
+use crate::http::{ADMIN, Server, call, create_tenant, ingest, request};
+
+fn probe() -> Vec<u8> {
+    std::fs::read(guest_paths::PLUGIN_PROBE).expect("the probe plugin was built")
+}
+
+fn upload(server: &Server, key: &str, name: &str, bytes: &[u8]) -> (u16, Value) {
+    request(
+        server.addr,
+        "PUT",
+        &format!("/v1/plugins/{name}"),
+        Some(key),
+        Some("application/wasm"),
+        bytes,
+    )
+}
+
+fn call_fn(server: &Server, key: &str, name: &str, body: Value) -> (u16, Value) {
+    call(
+        server.addr,
+        "POST",
+        &format!("/v1/fn/{name}"),
+        Some(key),
+        Some(&body.to_string()),
+    )
+}
+
+/// A tenant with three documents of 4 dimensions.
+fn tenant_with_documents(server: &Server, id: &str) -> String {
+    let key = create_tenant(server.addr, id, 4);
+    let docs = json!([
+        {"id": "north", "text": "n", "vector": [1.0, 0.0, 0.0, 0.0]},
+        {"id": "east", "text": "e", "vector": [0.0, 1.0, 0.0, 0.0]},
+        {"id": "up", "text": "u", "vector": [0.0, 0.0, 1.0, 0.0]},
+    ]);
+    let (status, body) = ingest(server.addr, &key, docs);
+    assert_eq!(status, 200, "{body}");
+    key
+}
+
+fn searches_still_work(server: &Server, key: &str) {
+    let (status, body) = call(
+        server.addr,
+        "POST",
+        "/v1/search",
+        Some(key),
+        Some(r#"{"vector": [1, 0, 0, 0], "top_k": 1}"#),
+    );
+    assert_eq!((status, body["hits"][0]["id"].as_str()), (200, Some("north")), "{body}");
+}
+
+#[test]
+fn a_tenant_uploads_calls_lists_rolls_back_and_deletes_a_function_plugin() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path(), &[], &[]);
+    let alice = tenant_with_documents(&server, "alice");
+    let bob = tenant_with_documents(&server, "bob");
+
+    let (status, v1) = upload(&server, &alice, "probe", &probe());
+    assert_eq!(status, 201, "{v1}");
+    assert_eq!(
+        (v1["version"].as_u64(), v1["kind"].as_str()),
+        (Some(1), Some("function"))
+    );
+    assert_eq!(v1["sha256"].as_str().map(str::len), Some(64));
+    let imports: Vec<&str> = v1["imports"]
+        .as_array()
+        .expect("imports")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(imports.contains(&"tvs:store/collection@0.1.0"), "{imports:?}");
+    assert!(v1["exports"].as_array().expect("exports").contains(&json!("handle")));
+
+    // The plugin sees its tenant's collection: three documents, the nearest first.
+    assert_eq!(
+        call_fn(&server, &alice, "probe", json!({"op": "count"})),
+        (200, json!({"count": 3}))
+    );
+    let (status, found) = call_fn(
+        &server,
+        &alice,
+        "probe",
+        json!({"op": "search", "vector": [0, 1, 0, 0], "k": 2}),
+    );
+    assert_eq!((status, &found["ids"][0]), (200, &json!("east")), "{found}");
+    // Its `err` is a 422 with its message.
+    let (status, failed) = call_fn(&server, &alice, "probe", json!({"op": "fail"}));
+    assert_eq!(status, 422, "{failed}");
+    assert_eq!(failed["error"]["code"], "plugin_error");
+    assert_eq!(failed["error"]["message"], "the probe refuses this request");
+
+    // Another tenant neither sees nor calls it.
+    assert_eq!(call_fn(&server, &bob, "probe", json!({"op": "count"})).0, 404);
+    assert_eq!(call(server.addr, "GET", "/v1/plugins/probe", Some(&bob), None).0, 404);
+    assert_eq!(
+        call(server.addr, "GET", "/v1/plugins", Some(&bob), None),
+        (200, json!({"plugins": []}))
+    );
+
+    // The test route returns the output with the log (stdout and stderr included) and figures.
+    let (status, run) = call(
+        server.addr,
+        "POST",
+        "/v1/plugins/probe/test",
+        Some(&alice),
+        Some(&json!({"input": {"op": "log"}}).to_string()),
+    );
+    assert_eq!((status, &run["ok"]), (200, &json!(true)), "{run}");
+    let lines: Vec<&str> = run["log"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    for wanted in ["hello from the probe", "printed to stdout", "printed to stderr"] {
+        assert!(lines.contains(&wanted), "{wanted}: {run}");
+    }
+    assert!(run["elapsed_ms"].as_f64().expect("time") > 0.0);
+    assert!(run["peak_memory_bytes"].as_u64().expect("memory") > 0);
+
+    // A second version becomes active; rolling back makes the first active again.
+    let (status, v2) = upload(&server, &alice, "probe", &probe());
+    assert_eq!((status, v2["version"].as_u64()), (201, Some(2)), "{v2}");
+    let (status, listed) = call(server.addr, "GET", "/v1/plugins", Some(&alice), None);
+    assert_eq!(status, 200);
+    assert_eq!(listed["plugins"][0]["active"], 2);
+    assert_eq!(listed["plugins"][0]["versions"].as_array().map(Vec::len), Some(2));
+    assert!(listed["plugins"][0]["calls"].as_u64().expect("calls") >= 4, "{listed}");
+    assert_eq!(
+        listed["plugins"][0]["last_error"],
+        "the plugin returned an error: the probe refuses this request"
+    );
+    let (status, rolled) = call(
+        server.addr,
+        "POST",
+        "/v1/plugins/probe/active",
+        Some(&alice),
+        Some(r#"{"version": 1}"#),
+    );
+    assert_eq!((status, &rolled["active"]), (200, &json!(1)), "{rolled}");
+    let (status, missing) = call(
+        server.addr,
+        "POST",
+        "/v1/plugins/probe/active",
+        Some(&alice),
+        Some(r#"{"version": 9}"#),
+    );
+    assert_eq!(status, 400, "{missing}");
+    assert_eq!(call_fn(&server, &alice, "probe", json!({"op": "count"})).0, 200);
+
+    // Deleted, it is gone.
+    assert_eq!(
+        call(server.addr, "DELETE", "/v1/plugins/probe", Some(&alice), None).0,
+        200
+    );
+    assert_eq!(call_fn(&server, &alice, "probe", json!({"op": "count"})).0, 404);
+    assert!(!data.path().join("alice/plugins/probe").exists());
+}
+
+#[test]
+fn hostile_plugins_are_stopped_with_their_own_errors_and_the_server_keeps_serving() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path(), &[], &[]);
+    let key = tenant_with_documents(&server, "t");
+    assert_eq!(upload(&server, &key, "probe", &probe()).0, 201);
+    let cases = [
+        (json!({"op": "loop"}), 504, "plugin_deadline"),
+        (json!({"op": "grow"}), 500, "plugin_memory"),
+        (json!({"op": "big"}), 500, "plugin_memory"),
+        (json!({"op": "big", "bytes": 2 << 20}), 500, "plugin_output"),
+        (json!({"op": "recurse"}), 500, "plugin_trap"),
+        (json!({"op": "host-flood"}), 500, "plugin_host_calls"),
+        (json!({"op": "panic"}), 500, "plugin_trap"),
+        (json!({"op": "huge-k", "vector": [1, 0, 0, 0]}), 422, "plugin_error"),
+    ];
+    for (request, status, code) in cases {
+        let (got, body) = call_fn(&server, &key, "probe", request.clone());
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{request}: {body}"
+        );
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(
+            !message.contains("wasm backtrace") && !message.contains("0x"),
+            "{message}"
+        );
+        searches_still_work(&server, &key);
+    }
+    // A log flood is cut at the cap, and says so.
+    let (status, run) = call(
+        server.addr,
+        "POST",
+        "/v1/plugins/probe/test",
+        Some(&key),
+        Some(r#"{"input": {"op": "log-flood"}}"#),
+    );
+    assert_eq!(status, 200, "{run}");
+    let log = run["log"].as_array().expect("log");
+    assert!(log.len() < 10_000, "{} lines kept", log.len());
+    assert!(
+        log.last()
+            .and_then(|l| l["message"].as_str())
+            .expect("last")
+            .contains("log cap")
+    );
+    searches_still_work(&server, &key);
+}
+
+#[test]
+fn uploads_that_are_not_plugin_components_are_refused_with_the_reason() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path(), &[], &[]);
+    let key = tenant_with_documents(&server, "t");
+    let guest = std::fs::read(guest_paths::HANDLER).expect("built-in guest");
+    let cases: [(&[u8], &str); 5] = [
+        (b"", "empty"),
+        (b"(component)", "WebAssembly text"),
+        (b"\0asm\x01\0\0\0", "core WebAssembly module"),
+        (b"PK\x03\x04 a zip", "not WebAssembly"),
+        (&guest, "exports none of `handle`"),
+    ];
+    for (bytes, needle) in cases {
+        let (status, body) = upload(&server, &key, "x", bytes);
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_plugin")),
+            "{needle}: {body}"
+        );
+        assert!(
+            body["error"]["message"].as_str().expect("message").contains(needle),
+            "{needle}: {body}"
+        );
+    }
+    // A compiled artifact of this very host is refused too: only components are uploaded.
+    assert_eq!(upload(&server, &key, "probe", &probe()).0, 201);
+    let artifact = std::fs::read_dir(data.path().join("t/plugins/probe"))
+        .expect("plugin dir")
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+        .expect("an artifact");
+    let (status, body) = upload(&server, &key, "y", &std::fs::read(artifact.path()).expect("read"));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("precompiled"),
+        "{body}"
+    );
+    // Not a wasm content type; a name outside the id grammar.
+    let (status, _) = request(
+        server.addr,
+        "PUT",
+        "/v1/plugins/z",
+        Some(&key),
+        Some("text/plain"),
+        &probe(),
+    );
+    assert_eq!(status, 415);
+    let (status, body) = upload(&server, &key, "bad.name", &probe());
+    assert_eq!(status, 400, "{body}");
+    // Nothing of the refused uploads was stored.
+    let (_, listed) = call(server.addr, "GET", "/v1/plugins", Some(&key), None);
+    assert_eq!(listed["plugins"].as_array().map(Vec::len), Some(1), "{listed}");
+    let _ = ADMIN;
+}
+
+#[test]
+fn a_damaged_compiled_artifact_is_compiled_again_and_plugins_survive_a_restart() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let key = {
+        let server = Server::start(data.path(), &[], &[]);
+        let key = tenant_with_documents(&server, "t");
+        assert_eq!(upload(&server, &key, "probe", &probe()).0, 201);
+        key
+    };
+    let dir = data.path().join("t/plugins/probe");
+    let artifact = std::fs::read_dir(&dir)
+        .expect("plugin dir")
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+        .expect("an artifact")
+        .path();
+    let mut bytes = std::fs::read(&artifact).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&artifact, &bytes).expect("damage");
+
+    let server = Server::start(data.path(), &[], &[]);
+    assert_eq!(
+        call_fn(&server, &key, "probe", json!({"op": "count"})),
+        (200, json!({"count": 3}))
+    );
+    assert_ne!(
+        std::fs::read(&artifact).expect("read"),
+        bytes,
+        "the artifact was written again"
+    );
+    assert!(Path::new(&dir).join("meta.json").is_file());
+}
