@@ -15,6 +15,12 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("HOSTILE", "tests/guests/hostile", "tvs_test_guest_hostile"),
     ("BAD_IMPORT", "tests/guests/bad-import", "tvs_test_guest_bad_import"),
     ("PLUGIN_PROBE", "tests/plugins/probe", "tvs_test_plugin_probe"),
+    ("PLUGIN_REDACT", "tests/plugins/redact", "tvs_test_plugin_redact"),
+    (
+        "EXAMPLE_RECENCY_RERANK",
+        "examples/plugins/rust-recency-rerank",
+        "recency_rerank",
+    ),
 ];
 
 fn main() {

@@ -310,3 +310,127 @@ fn a_damaged_compiled_artifact_is_compiled_again_and_plugins_survive_a_restart()
     );
     assert!(Path::new(&dir).join("meta.json").is_file());
 }
+
+fn plugin_bytes(path: &str) -> Vec<u8> {
+    std::fs::read(path).expect("a plugin built by host/runtime/build.rs")
+}
+
+fn post(server: &Server, key: &str, path: &str, body: Value) -> (u16, Value) {
+    call(server.addr, "POST", path, Some(key), Some(&body.to_string()))
+}
+
+#[test]
+fn an_enabled_ingest_transform_rewrites_every_ingest_and_a_reranker_reorders_search() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let key = {
+        let server = Server::start(data.path(), &[], &[]);
+        let key = create_tenant(server.addr, "t", 4);
+        let (status, redact) = upload(&server, &key, "redact", &plugin_bytes(guest_paths::PLUGIN_REDACT));
+        assert_eq!(
+            (status, redact["kind"].as_str()),
+            (201, Some("ingest-transform")),
+            "{redact}"
+        );
+        let (status, recency) = upload(
+            &server,
+            &key,
+            "recency",
+            &plugin_bytes(guest_paths::EXAMPLE_RECENCY_RERANK),
+        );
+        assert_eq!((status, recency["kind"].as_str()), (201, Some("reranker")), "{recency}");
+
+        // Kinds are kept apart: a transform is not a function, a re-ranker not a transform.
+        assert_eq!(
+            call_fn(&server, &key, "redact", json!({})).1["error"]["code"],
+            "wrong_plugin_kind"
+        );
+        assert_eq!(post(&server, &key, "/v1/plugins/recency/enable", json!({})).0, 400);
+        let (status, enabled) = post(&server, &key, "/v1/plugins/redact/enable", json!({}));
+        assert_eq!((status, &enabled["enabled"]), (200, &json!(true)), "{enabled}");
+
+        // Every ingest goes through it: addresses redacted, skipped documents dropped...
+        let (status, stored) = ingest(
+            server.addr,
+            &key,
+            json!([
+                {"id": "a", "text": "write to bob@example.com today", "vector": [1, 0, 0, 0]},
+                {"id": "b", "text": "skipped", "metadata": {"skip": true}, "vector": [0, 1, 0, 0]},
+            ]),
+        );
+        assert_eq!((status, &stored["ids"]), (200, &json!(["a"])), "{stored}");
+        let (_, a) = call(server.addr, "GET", "/v1/documents/a", Some(&key), None);
+        assert_eq!(a["text"], "write to [email] today", "{a}");
+        assert_eq!(call(server.addr, "GET", "/v1/documents/b", Some(&key), None).0, 404);
+        // ...and an ingest it refuses stores nothing.
+        let (status, refused) = ingest(
+            server.addr,
+            &key,
+            json!([{"id": "c", "text": "fine"}, {"id": "d", "text": "REFUSE me", "vector": [0, 0, 1, 0]}]),
+        );
+        assert_eq!(
+            (status, refused["error"]["code"].as_str()),
+            (422, Some("plugin_error")),
+            "{refused}"
+        );
+        assert_eq!(call(server.addr, "GET", "/v1/documents/c", Some(&key), None).0, 404);
+
+        // The re-ranker moves the recent document up, returning the hits it was given.
+        let docs = json!([
+            {"id": "old", "text": "o", "metadata": {"year": 1990}, "vector": [1, 0.8, 0, 0]},
+            {"id": "new", "text": "n", "metadata": {"year": 2024}, "vector": [1, 0.75, 0, 0]},
+        ]);
+        assert_eq!(ingest(server.addr, &key, docs).0, 200);
+        let search = |rerank: Option<&str>| {
+            let mut body = json!({"vector": [1, 1, 0, 0], "top_k": 2});
+            if let Some(name) = rerank {
+                body["rerank"] = json!(name);
+            }
+            post(&server, &key, "/v1/search", body)
+        };
+        let (status, plain) = search(None);
+        assert_eq!((status, &plain["hits"][0]["id"]), (200, &json!("old")), "{plain}");
+        let (status, reranked) = search(Some("recency"));
+        assert_eq!(status, 200, "{reranked}");
+        assert_eq!(reranked["hits"][0]["id"], "new", "{reranked}");
+        assert_eq!(
+            reranked["hits"][0]["score"], plain["hits"][1]["score"],
+            "hits come back as given"
+        );
+        assert_eq!(search(Some("nope")).0, 404);
+        assert_eq!(search(Some("redact")).1["error"]["code"], "wrong_plugin_kind");
+        key
+    };
+
+    // The CLI's ingest goes through the enabled transform too.
+    let file = data.path().join("more.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\": \"cli\", \"text\": \"mail alice@example.org\", \"vector\": [0, 0, 0, 1]}\n",
+    )
+    .expect("write");
+    let out = crate::support::tvs(
+        data.path(),
+        &["ingest", "--tenant", "t", file.to_str().expect("utf8")],
+        &[("TVS_DATA_DIR", data.path().to_str().expect("utf8"))],
+    );
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let server = Server::start(data.path(), &[], &[]);
+    let (_, cli) = call(server.addr, "GET", "/v1/documents/cli", Some(&key), None);
+    assert_eq!(cli["text"], "mail [email]", "{cli}");
+    // Disabled, ingests are stored as sent.
+    let (status, disabled) = post(&server, &key, "/v1/plugins/redact/disable", json!({}));
+    assert_eq!((status, &disabled["enabled"]), (200, &json!(false)), "{disabled}");
+    assert_eq!(
+        ingest(
+            server.addr,
+            &key,
+            json!([{"id": "raw", "text": "x@y.io", "vector": [0, 0, 1, 1]}])
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        call(server.addr, "GET", "/v1/documents/raw", Some(&key), None).1["text"],
+        "x@y.io"
+    );
+}

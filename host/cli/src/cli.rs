@@ -284,6 +284,23 @@ fn run(cli: Cli) -> Result<Outcome> {
     }
 }
 
+/// The plugin runtime when the store's tenant enabled an ingest transform (every ingest goes
+/// through it, from the CLI as over HTTP); `None` otherwise, without starting an engine.
+fn ingest_plugins(store: &TenantStore) -> Result<Option<tvs_runtime::plugins::Plugins>> {
+    let enabled = tvs_runtime::plugins::registry::TenantPlugins::new(store.dir())
+        .enabled_transform()
+        .context("reading the tenant's enabled ingest transform")?;
+    if enabled.is_none() {
+        return Ok(None);
+    }
+    let compiler = tvs_runtime::plugins::Compiler::Subprocess {
+        program: std::env::current_exe().context("finding this binary to compile plugins with")?,
+    };
+    let plugins = tvs_runtime::plugins::Plugins::new(tvs_runtime::plugins::PluginLimits::default(), compiler)
+        .context("starting the plugin runtime")?;
+    Ok(Some(plugins))
+}
+
 fn serve(settings: Settings, args: ServeArgs, file: &ServeFile) -> Result<Outcome> {
     let defaults = tvs_server::http::ServerLimits::default();
     let addr = args
@@ -765,6 +782,7 @@ fn ingest(settings: &Settings, args: IngestArgs) -> Result<Outcome> {
     let mut stored = 0u64;
     // Ingestion runs in the wasm guest, as it does for HTTP requests: one code path.
     let runtime = Runtime::new(RuntimeLimits::default()).context("starting the wasm runtime")?;
+    let plugins = ingest_plugins(&store)?;
     let mut flush = |batch: &mut Vec<Record>, chunk: Option<Chunking>| -> Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -779,6 +797,10 @@ fn ingest(settings: &Settings, args: IngestArgs) -> Result<Outcome> {
                 vector: d.vector,
             })
             .collect();
+        let documents = match &plugins {
+            Some(plugins) => plugins.before_ingest(&store, documents)?,
+            None => documents,
+        };
         let response = runtime.ingest(store.clone(), &IngestRequest { documents, chunk })?;
         stored += response.ids.len() as u64;
         progress.inc(records);

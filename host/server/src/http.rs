@@ -511,6 +511,12 @@ async fn upsert_documents(
         }),
     };
     with_store(&app, tenant, move |app2, store| {
+        let mut request = request;
+        if let Some(plugins) = &app2.plugins {
+            request.documents = plugins
+                .before_ingest(&store, request.documents)
+                .map_err(crate::plugin_routes::plugin_error)?;
+        }
         let response = app2
             .runtime
             .ingest(store, &request)
@@ -556,6 +562,9 @@ struct SearchBody {
     filter: Option<Value>,
     #[serde(default)]
     mmr: Option<MmrIn>,
+    /// The name of one of the tenant's re-ranker plugins, which re-orders or filters the hits.
+    #[serde(default)]
+    rerank: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/search", request_body = SearchBody, responses((status = 200, description = "hits: id, score, distance, text, metadata")), security(("tenant" = [])))]
@@ -574,6 +583,8 @@ async fn search(
         )));
     }
     let filter = checked_filter(body.filter.as_ref())?;
+    let rerank = body.rerank;
+    let query_text = body.query.clone();
     let request = SearchRequest {
         query: body.query,
         vector: body.vector,
@@ -585,10 +596,23 @@ async fn search(
         }),
     };
     with_store(&app, tenant, move |app2, store| {
-        let hits = app2
+        let mut hits = app2
             .runtime
-            .search(store, &request)
+            .search(store.clone(), &request)
             .map_err(|e| guest_failed(app2, e))?;
+        if let Some(name) = rerank {
+            let plugins = app2.plugins.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "plugins_disabled",
+                    "this server does not run tenant plugins",
+                )
+            })?;
+            hits = plugins
+                .call_rerank(store, &name, query_text.as_deref(), &hits)
+                .0
+                .map_err(crate::plugin_routes::plugin_error)?;
+        }
         Ok(Json(
             json!({"hits": hits.into_iter().map(hit_json).collect::<Vec<_>>()}),
         ))

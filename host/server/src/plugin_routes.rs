@@ -33,6 +33,8 @@ pub(crate) fn routes(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/v1/plugins", axum::routing::get(list))
         .route("/v1/plugins/{name}/active", post(activate))
         .route("/v1/plugins/{name}/test", post(test))
+        .route("/v1/plugins/{name}/enable", post(enable))
+        .route("/v1/plugins/{name}/disable", post(disable))
         .route("/v1/fn/{name}", post(call))
 }
 
@@ -158,6 +160,39 @@ async fn activate(
             &plugins
                 .activate(store.dir(), &name, body.version)
                 .map_err(plugin_error)?,
+        )))
+    })
+    .await
+}
+
+/// `POST /v1/plugins/{name}/enable`: every ingest of the tenant goes through this ingest
+/// transform from now on.
+async fn enable(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let plugins = plugins(&app)?;
+    with_store(&app, tenant, move |_, store| {
+        Ok(Json(info_json(
+            &plugins.enable_transform(store.dir(), &name).map_err(plugin_error)?,
+        )))
+    })
+    .await
+}
+
+/// `POST /v1/plugins/{name}/disable`.
+async fn disable(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&app, &headers)?;
+    let plugins = plugins(&app)?;
+    with_store(&app, tenant, move |_, store| {
+        Ok(Json(info_json(
+            &plugins.disable_transform(store.dir(), &name).map_err(plugin_error)?,
         )))
     })
     .await

@@ -145,6 +145,8 @@ pub struct PluginInfo {
     pub calls: u64,
     pub failures: u64,
     pub last_error: Option<String>,
+    /// For an ingest transform: whether every ingest of the tenant goes through it.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -362,7 +364,9 @@ impl Plugins {
             .active_version()
             .map(|v| v.kind)
             .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
+        let enabled = TenantPlugins::new(dir).enabled_transform()?.as_deref() == Some(name);
         Ok(PluginInfo {
+            enabled,
             name: meta.name,
             kind,
             active: meta.active,
@@ -399,8 +403,12 @@ impl Plugins {
     pub fn delete(&self, dir: &StoreDir, name: &str) -> Result<(), PluginError> {
         check_name(name).map_err(|_| PluginError::NotFound(name.to_owned()))?;
         let _guard = self.registry_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if !TenantPlugins::new(dir).delete(name)? {
+        let plugins = TenantPlugins::new(dir);
+        if !plugins.delete(name)? {
             return Err(PluginError::NotFound(name.to_owned()));
+        }
+        if plugins.enabled_transform()?.as_deref() == Some(name) {
+            plugins.set_enabled_transform(None)?;
         }
         self.forget(dir, name);
         self.counters
@@ -408,6 +416,47 @@ impl Plugins {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&Self::key(dir, name));
         Ok(())
+    }
+
+    /// Makes every ingest of the tenant go through the ingest transform `name`.
+    pub fn enable_transform(&self, dir: &StoreDir, name: &str) -> Result<PluginInfo, PluginError> {
+        let kind = self.info(dir, name)?.kind;
+        if kind != PluginKind::IngestTransform {
+            return Err(PluginError::WrongKind {
+                name: name.to_owned(),
+                kind: kind.as_str(),
+                wanted: PluginKind::IngestTransform.as_str(),
+            });
+        }
+        {
+            let _guard = self.registry_lock.lock().unwrap_or_else(|p| p.into_inner());
+            TenantPlugins::new(dir).set_enabled_transform(Some(name))?;
+        }
+        self.info(dir, name)
+    }
+
+    /// Stops running the tenant's ingest transform `name` (if it is the enabled one).
+    pub fn disable_transform(&self, dir: &StoreDir, name: &str) -> Result<PluginInfo, PluginError> {
+        let info = self.info(dir, name)?;
+        let _guard = self.registry_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let plugins = TenantPlugins::new(dir);
+        if plugins.enabled_transform()?.as_deref() == Some(name) {
+            plugins.set_enabled_transform(None)?;
+        }
+        Ok(PluginInfo { enabled: false, ..info })
+    }
+
+    /// The documents an ingest of `tenant` stores: `documents`, through the enabled ingest
+    /// transform if there is one.
+    pub fn before_ingest(
+        &self,
+        tenant: &Arc<TenantStore>,
+        documents: Vec<crate::IngestDocument>,
+    ) -> Result<Vec<crate::IngestDocument>, PluginError> {
+        match TenantPlugins::new(tenant.dir()).enabled_transform()? {
+            Some(name) => self.call_transform(tenant.clone(), &name, &documents).0,
+            None => Ok(documents),
+        }
     }
 
     /// The active version of a plugin, compiled and linked (cached until it changes).

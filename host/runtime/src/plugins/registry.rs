@@ -24,6 +24,14 @@ use super::inspect::PluginKind;
 
 pub const PLUGINS_DIR: &str = "plugins";
 const META: &str = "meta.json";
+/// Which ingest transform the tenant enabled (a name with a dot is never a plugin's).
+const ENABLED: &str = "enabled.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Enabled {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ingest_transform: Option<String>,
+}
 
 /// One uploaded version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +211,32 @@ impl TenantPlugins {
         storage.sync_dir(&self.root())?;
         storage.remove_dir_all(&trash)?;
         Ok(true)
+    }
+
+    /// The ingest transform every ingest of the tenant goes through, if one is enabled.
+    pub fn enabled_transform(&self) -> io::Result<Option<String>> {
+        match storage::read_all(self.dir.storage(), &self.root().join(ENABLED)) {
+            Ok(bytes) => Ok(serde_json::from_slice::<Enabled>(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{ENABLED}: {e}")))?
+                .ingest_transform),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Enables `name` as the tenant's ingest transform, or none.
+    pub fn set_enabled_transform(&self, name: Option<&str>) -> io::Result<()> {
+        let storage = self.dir.storage();
+        let root = self.root();
+        if !root.is_dir() {
+            storage::create_real_dir(storage, &root)?;
+            storage.sync_dir(self.dir.root())?;
+        }
+        let enabled = Enabled {
+            ingest_transform: name.map(str::to_owned),
+        };
+        let json = serde_json::to_vec_pretty(&enabled).map_err(io::Error::other)?;
+        storage::write_atomic(storage, &root, ENABLED, &json)
     }
 
     /// Reads a stored file (component or artifact).
