@@ -16,6 +16,8 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("BAD_IMPORT", "tests/guests/bad-import", "tvs_test_guest_bad_import"),
     ("PLUGIN_PROBE", "tests/plugins/probe", "tvs_test_plugin_probe"),
     ("PLUGIN_REDACT", "tests/plugins/redact", "tvs_test_plugin_redact"),
+    ("PLUGIN_ESCAPE", "tests/plugins/escape", "tvs_test_plugin_escape"),
+    ("PLUGIN_FAT", "tests/plugins/fat", "tvs_test_plugin_fat"),
     (
         "EXAMPLE_RECENCY_RERANK",
         "examples/plugins/rust-recency-rerank",

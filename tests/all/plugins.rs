@@ -434,3 +434,121 @@ fn an_enabled_ingest_transform_rewrites_every_ingest_and_a_reranker_reorders_sea
         "x@y.io"
     );
 }
+
+#[test]
+fn a_plugin_reaching_for_files_sockets_or_other_interfaces_is_refused_at_upload() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path(), &[], &[]);
+    let key = create_tenant(server.addr, "t", 4);
+    let (status, body) = upload(&server, &key, "escape", &plugin_bytes(guest_paths::PLUGIN_ESCAPE));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_plugin")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().expect("message");
+    for named in [
+        "`tvs:escape/admin`",
+        "`wasi:filesystem/preopens@0.2.6`",
+        "`wasi:sockets/tcp@0.2.6`",
+    ] {
+        assert!(message.contains(named), "{named}: {message}");
+    }
+    assert_eq!(
+        call(server.addr, "GET", "/v1/plugins", Some(&key), None).1,
+        json!({"plugins": []})
+    );
+}
+
+#[test]
+fn a_plugin_whose_memory_starts_above_the_cap_is_refused_at_upload() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path(), &[], &[]);
+    let key = tenant_with_documents(&server, "t");
+    let (status, body) = upload(&server, &key, "fat", &plugin_bytes(guest_paths::PLUGIN_FAT));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_plugin")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("minimum byte size of 104857600"), "{message}");
+    assert_eq!(call_fn(&server, &key, "fat", json!({})).0, 404);
+    searches_still_work(&server, &key);
+}
+
+#[test]
+fn deleting_or_rolling_back_a_plugin_during_calls_ends_them_cleanly() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path(), &[], &[]);
+    let key = tenant_with_documents(&server, "t");
+    assert_eq!(upload(&server, &key, "probe", &probe()).0, 201);
+    assert_eq!(upload(&server, &key, "probe", &probe()).0, 201);
+    let addr = server.addr;
+    // Calls that run until their 2 s deadline, started before the changes below.
+    let running: Vec<_> = (0..3)
+        .map(|_| {
+            let key = key.clone();
+            std::thread::spawn(move || call(addr, "POST", "/v1/fn/probe", Some(&key), Some(r#"{"op": "loop"}"#)))
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (status, rolled) = post(&server, &key, "/v1/plugins/probe/active", json!({"version": 1}));
+    assert_eq!((status, &rolled["active"]), (200, &json!(1)), "{rolled}");
+    assert_eq!(
+        call_fn(&server, &key, "probe", json!({"op": "count"})).0,
+        200,
+        "the rolled-back version answers"
+    );
+    assert_eq!(
+        call(server.addr, "DELETE", "/v1/plugins/probe", Some(&key), None).0,
+        200
+    );
+    for call in running {
+        let (status, body) = call.join().expect("thread");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (504, Some("plugin_deadline")),
+            "{body}"
+        );
+    }
+    assert_eq!(call_fn(&server, &key, "probe", json!({"op": "count"})).0, 404);
+    searches_still_work(&server, &key);
+}
+
+#[test]
+fn a_tenant_keeps_five_versions_of_a_plugin_and_at_most_twenty_plugins() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path(), &[], &[]);
+    let key = create_tenant(server.addr, "t", 4);
+    let bytes = probe();
+    for version in 1..=7 {
+        let (status, body) = upload(&server, &key, "probe", &bytes);
+        assert_eq!((status, body["version"].as_u64()), (201, Some(version)), "{body}");
+    }
+    let (_, info) = call(server.addr, "GET", "/v1/plugins/probe", Some(&key), None);
+    let kept: Vec<u64> = info["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["version"].as_u64())
+        .collect();
+    assert_eq!(kept, [3, 4, 5, 6, 7], "{info}");
+    let files = std::fs::read_dir(data.path().join("t/plugins/probe"))
+        .expect("dir")
+        .count();
+    assert_eq!(
+        files,
+        1 + 5 * 2,
+        "meta, and a component and an artifact per kept version"
+    );
+    for n in 1..20 {
+        assert_eq!(upload(&server, &key, &format!("p{n}"), &bytes).0, 201, "plugin {n}");
+    }
+    let (status, body) = upload(&server, &key, "one-too-many", &bytes);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("quota_exceeded")),
+        "{body}"
+    );
+}

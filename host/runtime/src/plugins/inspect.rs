@@ -118,18 +118,23 @@ pub fn check_component(
         }
         _ => return Err("the component exports more than one plugin world; build one world per plugin".into()),
     };
-    for import in &imports {
-        let allowed = kind.allowed_imports().contains(&import.as_str())
-            || WASI_ALLOWED
-                .iter()
-                .any(|prefix| import.starts_with(prefix) && import.contains("@0.2."));
-        if !allowed {
-            return Err(format!(
-                "the component imports `{import}`, which a {} plugin is not given: it may import {} and WASI 0.2 cli, io, clocks and random (no files, no sockets; componentize-py: --stub-wasi)",
-                kind.as_str(),
-                kind.allowed_imports().join(", ")
-            ));
-        }
+    let refused: Vec<String> = imports
+        .iter()
+        .filter(|import| {
+            !(kind.allowed_imports().contains(&import.as_str())
+                || WASI_ALLOWED
+                    .iter()
+                    .any(|prefix| import.starts_with(prefix) && import.contains("@0.2.")))
+        })
+        .map(|import| format!("`{import}`"))
+        .collect();
+    if !refused.is_empty() {
+        return Err(format!(
+            "the component imports {}, which a {} plugin is not given: it may import {} and WASI 0.2 cli, io, clocks and random (no files, no sockets; componentize-py: --stub-wasi)",
+            refused.join(", "),
+            kind.as_str(),
+            kind.allowed_imports().join(", ")
+        ));
     }
     Ok((kind, imports, exports))
 }
