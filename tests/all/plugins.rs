@@ -552,3 +552,65 @@ fn a_tenant_keeps_five_versions_of_a_plugin_and_at_most_twenty_plugins() {
         "{body}"
     );
 }
+
+#[test]
+fn the_python_example_built_with_componentize_py_redacts_every_ingest() {
+    let python = crate::support::langchain_python();
+    let componentize = python.with_file_name("componentize-py");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/python-redact");
+    let built = tempfile::tempdir().expect("tempdir");
+    let wasm = built.path().join("redact.wasm");
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(&componentize)
+        .current_dir(&example)
+        .args([
+            "-d",
+            "../../../wit/plugin",
+            "-w",
+            "tvs:plugin/ingest-transform",
+            "componentize",
+            "--stub-wasi",
+            "app",
+            "-o",
+        ])
+        .arg(&wasm)
+        .output()
+        .expect("run componentize-py");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let build_time = started.elapsed();
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path(), &[], &[]);
+    let key = create_tenant(server.addr, "t", 4);
+    let bytes = std::fs::read(&wasm).expect("component");
+    let started = std::time::Instant::now();
+    let (status, uploaded) = upload(&server, &key, "redact", &bytes);
+    let upload_time = started.elapsed();
+    assert_eq!(
+        (status, uploaded["kind"].as_str()),
+        (201, Some("ingest-transform")),
+        "{uploaded}"
+    );
+    eprintln!(
+        "python plugin: {} bytes, componentize-py {build_time:?}, upload (compile) {upload_time:?}",
+        bytes.len()
+    );
+    assert_eq!(post(&server, &key, "/v1/plugins/redact/enable", json!({})).0, 200);
+    let text = "mail bob@example.com or call +1 (555) 123-4567 about order 12345";
+    let (status, stored) = ingest(
+        server.addr,
+        &key,
+        json!([{"id": "a", "text": text, "vector": [1, 0, 0, 0]}]),
+    );
+    assert_eq!(status, 200, "{stored}");
+    let (_, a) = call(server.addr, "GET", "/v1/documents/a", Some(&key), None);
+    assert_eq!(a["text"], "mail [email] or call [phone] about order 12345", "{a}");
+    let (status, run) = post(
+        &server,
+        &key,
+        "/v1/plugins/redact/test",
+        json!({"input": {"documents": [{"id": "x", "text": "a@b.co"}]}}),
+    );
+    assert_eq!((status, &run["output"][0]["text"]), (200, &json!("[email]")), "{run}");
+    assert_eq!(run["log"][0]["message"], "redacted 1 of 1 documents", "{run}");
+}
