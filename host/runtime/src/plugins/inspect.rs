@@ -54,8 +54,16 @@ const FUNCTION_EXPORT: &str = "handle";
 const TRANSFORM_EXPORT: &str = "tvs:plugin/transform@0.1.0";
 const RERANK_EXPORT: &str = "tvs:plugin/rerank@0.1.0";
 
-/// WASI 0.2 packages a plugin may import (no filesystem, no sockets, no http).
-const WASI_ALLOWED: &[&str] = &["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/"];
+/// WASI 0.2 packages a plugin may import. `wasi:filesystem` is linked with no preopened
+/// directory, so a plugin importing it (componentize-js always does) reaches no file; sockets
+/// and http are refused.
+const WASI_ALLOWED: &[&str] = &[
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:filesystem/",
+];
 
 /// Checks the bytes are a binary component this host may compile; says what they are if not.
 pub fn check_format(bytes: &[u8]) -> Result<(), String> {
@@ -130,7 +138,7 @@ pub fn check_component(
         .collect();
     if !refused.is_empty() {
         return Err(format!(
-            "the component imports {}, which a {} plugin is not given: it may import {} and WASI 0.2 cli, io, clocks and random (no files, no sockets; componentize-py: --stub-wasi)",
+            "the component imports {}, which a {} plugin is not given: it may import {} and WASI 0.2 cli, io, clocks, random and filesystem (with no directory: no files), never sockets or http (componentize-py: --stub-wasi; componentize-js: -d http -d fetch-event)",
             refused.join(", "),
             kind.as_str(),
             kind.allowed_imports().join(", ")

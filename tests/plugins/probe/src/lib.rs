@@ -76,6 +76,10 @@ impl Guest for Probe {
                 }
             }
             "panic" => panic!("the probe panics"),
+            "passwd" => match std::fs::read_to_string("/etc/passwd") {
+                Ok(text) => Ok(serde_json::json!({"read": text.len()}).to_string()),
+                Err(e) => Err(format!("cannot read /etc/passwd: {e}")),
+            },
             other => Err(format!("unknown op {other:?}")),
         }
     }
