@@ -232,6 +232,7 @@ fn the_python_client_passes_its_langchain_tests_against_a_real_server() {
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(client.join("tests"))
         .env("TVS_BIN", env!("CARGO_BIN_EXE_tvs"))
+        .env("TVS_PROBE_PLUGIN", tvs_runtime::guest_paths::PLUGIN_PROBE)
         .env("PYTHONPATH", &client)
         .output()
         .expect("run pytest");
@@ -241,5 +242,5 @@ fn the_python_client_passes_its_langchain_tests_against_a_real_server() {
         "{report}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(report.contains("7 passed"), "{report}");
+    assert!(report.contains("8 passed"), "{report}");
 }

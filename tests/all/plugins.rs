@@ -495,22 +495,20 @@ fn deleting_or_rolling_back_a_plugin_during_calls_ends_them_cleanly() {
     let (status, rolled) = post(&server, &key, "/v1/plugins/probe/active", json!({"version": 1}));
     assert_eq!((status, &rolled["active"]), (200, &json!(1)), "{rolled}");
     assert_eq!(
-        call_fn(&server, &key, "probe", json!({"op": "count"})).0,
-        200,
-        "the rolled-back version answers"
-    );
-    assert_eq!(
         call(server.addr, "DELETE", "/v1/plugins/probe", Some(&key), None).0,
         200
     );
+    // Each ends with its deadline, or was never admitted (a tenant runs few plugin calls at once).
+    let mut stopped = 0;
     for call in running {
         let (status, body) = call.join().expect("thread");
-        assert_eq!(
-            (status, body["error"]["code"].as_str()),
-            (504, Some("plugin_deadline")),
-            "{body}"
-        );
+        match (status, body["error"]["code"].as_str()) {
+            (504, Some("plugin_deadline")) => stopped += 1,
+            (503, Some("busy")) => {}
+            other => panic!("{other:?}: {body}"),
+        }
     }
+    assert!(stopped >= 1, "at least one call ran until its deadline");
     assert_eq!(call_fn(&server, &key, "probe", json!({"op": "count"})).0, 404);
     searches_still_work(&server, &key);
 }
@@ -718,5 +716,69 @@ fn the_javascript_example_built_with_componentize_js_finds_related_documents() {
         (status, &missing["error"]["message"]),
         (422, &json!("no document \"nowhere\"")),
         "{missing}"
+    );
+}
+
+#[test]
+fn the_cli_uploads_lists_activates_and_deletes_plugins_when_no_server_holds_the_tenant() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let env = [("TVS_DATA_DIR", data.path().to_str().expect("utf8"))];
+    let tvs = |args: &[&str]| crate::support::tvs(data.path(), args, &env);
+    assert!(
+        tvs(&["tenant", "create", "t", "--model", "none", "--dims", "4"])
+            .status
+            .success()
+    );
+    let probe_path = guest_paths::PLUGIN_PROBE;
+    for version in [1, 2] {
+        let out = tvs(&["plugin", "upload", "--tenant", "t", "probe", probe_path]);
+        assert!(out.status.success(), "{}", crate::support::stderr(&out));
+        let line: Value = serde_json::from_str(crate::support::stdout(&out).trim()).expect("JSON");
+        assert_eq!(
+            (line["version"].as_u64(), line["kind"].as_str()),
+            (Some(version), Some("function"))
+        );
+    }
+    let out = tvs(&["plugin", "activate", "--tenant", "t", "probe", "1"]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let out = tvs(&["plugin", "list", "--tenant", "t"]);
+    let listed: Value = serde_json::from_str(crate::support::stdout(&out).trim()).expect("JSON");
+    assert_eq!(
+        (listed["name"].as_str(), listed["active"].as_u64()),
+        (Some("probe"), Some(1)),
+        "{listed}"
+    );
+    let refused = tvs(&["plugin", "upload", "--tenant", "t", "bad", "/etc/hostname"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        crate::support::stderr(&refused).contains("not WebAssembly"),
+        "{}",
+        crate::support::stderr(&refused)
+    );
+
+    // While a server has the tenant open, the CLI says to use the HTTP API.
+    let server = Server::start(data.path(), &[], &[]);
+    let key = {
+        let (status, body) = call(server.addr, "POST", "/v1/tenants/t/keys", Some(ADMIN), None);
+        assert_eq!(status, 200, "{body}");
+        body["api_key"].as_str().expect("key").to_owned()
+    };
+    assert_eq!(
+        call_fn(&server, &key, "probe", json!({"op": "count"})),
+        (200, json!({"count": 0}))
+    );
+    let busy = tvs(&["plugin", "delete", "--tenant", "t", "probe"]);
+    assert_eq!(busy.status.code(), Some(2));
+    assert!(
+        crate::support::stderr(&busy).contains("use its HTTP API"),
+        "{}",
+        crate::support::stderr(&busy)
+    );
+    drop(server);
+    assert!(tvs(&["plugin", "delete", "--tenant", "t", "probe"]).status.success());
+    assert!(
+        crate::support::stdout(&tvs(&["plugin", "list", "--tenant", "t"]))
+            .trim()
+            .is_empty()
     );
 }

@@ -51,6 +51,9 @@ enum Command {
     Model(ModelCommand),
     /// Print a store's document count, dims, index kind and sizes as JSON
     Stats(TargetArgs),
+    /// Upload, list, activate or delete a tenant's plugins (see docs/plugins.md)
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Internal: compile an uploaded plugin in this child process, under resource limits
     #[command(hide = true)]
     PluginCompile {
@@ -131,6 +134,38 @@ enum TenantCommand {
     },
     /// Delete a tenant and all its data
     Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Validate, compile and store a component as the next version of a plugin, and activate it
+    Upload {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+        /// The component (.wasm)
+        file: PathBuf,
+    },
+    /// The tenant's plugins with their versions, as JSON lines
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Make a kept version of a plugin active (roll back or forward)
+    Activate {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+        /// The version to make active
+        #[arg(value_name = "VERSION")]
+        number: u32,
+    },
+    /// Delete a plugin and all its versions
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +306,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Search(args) => search(&settings, args),
         Command::Model(cmd) => model_command(cmd),
         Command::ImportLangchain(args) => import_langchain(&settings, args),
+        Command::Plugin(cmd) => plugin_command(&settings, cmd),
         Command::PluginCompile { input, output, limits } => {
             crate::limit_compiler_resources();
             tvs_runtime::plugins::compile_child(&input, &output, &limits).map_err(anyhow::Error::msg)?;
@@ -613,6 +649,56 @@ fn tenant_command(settings: &Settings, cmd: TenantCommand) -> Result<Outcome> {
             let id = TenantId::new(&id)?;
             data.delete_tenant(&id)?;
         }
+    }
+    Ok(Outcome::Done)
+}
+
+fn plugin_command(settings: &Settings, cmd: PluginCommand) -> Result<Outcome> {
+    let data = data_dir(settings)?;
+    let tenant = match &cmd {
+        PluginCommand::Upload { tenant, .. }
+        | PluginCommand::List { tenant }
+        | PluginCommand::Activate { tenant, .. }
+        | PluginCommand::Delete { tenant, .. } => TenantId::new(tenant)?,
+    };
+    if !data.tenant_exists(&tenant) {
+        bail!("tenant {tenant} does not exist");
+    }
+    let dir = data.store_dir(&tenant);
+    // A server that has this tenant open holds its lock: change its plugins over HTTP then.
+    let _lock = match tvs_store::store::StoreLock::acquire(&dir) {
+        Ok(lock) => lock,
+        Err(tvs_store::store::LockError::Busy) => {
+            bail!("tenant {tenant} is open in a running tvs; use its HTTP API (/v1/plugins) instead")
+        }
+        Err(tvs_store::store::LockError::Io(e)) => return Err(e).context("locking the tenant"),
+    };
+    let compiler = tvs_runtime::plugins::Compiler::Subprocess {
+        program: std::env::current_exe().context("finding this binary to compile plugins with")?,
+    };
+    let plugins = tvs_runtime::plugins::Plugins::new(tvs_runtime::plugins::PluginLimits::default(), compiler)
+        .context("starting the plugin runtime")?;
+    let mut out = io::stdout().lock();
+    match cmd {
+        PluginCommand::Upload { name, file, .. } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let version = plugins.upload(&dir, &name, &bytes)?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"name": name, "version": version.version, "kind": version.kind, "sha256": version.sha256})
+            )?;
+        }
+        PluginCommand::List { .. } => {
+            for info in plugins.list(&dir)? {
+                writeln!(out, "{}", serde_json::to_string(&info)?)?;
+            }
+        }
+        PluginCommand::Activate { name, number, .. } => {
+            let info = plugins.activate(&dir, &name, number)?;
+            writeln!(out, "{}", serde_json::json!({"name": info.name, "active": info.active}))?;
+        }
+        PluginCommand::Delete { name, .. } => plugins.delete(&dir, &name)?,
     }
     Ok(Outcome::Done)
 }

@@ -48,8 +48,14 @@ pub struct PluginLimits {
     pub max_log_bytes: usize,
     /// Calls into tvs (collection, embedder, log) per plugin call.
     pub max_host_calls: u64,
-    /// Plugin instances that may run at once, over all tenants (their own pool).
+    /// Plugin instances that may exist at once, over all tenants (their own pool).
     pub max_instances: u32,
+    /// Plugin calls that may run at once over all tenants, and per tenant: fewer than the cores,
+    /// so that plugins can never take all the CPU from searches. Others wait up to
+    /// `queue_wait`, then get "busy".
+    pub max_running: usize,
+    pub max_running_per_tenant: usize,
+    pub queue_wait: Duration,
     /// Largest component accepted.
     pub max_component_bytes: usize,
     /// Plugins per tenant.
@@ -73,12 +79,50 @@ impl Default for PluginLimits {
             max_log_bytes: 64 << 10,
             max_host_calls: 10_000,
             max_instances: 16,
+            max_running: cores_but_one(),
+            max_running_per_tenant: cores_but_one().div_ceil(2),
+            queue_wait: Duration::from_secs(1),
             max_component_bytes: 40 << 20,
             max_plugins: 20,
             max_versions: 5,
             max_stored_bytes: 512 << 20,
             compile_timeout: Duration::from_secs(120),
         }
+    }
+}
+
+fn cores_but_one() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .max(1)
+}
+
+/// Admission of plugin calls: at most `max_running` at once, `max_running_per_tenant` per tenant.
+#[derive(Debug, Default)]
+struct Running {
+    total: usize,
+    by_tenant: HashMap<PathBuf, usize>,
+}
+
+/// A running call's place; given back on drop.
+struct Admitted<'p> {
+    plugins: &'p Plugins,
+    tenant: PathBuf,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut running = self.plugins.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.total -= 1;
+        if let Some(n) = running.by_tenant.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                running.by_tenant.remove(&self.tenant);
+            }
+        }
+        drop(running);
+        self.plugins.admitted.notify_all();
     }
 }
 
@@ -180,6 +224,8 @@ pub struct Plugins {
     registry_lock: Mutex<()>,
     loaded: Mutex<HashMap<Key, Arc<Loaded>>>,
     counters: Mutex<HashMap<Key, Counters>>,
+    running: Mutex<Running>,
+    admitted: std::sync::Condvar,
 }
 
 impl std::fmt::Debug for Plugins {
@@ -217,6 +263,8 @@ impl Plugins {
             registry_lock: Mutex::new(()),
             loaded: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
+            running: Mutex::new(Running::default()),
+            admitted: std::sync::Condvar::new(),
         })
     }
 
@@ -544,6 +592,32 @@ impl Plugins {
         }
     }
 
+    /// Waits for a place to run a call of `tenant`'s plugin, or gives up after `queue_wait`.
+    fn admit(&self, tenant: &Path) -> Result<Admitted<'_>, PluginError> {
+        let deadline = Instant::now() + self.limits.queue_wait;
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let mine = running.by_tenant.get(tenant).copied().unwrap_or(0);
+            if running.total < self.limits.max_running && mine < self.limits.max_running_per_tenant {
+                running.total += 1;
+                *running.by_tenant.entry(tenant.to_owned()).or_default() += 1;
+                return Ok(Admitted {
+                    plugins: self,
+                    tenant: tenant.to_owned(),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PluginError::Busy);
+            }
+            running = self
+                .admitted
+                .wait_timeout(running, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// Runs one call of the active version of `name` on a fresh instance bound to `tenant`;
     /// `call` returns `None` when the plugin is not of the kind it wants.
     fn run<T, U>(
@@ -562,6 +636,13 @@ impl Plugins {
         let deadline = match wanted {
             PluginKind::Function => self.limits.function_deadline,
             PluginKind::IngestTransform | PluginKind::Reranker => self.limits.hook_deadline,
+        };
+        let _admitted = match self.admit(dir.root()) {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                self.record(&dir, name, Err(e.to_string()));
+                return (Err(e), None);
+            }
         };
         let started = Instant::now();
         let mut store = self.sandbox.new_store(tenant, deadline);
