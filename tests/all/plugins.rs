@@ -782,3 +782,72 @@ fn the_cli_uploads_lists_activates_and_deletes_plugins_when_no_server_holds_the_
             .is_empty()
     );
 }
+
+fn leb128(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+    out.push(id);
+    leb128(body.len(), out);
+    out.extend_from_slice(body);
+}
+
+/// A component holding one core module of `functions` small functions: costly to compile,
+/// cheap to make.
+fn compile_bomb(functions: usize) -> Vec<u8> {
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[0x01, 0x60, 0x00, 0x00], &mut module); // one type: func()
+    let mut funcs = Vec::new();
+    leb128(functions, &mut funcs);
+    funcs.extend(std::iter::repeat_n(0u8, functions));
+    section(3, &funcs, &mut module);
+    let mut code = Vec::new();
+    leb128(functions, &mut code);
+    for _ in 0..functions {
+        // No locals; i32.const 0, drop, end.
+        code.extend_from_slice(&[0x05, 0x00, 0x41, 0x00, 0x1a, 0x0b]);
+    }
+    section(10, &code, &mut module);
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &module, &mut component); // a core module section
+    component
+}
+
+#[test]
+fn a_component_too_costly_to_compile_is_stopped_in_its_child_and_the_server_carries_on() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path(), &["--plugin-compile-timeout-secs", "1"], &[]);
+    let key = tenant_with_documents(&server, "t");
+    let bomb = compile_bomb(400_000);
+    let started = std::time::Instant::now();
+    let (status, body) = upload(&server, &key, "bomb", &bomb);
+    let took = started.elapsed();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_plugin")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("compiling took longer than 1s"),
+        "{body}"
+    );
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    searches_still_work(&server, &key);
+    assert_eq!(
+        upload(&server, &key, "probe", &probe()).0,
+        201,
+        "the next upload compiles"
+    );
+}

@@ -84,6 +84,59 @@ struct ServeArgs {
     /// API requests served at once; more get 503 with Retry-After [default: 48]
     #[arg(long)]
     max_in_flight: Option<usize>,
+    #[command(flatten)]
+    plugins: PluginArgs,
+}
+
+/// Limits and quotas of tenant plugins (docs/plugins.md), set by the operator.
+#[derive(Debug, Args)]
+struct PluginArgs {
+    /// Deadline of a function plugin call, in ms [default: 2000]
+    #[arg(long, env = "TVS_PLUGIN_FUNCTION_DEADLINE_MS")]
+    plugin_function_deadline_ms: Option<u64>,
+    /// Deadline of an ingest transform or re-ranker call, in ms [default: 200]
+    #[arg(long, env = "TVS_PLUGIN_HOOK_DEADLINE_MS")]
+    plugin_hook_deadline_ms: Option<u64>,
+    /// Largest plugin memory in MiB [default: 64]
+    #[arg(long, env = "TVS_PLUGIN_MEMORY_MIB")]
+    plugin_memory_mib: Option<usize>,
+    /// Plugins per tenant [default: 20]
+    #[arg(long, env = "TVS_PLUGIN_MAX_PLUGINS")]
+    plugin_max_plugins: Option<usize>,
+    /// Versions kept per plugin [default: 5]
+    #[arg(long, env = "TVS_PLUGIN_MAX_VERSIONS")]
+    plugin_max_versions: Option<usize>,
+    /// MiB of plugin components and artifacts per tenant [default: 512]
+    #[arg(long, env = "TVS_PLUGIN_MAX_STORED_MIB")]
+    plugin_max_stored_mib: Option<u64>,
+    /// Seconds compiling one upload may take before its child is killed [default: 120]
+    #[arg(long, env = "TVS_PLUGIN_COMPILE_TIMEOUT_SECS")]
+    plugin_compile_timeout_secs: Option<u64>,
+}
+
+impl PluginArgs {
+    fn limits(&self) -> tvs_runtime::plugins::PluginLimits {
+        use std::time::Duration;
+        let defaults = tvs_runtime::plugins::PluginLimits::default();
+        tvs_runtime::plugins::PluginLimits {
+            function_deadline: self
+                .plugin_function_deadline_ms
+                .map_or(defaults.function_deadline, |ms| Duration::from_millis(ms.max(1))),
+            hook_deadline: self
+                .plugin_hook_deadline_ms
+                .map_or(defaults.hook_deadline, |ms| Duration::from_millis(ms.max(1))),
+            memory_bytes: self.plugin_memory_mib.map_or(defaults.memory_bytes, |m| m.max(1) << 20),
+            max_plugins: self.plugin_max_plugins.unwrap_or(defaults.max_plugins),
+            max_versions: self.plugin_max_versions.map_or(defaults.max_versions, |v| v.max(1)),
+            max_stored_bytes: self
+                .plugin_max_stored_mib
+                .map_or(defaults.max_stored_bytes, |m| m << 20),
+            compile_timeout: self
+                .plugin_compile_timeout_secs
+                .map_or(defaults.compile_timeout, |s| Duration::from_secs(s.max(1))),
+            ..defaults
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -392,8 +445,8 @@ fn serve(settings: Settings, args: ServeArgs, file: &ServeFile) -> Result<Outcom
     let compiler = tvs_runtime::plugins::Compiler::Subprocess {
         program: std::env::current_exe().context("finding this binary to compile plugins with")?,
     };
-    let plugins = tvs_runtime::plugins::Plugins::new(tvs_runtime::plugins::PluginLimits::default(), compiler)
-        .context("starting the plugin runtime")?;
+    let plugins =
+        tvs_runtime::plugins::Plugins::new(args.plugins.limits(), compiler).context("starting the plugin runtime")?;
     let app = Arc::new(
         tvs_server::http::App::new(pool, runtime, keys, settings, server_limits).with_plugins(Arc::new(plugins)),
     );
