@@ -107,6 +107,23 @@ pub enum RequestErrorKind {
     Internal,
 }
 
+/// Advances `engine`'s epoch every `tick` on a thread of its own (epoch deadlines count these
+/// ticks), until the returned flag is set or the engine is gone.
+pub(crate) fn spawn_epoch_ticker(engine: &Engine, tick: Duration, name: &str) -> std::io::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ticker_engine, stopped) = (engine.weak(), stop.clone());
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        while !stopped.load(Ordering::Relaxed) {
+            std::thread::sleep(tick);
+            match ticker_engine.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        }
+    })?;
+    Ok(stop)
+}
+
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot load the guest component {path}: {reason}")]
@@ -224,20 +241,7 @@ impl Runtime {
         let pre = linker.instantiate_pre(&component).map_err(|e| err(format!("{e:#}")))?;
         let handler = bindings::GuestPre::new(pre).map_err(|e| err(format!("{e:#}")))?;
 
-        let stop_ticker = Arc::new(AtomicBool::new(false));
-        let (ticker_engine, stop) = (engine.weak(), stop_ticker.clone());
-        std::thread::Builder::new()
-            .name("tvs-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match ticker_engine.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
-                    }
-                }
-            })
-            .map_err(|e| err(e.to_string()))?;
+        let stop_ticker = spawn_epoch_ticker(&engine, EPOCH_TICK, "tvs-epoch").map_err(|e| err(e.to_string()))?;
         Ok(Runtime {
             engine,
             handler,

@@ -601,14 +601,7 @@ async fn search(
             .search(store.clone(), &request)
             .map_err(|e| guest_failed(app2, e))?;
         if let Some(name) = rerank {
-            let plugins = app2.plugins.as_ref().ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "plugins_disabled",
-                    "this server does not run tenant plugins",
-                )
-            })?;
-            hits = plugins
+            hits = crate::plugin_routes::plugins(app2)?
                 .call_rerank(store, &name, query_text.as_deref(), &hits)
                 .0
                 .map_err(crate::plugin_routes::plugin_error)?;

@@ -38,7 +38,7 @@ pub(crate) fn routes(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/v1/fn/{name}", post(call))
 }
 
-fn plugins(app: &App) -> Result<Arc<Plugins>, ApiError> {
+pub(crate) fn plugins(app: &App) -> Result<Arc<Plugins>, ApiError> {
     app.plugins.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -204,10 +204,10 @@ impl bindings::function::tvs::store::collection::Host for PluginState {
     }
 }
 
+/// The read-only view is the collection's reads, under the same caps.
 impl bindings::reranker::tvs::store::collection_read::Host for PluginState {
     fn get(&mut self, ids: Vec<String>, include_vectors: bool) -> wasmtime::Result<Result<Vec<Document>, Error>> {
-        self.host_call()?;
-        Ok(tenant_calls::get(&self.tenant, ids, include_vectors))
+        bindings::function::tvs::store::collection::Host::get(self, ids, include_vectors)
     }
     fn search(
         &mut self,
@@ -216,16 +216,13 @@ impl bindings::reranker::tvs::store::collection_read::Host for PluginState {
         filter: Option<String>,
         include_vectors: bool,
     ) -> wasmtime::Result<Result<Vec<Hit>, Error>> {
-        self.host_call()?;
-        Ok(tenant_calls::search(&self.tenant, vector, k, filter, include_vectors))
+        bindings::function::tvs::store::collection::Host::search(self, vector, k, filter, include_vectors)
     }
     fn count(&mut self) -> wasmtime::Result<u64> {
-        self.host_call()?;
-        Ok(self.tenant.count())
+        bindings::function::tvs::store::collection::Host::count(self)
     }
     fn info(&mut self) -> wasmtime::Result<CollectionInfo> {
-        self.host_call()?;
-        Ok(tenant_calls::info(&self.tenant))
+        bindings::function::tvs::store::collection::Host::info(self)
     }
 }
 
@@ -319,19 +316,7 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_sync(&mut reranker_linker)?;
         bindings::reranker::Reranker::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut reranker_linker, |s| s)?;
 
-        let stop_ticker = Arc::new(AtomicBool::new(false));
-        let (ticker_engine, stop) = (engine.weak(), stop_ticker.clone());
-        std::thread::Builder::new()
-            .name("tvs-plugin-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match ticker_engine.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
-                    }
-                }
-            })?;
+        let stop_ticker = crate::spawn_epoch_ticker(&engine, EPOCH_TICK, "tvs-plugin-epoch")?;
         Ok(Sandbox {
             engine,
             function_linker,
