@@ -19,6 +19,11 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("PLUGIN_ESCAPE", "tests/plugins/escape", "tvs_test_plugin_escape"),
     ("PLUGIN_FAT", "tests/plugins/fat", "tvs_test_plugin_fat"),
     (
+        "PLUGIN_ASYNC",
+        "tests/plugins/async-export",
+        "tvs_test_plugin_async_export",
+    ),
+    (
         "EXAMPLE_RECENCY_RERANK",
         "examples/plugins/rust-recency-rerank",
         "recency_rerank",

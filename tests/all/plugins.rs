@@ -244,6 +244,17 @@ fn uploads_that_are_not_plugin_components_are_refused_with_the_reason() {
             "{needle}: {body}"
         );
     }
+    // A component lifting its export with the async ABI, which this host does not run.
+    let (status, body) = upload(&server, &key, "async", &plugin_bytes(guest_paths::PLUGIN_ASYNC));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_plugin")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"].as_str().expect("message").contains("async"),
+        "{body}"
+    );
     // A compiled artifact of this very host is refused too: only components are uploaded.
     assert_eq!(upload(&server, &key, "probe", &probe()).0, 201);
     let artifact = std::fs::read_dir(data.path().join("t/plugins/probe"))
@@ -850,4 +861,41 @@ fn a_component_too_costly_to_compile_is_stopped_in_its_child_and_the_server_carr
         201,
         "the next upload compiles"
     );
+}
+
+#[test]
+fn oversize_uploads_and_stored_bytes_past_the_quota_are_refused_and_a_deleted_tenant_takes_its_plugins() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path(), &["--plugin-max-stored-mib", "1"], &[]);
+    let key = create_tenant(server.addr, "t", 4);
+    // Past the 40 MiB component limit: refused before it is read whole.
+    let (status, _) = upload(&server, &key, "huge", &vec![0u8; 41 << 20]);
+    assert_eq!(status, 413);
+    // The probe and its artifact fit in 1 MiB once, not twice.
+    assert_eq!(upload(&server, &key, "probe", &probe()).0, 201);
+    let mut refused = None;
+    for n in 0..8 {
+        let (status, body) = upload(&server, &key, &format!("copy{n}"), &probe());
+        if status != 201 {
+            refused = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("the stored-bytes quota was reached");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("quota_exceeded")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("1048576 bytes"),
+        "{body}"
+    );
+
+    let (status, _) = call(server.addr, "DELETE", "/v1/tenants/t", Some(ADMIN), None);
+    assert!(status == 200 || status == 204, "{status}");
+    assert!(!data.path().join("t").exists(), "the tenant's plugins went with it");
 }
