@@ -45,6 +45,27 @@ enum Change {
         tenant: String,
         set: Vec<(String, Option<Doc>)>,
     },
+    /// The active version of the tenant's plugin `p` (an upload or an activation).
+    Plugin {
+        tenant: String,
+        active: u32,
+    },
+}
+
+/// The active version of each tenant's plugin `p`.
+type PluginVersions = BTreeMap<String, u32>;
+
+/// The plugin runtime the workload and the checks share (compiling in this process: the
+/// components are the tests' own).
+fn plugins() -> &'static tvs_runtime::plugins::Plugins {
+    static PLUGINS: std::sync::OnceLock<tvs_runtime::plugins::Plugins> = std::sync::OnceLock::new();
+    PLUGINS.get_or_init(|| {
+        tvs_runtime::plugins::Plugins::new(
+            tvs_runtime::plugins::PluginLimits::default(),
+            tvs_runtime::plugins::Compiler::InProcess,
+        )
+        .expect("plugin runtime")
+    })
 }
 
 #[derive(Debug)]
@@ -56,14 +77,18 @@ struct Step {
     change: Change,
 }
 
-fn apply(tenants: &mut Tenants, change: &Change) {
+fn apply(tenants: &mut Tenants, plugin_versions: &mut PluginVersions, change: &Change) {
     match change {
         Change::Nothing => {}
+        Change::Plugin { tenant, active } => {
+            plugin_versions.insert(tenant.clone(), *active);
+        }
         Change::CreateTenant(name) => {
             tenants.insert(name.clone(), Docs::new());
         }
         Change::DeleteTenant(name) => {
             tenants.remove(name);
+            plugin_versions.remove(name);
         }
         Change::Docs { tenant, set } => {
             let docs = tenants.get_mut(tenant).expect("tenant of a change");
@@ -189,6 +214,24 @@ fn run_workload(data: &DataDir, recorder: &Recorder, old_docs: &Docs) -> Vec<Ste
     let one = vec![("a10".to_owned(), w.doc(10, 1))];
     w.upsert(&a, "a", one);
     w.step("flush a", Change::Nothing, || a.flush().expect("flush"));
+    // Plugin uploads and a roll back: all or nothing, durable once answered.
+    let probe = std::fs::read(tvs_runtime::guest_paths::PLUGIN_PROBE).expect("probe plugin");
+    for version in [1, 2] {
+        let change = Change::Plugin {
+            tenant: "a".into(),
+            active: version,
+        };
+        w.step(&format!("upload plugin v{version}"), change, || {
+            plugins().upload(a.dir(), "p", &probe).expect("upload")
+        });
+    }
+    let change = Change::Plugin {
+        tenant: "a".into(),
+        active: 1,
+    };
+    w.step("roll back plugin", change, || {
+        plugins().activate(a.dir(), "p", 1).expect("activate")
+    });
     drop(a);
 
     // Tenant "g": past its threshold of 8 a graph is built in the background and snapshotted.
@@ -258,19 +301,25 @@ fn write_v1_tenant(data: &DataDir) -> Docs {
 /// What a reader may see after a cut after `applied` operations: the tenants as every
 /// acknowledged step left them, and the step that was running, whose change may show or not
 /// (each document it touched on its own: a batch is not atomic, but no document is torn).
-fn expected<'s>(initial: &Tenants, steps: &'s [Step], applied: usize) -> (Tenants, Option<&'s Step>) {
+fn expected<'s>(initial: &Tenants, steps: &'s [Step], applied: usize) -> (Tenants, PluginVersions, Option<&'s Step>) {
     let mut tenants = initial.clone();
+    let mut plugin_versions = PluginVersions::new();
     for step in steps {
         if step.ack <= applied {
-            apply(&mut tenants, &step.change);
+            apply(&mut tenants, &mut plugin_versions, &step.change);
         } else {
-            return (tenants, (step.start < applied).then_some(step));
+            return (tenants, plugin_versions, (step.start < applied).then_some(step));
         }
     }
-    (tenants, None)
+    (tenants, plugin_versions, None)
 }
 
-fn check_image(root: &Path, acked: &Tenants, running: Option<&Step>) -> Result<(), String> {
+fn check_image(
+    root: &Path,
+    acked: &Tenants,
+    plugin_versions: &PluginVersions,
+    running: Option<&Step>,
+) -> Result<(), String> {
     let data = DataDir::open(root).map_err(|e| format!("data dir: {e}"))?;
     // An interrupted deletion leaves its renamed tenant behind; opening the data dir removes it.
     for entry in std::fs::read_dir(root).map_err(|e| e.to_string())? {
@@ -312,16 +361,46 @@ fn check_image(root: &Path, acked: &Tenants, running: Option<&Step>) -> Result<(
                 Change::Docs { tenant, set } if tenant == name => set.clone(),
                 _ => Vec::new(),
             };
-            check_tenant(&data, name, docs, &touched).map_err(|e| format!("tenant {name}: {e}"))?;
+            let mut versions: Vec<u32> = plugin_versions.get(name).copied().into_iter().collect();
+            if let Change::Plugin { tenant, active } = running_change
+                && tenant == name
+            {
+                versions.push(*active);
+            }
+            let plugin_may_be_absent = !plugin_versions.contains_key(name);
+            check_tenant(&data, name, docs, &touched, (&versions, plugin_may_be_absent))
+                .map_err(|e| format!("tenant {name}: {e}"))?;
         }
     }
     Ok(())
 }
 
-fn check_tenant(data: &DataDir, name: &str, acked: &Docs, touched: &[(String, Option<Doc>)]) -> Result<(), String> {
+fn check_tenant(
+    data: &DataDir,
+    name: &str,
+    acked: &Docs,
+    touched: &[(String, Option<Doc>)],
+    (plugin_versions, plugin_may_be_absent): (&[u32], bool),
+) -> Result<(), String> {
     let dir = data.store_dir(&TenantId::new(name).expect("id"));
     let store = TenantStore::open(&dir).map_err(|e| format!("does not open: {e:#}"))?;
     store.wait_for_index();
+    // The tenant's plugin is there at an acknowledged (or the running step's) version and runs,
+    // or, if no upload was acknowledged, is absent; never half there.
+    match plugins().info(&dir, "p") {
+        Ok(info) if plugin_versions.contains(&info.active) => {
+            let (answer, _) = plugins().call_function(store.clone(), "p", r#"{"op": "echo", "value": 1}"#);
+            answer.map_err(|e| format!("plugin p v{} does not run: {e}", info.active))?;
+        }
+        Ok(info) => {
+            return Err(format!(
+                "plugin p is at v{}, expected one of {plugin_versions:?}",
+                info.active
+            ));
+        }
+        Err(tvs_runtime::plugins::PluginError::NotFound(_)) if plugin_may_be_absent => {}
+        Err(e) => return Err(format!("plugin p: {e}")),
+    }
     let mut ids: BTreeSet<&String> = acked.keys().collect();
     ids.extend(touched.iter().map(|(id, _)| id));
     let mut present = Vec::new();
@@ -430,7 +509,7 @@ fn every_sync_point_leaves_a_disk_that_opens_with_every_acknowledged_write() {
         }
         sync_points += 1;
         let applied = i + 1;
-        let (acked, running) = expected(&initial, &steps, applied);
+        let (acked, plugin_versions, running) = expected(&initial, &steps, applied);
         let survivals = [Survival::Lost, Survival::Kept]
             .into_iter()
             .chain((0..torn_images).map(|k| Survival::Torn(applied as u64 * 1_000 + k)));
@@ -438,7 +517,7 @@ fn every_sync_point_leaves_a_disk_that_opens_with_every_acknowledged_write() {
             let image = tempfile::tempdir().expect("image dir");
             disk.write_image(image.path(), survival);
             images += 1;
-            if let Err(e) = check_image(image.path(), &acked, running) {
+            if let Err(e) = check_image(image.path(), &acked, &plugin_versions, running) {
                 let during = running.map_or("between steps".to_owned(), |s| format!("during {:?}", s.what));
                 panic!(
                     "power cut after sync point {sync_points} (operation {applied}: {op:?}), {during}, {survival:?}: {e}"

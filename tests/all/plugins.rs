@@ -326,12 +326,18 @@ fn a_damaged_compiled_artifact_is_compiled_again_and_plugins_survive_a_restart()
     // component is compiled again for this one.
     let meta_path = dir.join("meta.json");
     let mut meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).expect("meta")).expect("JSON");
-    let engine = meta["versions"][0]["artifact"]["engine"].as_str().expect("engine").to_owned();
+    let engine = meta["versions"][0]["artifact"]["engine"]
+        .as_str()
+        .expect("engine")
+        .to_owned();
     meta["versions"][0]["artifact"]["engine"] = json!("0123456789abcdef");
     std::fs::write(&meta_path, meta.to_string()).expect("meta");
     std::fs::rename(&artifact, dir.join("v1-0123456789abcdef.cwasm")).expect("rename");
     let server = Server::start(data.path(), &[], &[]);
-    assert_eq!(call_fn(&server, &key, "probe", json!({"op": "count"})), (200, json!({"count": 3})));
+    assert_eq!(
+        call_fn(&server, &key, "probe", json!({"op": "count"})),
+        (200, json!({"count": 3}))
+    );
     assert!(artifact.is_file(), "compiled again for this engine");
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).expect("meta")).expect("JSON");
     assert_eq!(meta["versions"][0]["artifact"]["engine"], engine.as_str());
