@@ -339,6 +339,10 @@ fn a_damaged_compiled_artifact_is_compiled_again_and_plugins_survive_a_restart()
         (200, json!({"count": 3}))
     );
     assert!(artifact.is_file(), "compiled again for this engine");
+    assert!(
+        !dir.join("v1-0123456789abcdef.cwasm").exists(),
+        "the other engine's artifact was removed"
+    );
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).expect("meta")).expect("JSON");
     assert_eq!(meta["versions"][0]["artifact"]["engine"], engine.as_str());
     assert!(Path::new(&dir).join("meta.json").is_file());

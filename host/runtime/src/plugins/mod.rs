@@ -576,6 +576,8 @@ impl Plugins {
                 sha256: sha256_hex(&artifact),
             });
             plugins.write_meta(&fresh)?;
+            // Artifacts of another engine are never loaded again.
+            plugins.remove_unreferenced(&fresh, &self.engine_hash);
         }
         self.sandbox
             .load_artifact(&artifact)
