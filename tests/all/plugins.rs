@@ -527,7 +527,8 @@ fn deleting_or_rolling_back_a_plugin_during_calls_ends_them_cleanly() {
             std::thread::spawn(move || call(addr, "POST", "/v1/fn/probe", Some(&key), Some(r#"{"op": "loop"}"#)))
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Well inside the running call's 2 s and the waiting calls' 1 s: all three have started.
+    std::thread::sleep(std::time::Duration::from_millis(700));
     let (status, rolled) = post(&server, &key, "/v1/plugins/probe/active", json!({"version": 1}));
     assert_eq!((status, &rolled["active"]), (200, &json!(1)), "{rolled}");
     assert_eq!(
@@ -863,7 +864,7 @@ fn a_component_too_costly_to_compile_is_stopped_in_its_child_and_the_server_carr
     let data = tempfile::tempdir().expect("tempdir");
     let server = Server::start(data.path(), &["--plugin-compile-timeout-secs", "1"], &[]);
     let key = tenant_with_documents(&server, "t");
-    let bomb = compile_bomb(400_000);
+    let bomb = compile_bomb(1_000_000);
     let started = std::time::Instant::now();
     let (status, body) = upload(&server, &key, "bomb", &bomb);
     let took = started.elapsed();
