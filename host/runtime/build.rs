@@ -12,6 +12,7 @@ use std::process::Command;
 /// guest, and the test guests of `tests/guests/` (see its README).
 const GUESTS: &[(&str, &str, &str)] = &[
     ("HANDLER", "guest/handler", "tvs_guest_handler"),
+    ("SPIN_COLLECTION", "guest/spin-collection", "tvs_spin_collection"),
     ("HOSTILE", "tests/guests/hostile", "tvs_test_guest_hostile"),
     ("BAD_IMPORT", "tests/guests/bad-import", "tvs_test_guest_bad_import"),
     ("PLUGIN_PROBE", "tests/plugins/probe", "tvs_test_plugin_probe"),
@@ -36,7 +37,15 @@ fn main() {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     check_target_installed();
 
-    for dir in ["wit", "wit/plugin", "guest/core/src", "guest/core/Cargo.toml"] {
+    for dir in [
+        "wit",
+        "wit/plugin",
+        "wit/spin",
+        "guest/core/src",
+        "guest/core/Cargo.toml",
+        "guest/kv/src",
+        "guest/kv/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let target_dir = out_dir.join("guest-target");

@@ -13,6 +13,7 @@ mod langchain;
 mod model_based;
 mod plugins;
 mod pool;
+mod spin_collection;
 mod store;
 mod support;
 mod tenants;

@@ -1,0 +1,203 @@
+//! `tvs:store/collection` over Spin's key-value store: the storage of tvs on Spin. One instance
+//! serves one request; `tenant.bind` (called by the front after it checked the key) loads that
+//! tenant, and every collection call works on it. The layout and commit protocol are
+//! `tvs-kv-collection`'s.
+
+wit_bindgen::generate!({
+    path: "../../wit/spin",
+    world: "tvs:spin/kv-collection",
+    generate_all,
+});
+
+use std::cell::RefCell;
+
+use exports::tvs::spin::tenant::{Guest as TenantGuest, Shape};
+use exports::tvs::store::collection::Guest as CollectionGuest;
+use fermyon::spin::key_value::{Error as KvStoreError, Store};
+use tvs::store::types::{CollectionInfo, Document, Error, Hit, Metric as WitMetric, NewDocument};
+use tvs_guest_core::filter::Filter;
+use tvs_kv_collection::{Config, KeyValue, KvCollection, KvError, Metric};
+
+/// The Spin store, as the layout's [`KeyValue`].
+struct SpinKv(Store);
+
+fn store_error(e: KvStoreError) -> KvError {
+    KvError::Store(format!("{e:?}"))
+}
+
+impl KeyValue for SpinKv {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.0.get(key).map_err(store_error)
+    }
+    fn set(&mut self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.0.set(key, value).map_err(store_error)
+    }
+    fn delete(&mut self, key: &str) -> Result<(), KvError> {
+        self.0.delete(key).map_err(store_error)
+    }
+    fn keys(&self) -> Result<Vec<String>, KvError> {
+        self.0.get_keys().map_err(store_error)
+    }
+}
+
+thread_local! {
+    static BOUND: RefCell<Option<KvCollection<SpinKv>>> = const { RefCell::new(None) };
+}
+
+fn open_store() -> Result<SpinKv, String> {
+    Store::open("default").map(SpinKv).map_err(|e| format!("opening the key-value store: {e:?}"))
+}
+
+fn to_wit(error: KvError) -> Error {
+    match error {
+        KvError::InvalidInput(m) => Error::InvalidInput(m),
+        KvError::QuotaExceeded(limit) => Error::QuotaExceeded(limit),
+        KvError::NoTenant(_) => Error::TenantDeleted,
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+fn with_bound<T>(f: impl FnOnce(&mut KvCollection<SpinKv>) -> Result<T, Error>) -> Result<T, Error> {
+    BOUND.with(|bound| match bound.borrow_mut().as_mut() {
+        Some(collection) => f(collection),
+        None => Err(Error::Internal("no tenant is bound to this request".into())),
+    })
+}
+
+fn parse_filter(json: &str) -> Result<Filter, Error> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| Error::InvalidInput(format!("the filter is not JSON: {e}")))?;
+    Filter::parse(&value).map_err(|e| Error::InvalidInput(e.to_string()))
+}
+
+fn metadata_object(index: usize, json: &str) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    match serde_json::from_str(json) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        _ => Err(Error::InvalidInput(format!("document {index}: metadata must be a JSON object"))),
+    }
+}
+
+struct SpinCollection;
+
+impl TenantGuest for SpinCollection {
+    fn create(tenant: String, shape: Shape) -> Result<(), String> {
+        let metric = match shape.metric.as_str() {
+            "cos" => Metric::Cos,
+            "ip" => Metric::Ip,
+            "l2" => Metric::L2,
+            other => return Err(format!("metric must be cos, ip or l2, not {other:?}")),
+        };
+        let config = Config {
+            dims: shape.dims as usize,
+            metric,
+            embedding_model: tvs_guest_core::models::canonical_model_name(&shape.embedding_model),
+            max_documents: shape.max_documents,
+        };
+        KvCollection::create(open_store()?, &tenant, config).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn bind(tenant: String) -> Result<(), String> {
+        let collection = KvCollection::open(open_store()?, &tenant).map_err(|e| e.to_string())?;
+        BOUND.with(|bound| *bound.borrow_mut() = Some(collection));
+        Ok(())
+    }
+}
+
+impl CollectionGuest for SpinCollection {
+    fn upsert(documents: Vec<NewDocument>) -> Result<Vec<String>, Error> {
+        let docs = documents
+            .into_iter()
+            .enumerate()
+            .map(|(index, d)| {
+                Ok(tvs_kv_collection::Document {
+                    id: d.id.unwrap_or_else(|| format!("{:016x}{index}", random_id())),
+                    text: d.text,
+                    metadata: metadata_object(index, &d.metadata)?,
+                    vector: d.vector,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        with_bound(|c| c.upsert(docs).map_err(to_wit))
+    }
+
+    fn delete(ids: Vec<String>) -> Result<u64, Error> {
+        with_bound(|c| c.delete(&ids).map_err(to_wit))
+    }
+
+    fn delete_where(filter: String) -> Result<u64, Error> {
+        let filter = parse_filter(&filter)?;
+        with_bound(|c| c.delete_where(&filter).map_err(to_wit))
+    }
+
+    fn get(ids: Vec<String>, include_vectors: bool) -> Result<Vec<Document>, Error> {
+        with_bound(|c| {
+            Ok(c.get(&ids)
+                .into_iter()
+                .map(|d| Document {
+                    id: d.id,
+                    text: d.text,
+                    metadata: serde_json::Value::Object(d.metadata).to_string(),
+                    vector: include_vectors.then_some(d.vector),
+                })
+                .collect())
+        })
+    }
+
+    fn search(vector: Vec<f32>, k: u32, filter: Option<String>, include_vectors: bool) -> Result<Vec<Hit>, Error> {
+        if k == 0 || k > 10_000 {
+            return Err(Error::InvalidInput(format!("k must be between 1 and 10000, got {k}")));
+        }
+        let filter = filter.as_deref().map(parse_filter).transpose()?;
+        with_bound(|c| {
+            Ok(c.search(&vector, k as usize, filter.as_ref())
+                .map_err(to_wit)?
+                .into_iter()
+                .map(|h| Hit {
+                    id: h.document.id,
+                    score: h.score,
+                    distance: h.distance,
+                    text: h.document.text,
+                    metadata: serde_json::Value::Object(h.document.metadata).to_string(),
+                    vector: include_vectors.then_some(h.document.vector),
+                })
+                .collect())
+        })
+    }
+
+    fn count() -> u64 {
+        with_bound(|c| Ok(c.count())).unwrap_or(0)
+    }
+
+    fn info() -> CollectionInfo {
+        with_bound(|c| {
+            let config = c.config();
+            Ok(CollectionInfo {
+                count: c.count(),
+                dims: config.dims as u32,
+                metric: match config.metric {
+                    Metric::Cos => WitMetric::Cos,
+                    Metric::Ip => WitMetric::Ip,
+                    Metric::L2 => WitMetric::L2,
+                },
+                embedding_model: config.embedding_model.clone(),
+                bytes: 0,
+            })
+        })
+        .unwrap_or(CollectionInfo {
+            count: 0,
+            dims: 0,
+            metric: WitMetric::Cos,
+            embedding_model: "none".into(),
+            bytes: 0,
+        })
+    }
+}
+
+/// A random 64-bit number, for ids the client left out: std seeds its hash keys from WASI's
+/// random source.
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+export!(SpinCollection);
