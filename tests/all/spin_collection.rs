@@ -281,3 +281,26 @@ fn tenants_on_spin_key_value_are_bound_per_request_isolated_and_durable() {
         );
     }
 }
+
+/// The imports check: linked with only what a Spin 3.x host defines (WASI 0.2 and the vendored
+/// fermyon:spin key-value), the component instantiates; its `tvs:store/types` import holds only
+/// types and needs no definition. Any other import fails here, named.
+#[test]
+fn the_component_needs_nothing_but_what_spin_provides() {
+    let engine = Engine::default();
+    let component = Component::from_file(&engine, guest_paths::SPIN_COLLECTION).expect("component");
+    let mut linker: Linker<HostState> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
+    bindings::fermyon::spin::key_value::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .expect("key-value");
+    let outside: Vec<String> = component
+        .component_type()
+        .imports(&engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| !(name.starts_with("fermyon:spin/") || name.starts_with("wasi:") && name.contains("@0.2.")))
+        .collect();
+    match linker.instantiate_pre(&component) {
+        Ok(_) => {}
+        Err(e) => panic!("imports outside Spin's {outside:?}: {e:#}"),
+    }
+}
