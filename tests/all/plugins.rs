@@ -678,25 +678,13 @@ fn componentize_js() -> std::path::PathBuf {
     .clone()
 }
 
-/// Copies `wit/plugin` with its `tvs:store` dependency as plain files (the JS toolchain does not
-/// follow the symlink out of the folder it is given).
-fn copy_plugin_wit(to: &Path) {
-    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../wit");
-    std::fs::create_dir_all(to.join("deps/store")).expect("wit dirs");
-    std::fs::copy(wit.join("plugin/plugin.wit"), to.join("plugin.wit")).expect("copy");
-    for entry in std::fs::read_dir(&wit).expect("wit") {
-        let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "wit") {
-            std::fs::copy(&path, to.join("deps/store").join(path.file_name().expect("name"))).expect("copy");
-        }
-    }
-}
-
 #[test]
 fn the_javascript_example_built_with_componentize_js_finds_related_documents() {
     let tool = componentize_js();
     let build = tempfile::tempdir().expect("tempdir");
-    copy_plugin_wit(&build.path().join("wit"));
+    // The WIT as `tvs plugin wit` writes it for authors (plain files, no symlink).
+    let out = crate::support::tvs(build.path(), &["plugin", "wit", "wit"], &[]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/js-related/related.js");
     std::fs::copy(&example, build.path().join("related.js")).expect("copy");
     let started = std::time::Instant::now();

@@ -3,8 +3,8 @@
 // POST /v1/fn/related {"id": "doc-7", "k": 5} answers {"id", "related": [{"id", "score", "text"}]}:
 // the k nearest neighbours of that document's own vector, itself left out.
 //
-// Build (componentize-js 0.23.0 from npm; copy wit/plugin with its deps as plain files first,
-// the toolchain does not follow the deps/store symlink):
+// Build (componentize-js 0.23.0 from npm; `tvs plugin wit wit` writes the WIT as plain files,
+// which this toolchain needs: it does not follow the repository's deps/store symlink):
 //   npx componentize-js related.js --wit wit -n function -d http -d fetch-event -o related.wasm
 // (jco 1.35's `jco componentize` fails here before building: "failed to get path metadata".)
 

@@ -101,16 +101,8 @@ fn javascript_component(out: &Path) -> Result<PathBuf, String> {
     if !tool.is_file() {
         return Err("no componentize-js under target/ (run the plugin tests first)".into());
     }
-    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../wit");
     let build = out.join("js");
-    std::fs::create_dir_all(build.join("wit/deps/store")).unwrap();
-    std::fs::copy(wit.join("plugin/plugin.wit"), build.join("wit/plugin.wit")).unwrap();
-    for entry in std::fs::read_dir(&wit).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "wit") {
-            std::fs::copy(&path, build.join("wit/deps/store").join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    tvs_runtime::plugins::write_plugin_wit(&build.join("wit")).unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/js-related/related.js");
     std::fs::copy(example, build.join("related.js")).unwrap();
     let status = Command::new(tool)

@@ -219,6 +219,8 @@ enum PluginCommand {
         tenant: String,
         name: String,
     },
+    /// Write the plugin author's WIT (package tvs:plugin and its tvs:store dependency) into DIR
+    Wit { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -707,13 +709,17 @@ fn tenant_command(settings: &Settings, cmd: TenantCommand) -> Result<Outcome> {
 }
 
 fn plugin_command(settings: &Settings, cmd: PluginCommand) -> Result<Outcome> {
-    let data = data_dir(settings)?;
     let tenant = match &cmd {
+        PluginCommand::Wit { dir } => {
+            tvs_runtime::plugins::write_plugin_wit(dir).with_context(|| format!("writing into {}", dir.display()))?;
+            return Ok(Outcome::Done);
+        }
         PluginCommand::Upload { tenant, .. }
         | PluginCommand::List { tenant }
         | PluginCommand::Activate { tenant, .. }
         | PluginCommand::Delete { tenant, .. } => TenantId::new(tenant)?,
     };
+    let data = data_dir(settings)?;
     if !data.tenant_exists(&tenant) {
         bail!("tenant {tenant} does not exist");
     }
@@ -752,6 +758,7 @@ fn plugin_command(settings: &Settings, cmd: PluginCommand) -> Result<Outcome> {
             writeln!(out, "{}", serde_json::json!({"name": info.name, "active": info.active}))?;
         }
         PluginCommand::Delete { name, .. } => plugins.delete(&dir, &name)?,
+        PluginCommand::Wit { .. } => unreachable!("answered above"),
     }
     Ok(Outcome::Done)
 }

@@ -860,6 +860,27 @@ fn compile_in_child(program: &Path, limits: &PluginLimits, bytes: &[u8]) -> Resu
     Ok(std::fs::read(&output)?)
 }
 
+/// The plugin author's WIT, as files: `plugin.wit` (package `tvs:plugin`) and its dependency
+/// `deps/store/*.wit` (package `tvs:store`), without the repository's symlink, which some
+/// toolchains (componentize-js) do not follow.
+pub const PLUGIN_WIT: &[(&str, &str)] = &[
+    ("plugin.wit", include_str!("../../../../wit/plugin/plugin.wit")),
+    ("deps/store/types.wit", include_str!("../../../../wit/types.wit")),
+    ("deps/store/handler.wit", include_str!("../../../../wit/handler.wit")),
+];
+
+/// Writes [`PLUGIN_WIT`] under `dir`.
+pub fn write_plugin_wit(dir: &Path) -> std::io::Result<()> {
+    for (name, text) in PLUGIN_WIT {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
+
 /// The child side of [`Compiler::Subprocess`]: compiles `input` into `output` with the engine
 /// configuration `limits` give. The caller has already limited this process's resources.
 pub fn compile_child(input: &Path, output: &Path, limits_json: &str) -> Result<(), String> {
@@ -871,4 +892,30 @@ pub fn compile_child(input: &Path, output: &Path, limits_json: &str) -> Result<(
     let bytes = std::fs::read(input).map_err(|e| e.to_string())?;
     let artifact = engine.precompile_component(&bytes).map_err(|e| format!("{e:#}"))?;
     std::fs::write(output, artifact).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_wit_holds_every_tvs_store_file() {
+        let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../wit");
+        let mut in_repo: Vec<String> = std::fs::read_dir(&wit)
+            .expect("wit/")
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|name| name.ends_with(".wit"))
+            .map(|name| format!("deps/store/{name}"))
+            .collect();
+        in_repo.push("plugin.wit".into());
+        in_repo.sort();
+        let mut written: Vec<String> = PLUGIN_WIT.iter().map(|(name, _)| (*name).to_owned()).collect();
+        written.sort();
+        assert_eq!(written, in_repo, "PLUGIN_WIT must list every file of wit/ (tvs:store)");
+        // The JavaScript plugin test builds a component from what `write_plugin_wit` writes.
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_plugin_wit(dir.path()).expect("write");
+        assert!(dir.path().join("deps/store/types.wit").is_file());
+    }
 }
