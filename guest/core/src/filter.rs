@@ -46,6 +46,13 @@ impl Filter {
         parse_object(value, 0)
     }
 
+    /// Parses a filter from JSON text, as the WIT interfaces carry it.
+    pub fn parse_text(json: &str) -> Result<Filter, FilterError> {
+        let value: Value =
+            serde_json::from_str(json).map_err(|e| FilterError(format!("the filter is not JSON: {e}")))?;
+        Self::parse(&value)
+    }
+
     /// Evaluates the filter against a document's metadata.
     pub fn matches(&self, metadata: &Map<String, Value>) -> bool {
         self.matches_with(&|field| metadata.get(field))

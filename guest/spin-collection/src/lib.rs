@@ -65,9 +65,7 @@ fn with_bound<T>(f: impl FnOnce(&mut KvCollection<SpinKv>) -> Result<T, Error>) 
 }
 
 fn parse_filter(json: &str) -> Result<Filter, Error> {
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| Error::InvalidInput(format!("the filter is not JSON: {e}")))?;
-    Filter::parse(&value).map_err(|e| Error::InvalidInput(e.to_string()))
+    Filter::parse_text(json).map_err(|e| Error::InvalidInput(e.to_string()))
 }
 
 fn metadata_object(index: usize, json: &str) -> Result<serde_json::Map<String, serde_json::Value>, Error> {

@@ -13,29 +13,13 @@ use tvs_synth::EmbeddingLike;
 
 const ROUNDS: usize = 3000;
 
-fn stats(mut times: Vec<Duration>) -> (Duration, Duration) {
-    times.sort();
-    (times[times.len() / 2], times[times.len() * 99 / 100])
-}
-
 fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
-fn time(rounds: usize, mut f: impl FnMut()) -> (Duration, Duration) {
-    for _ in 0..rounds / 10 {
-        f();
-    }
-    stats(
-        (0..rounds)
-            .map(|_| {
-                let start = Instant::now();
-                f();
-                start.elapsed()
-            })
-            .collect(),
-    )
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time;
 
 fn main() {
     let tmp = tempfile::tempdir().unwrap();

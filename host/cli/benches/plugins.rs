@@ -23,25 +23,9 @@ use tvs_synth::EmbeddingLike;
 
 const ROUNDS: usize = 2000;
 
-fn stats(mut times: Vec<Duration>) -> (Duration, Duration) {
-    times.sort();
-    (times[times.len() / 2], times[times.len() * 99 / 100])
-}
-
-fn time(rounds: usize, mut f: impl FnMut()) -> (Duration, Duration) {
-    for _ in 0..rounds / 10 {
-        f();
-    }
-    stats(
-        (0..rounds)
-            .map(|_| {
-                let start = Instant::now();
-                f();
-                start.elapsed()
-            })
-            .collect(),
-    )
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time;
 
 fn us(d: (Duration, Duration)) -> String {
     format!("{:.1} µs / {:.1} µs", d.0.as_secs_f64() * 1e6, d.1.as_secs_f64() * 1e6)

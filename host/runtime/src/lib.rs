@@ -405,9 +405,7 @@ fn parse_metadata(index: usize, json: &str) -> Result<serde_json::Map<String, se
 }
 
 fn parse_filter(json: &str) -> Result<Filter, Error> {
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| Error::InvalidInput(format!("filter is not JSON: {e}")))?;
-    Filter::parse(&value).map_err(|e| Error::InvalidInput(e.to_string()))
+    Filter::parse_text(json).map_err(|e| Error::InvalidInput(e.to_string()))
 }
 
 fn metadata_json(map: &serde_json::Map<String, serde_json::Value>) -> String {
