@@ -12,7 +12,6 @@ use std::process::Command;
 /// guest, and the test guests of `tests/guests/` (see its README).
 const GUESTS: &[(&str, &str, &str)] = &[
     ("HANDLER", "guest/handler", "tvs_guest_handler"),
-    ("SPIN_COLLECTION", "guest/spin-collection", "tvs_spin_collection"),
     ("HOSTILE", "tests/guests/hostile", "tvs_test_guest_hostile"),
     ("BAD_IMPORT", "tests/guests/bad-import", "tvs_test_guest_bad_import"),
     ("PLUGIN_PROBE", "tests/plugins/probe", "tvs_test_plugin_probe"),

@@ -103,8 +103,24 @@ pub(crate) fn request(
     let text = String::from_utf8_lossy(&raw);
     let (head, payload) = text.split_once("\r\n\r\n").expect("a response head");
     let status: u16 = head.split_whitespace().nth(1).expect("status").parse().expect("number");
-    let value = serde_json::from_str(payload).unwrap_or_else(|_| Value::String(payload.to_owned()));
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let payload = if chunked { dechunk(payload) } else { payload.to_owned() };
+    let value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
     (status, value)
+}
+
+/// A `Transfer-Encoding: chunked` body's bytes (hyper sends bodies of unknown length so).
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").expect("a chunk end");
+    }
+    body
 }
 
 /// Posts `body` and returns the raw response text, or `None` when the connection failed (the

@@ -2,6 +2,7 @@
 //! Every test works in its own temp directory, with real files and real usearch indexes.
 
 mod cli;
+mod contract;
 mod crash_images;
 mod disk_model;
 mod durability;
@@ -13,7 +14,8 @@ mod langchain;
 mod model_based;
 mod plugins;
 mod pool;
-mod spin_collection;
+mod spin_host;
+mod spin_storage;
 mod store;
 mod support;
 mod tenants;

@@ -4,6 +4,8 @@
 //! host and for unit tests: a filter means the same wherever it is evaluated.
 
 pub mod chunk;
+pub mod documents;
 pub mod filter;
 pub mod mmr;
 pub mod models;
+pub mod tenant_id;

@@ -59,6 +59,17 @@ pub fn check_known_model(canonical: &str) -> Result<(), String> {
     }
 }
 
+/// Why `dims` does not fit `model` (canonical), if it does not: the local model makes
+/// [`LOCAL_MODEL_DIMS`]-dimensional vectors.
+pub fn check_model_dims(model: &str, dims: usize) -> Result<(), String> {
+    if is_local_model(model) && dims != LOCAL_MODEL_DIMS {
+        return Err(format!(
+            "{model} makes {LOCAL_MODEL_DIMS}-dimensional vectors, so dims must be {LOCAL_MODEL_DIMS} (got {dims}); use embedding_model \"none\" to store client vectors of other sizes"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

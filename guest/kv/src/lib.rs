@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tvs_guest_core::documents as document_rules;
 use tvs_guest_core::filter::Filter;
 
 /// Largest segment value: under Spin's 1 MB (1,048,576 bytes) with room to spare.
@@ -132,9 +133,6 @@ fn decode_vector(text: &str) -> Option<Vec<f32>> {
             .collect()
     })
 }
-
-/// Ids of at most 512 bytes, as `tvs:store/types.new-document` says.
-const MAX_ID_BYTES: usize = 512;
 
 /// One tenant's collection, loaded whole from the store (what a Spin request does).
 #[derive(Debug)]
@@ -315,24 +313,14 @@ impl<K: KeyValue> KvCollection<K> {
 
     /// Inserts or replaces documents by id, all or none; durable when it returns.
     pub fn upsert(&mut self, documents: Vec<Document>) -> Result<Vec<String>, KvError> {
+        let cosine = self.config.metric == Metric::Cos;
         for (index, doc) in documents.iter().enumerate() {
-            if doc.id.is_empty() || doc.id.len() > MAX_ID_BYTES {
-                return Err(KvError::InvalidInput(format!(
-                    "document {index}: an id is 1 to {MAX_ID_BYTES} bytes"
-                )));
-            }
-            if doc.vector.len() != self.config.dims {
-                return Err(KvError::InvalidInput(format!(
-                    "document {index}: vector has {} dimensions, this tenant has {}",
-                    doc.vector.len(),
-                    self.config.dims
-                )));
-            }
-            if doc.vector.iter().any(|x| !x.is_finite()) {
-                return Err(KvError::InvalidInput(format!(
-                    "document {index}: vector has a non-finite value"
-                )));
-            }
+            let invalid =
+                |reason: String| KvError::InvalidInput(document_rules::invalid_document(index, Some(&doc.id), &reason));
+            document_rules::check_id(&doc.id).map_err(invalid)?;
+            document_rules::check_vector(&doc.vector, self.config.dims, cosine).map_err(invalid)?;
+            let metadata_bytes = serde_json::to_vec(&doc.metadata).map_or(0, |json| json.len());
+            document_rules::check_metadata_size(metadata_bytes).map_err(invalid)?;
         }
         let new = documents.iter().filter(|d| !self.docs.contains_key(&d.id)).count() as u64;
         if self.count() + new > self.config.max_documents {
@@ -390,13 +378,8 @@ impl<K: KeyValue> KvCollection<K> {
 
     /// Exact k-NN among the documents matching `filter`, nearest first (ties by id).
     pub fn search(&self, vector: &[f32], k: usize, filter: Option<&Filter>) -> Result<Vec<Hit>, KvError> {
-        if vector.len() != self.config.dims {
-            return Err(KvError::InvalidInput(format!(
-                "the query has {} dimensions, this tenant has {}",
-                vector.len(),
-                self.config.dims
-            )));
-        }
+        document_rules::check_vector(vector, self.config.dims, self.config.metric == Metric::Cos)
+            .map_err(|reason| KvError::InvalidInput(format!("invalid query: query {reason}")))?;
         let mut scored: Vec<(f32, &Document)> = self
             .docs
             .values()

@@ -120,17 +120,7 @@ impl StoreConfig {
         if self.embedding_model.is_empty() {
             return Err("embedding_model must not be empty (use \"none\" for client vectors)".into());
         }
-        if tvs_guest_core::models::is_local_model(&self.embedding_model)
-            && self.dims != tvs_guest_core::models::LOCAL_MODEL_DIMS
-        {
-            return Err(format!(
-                "{} makes {}-dimensional vectors, so dims must be {} (got {}); use embedding_model \"none\" to store client vectors of other sizes",
-                self.embedding_model,
-                tvs_guest_core::models::LOCAL_MODEL_DIMS,
-                tvs_guest_core::models::LOCAL_MODEL_DIMS,
-                self.dims
-            ));
-        }
+        tvs_guest_core::models::check_model_dims(&self.embedding_model, self.dims)?;
         Ok(())
     }
 

@@ -34,12 +34,10 @@ use crate::snapshot::{self, Manifest};
 use crate::storage::OpenMode;
 use crate::tenant::StoreDir;
 use crate::vectors::{self, Graph, Neighbor, Vectors};
+use tvs_guest_core::documents;
 use tvs_guest_core::filter::{Filter, FilterError};
 
-/// Longest accepted document id, in bytes.
-pub const MAX_ID_BYTES: usize = 512;
-/// Largest accepted metadata, in bytes of compact JSON.
-pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+pub use tvs_guest_core::documents::{MAX_ID_BYTES, MAX_METADATA_BYTES};
 /// Largest accepted `k` / `fetch_k`.
 pub const MAX_K: usize = 10_000;
 /// Records superseded or deleted beyond which (and beyond the live count) the log is compacted.
@@ -427,23 +425,7 @@ impl TenantStore {
 
     /// Checks a vector against the store: dims, finite components, non-zero for cosine.
     pub fn check_vector(&self, vector: &[f32]) -> Result<(), String> {
-        if vector.len() != self.config.dims {
-            return Err(format!(
-                "vector has {} dimensions, this store has {}",
-                vector.len(),
-                self.config.dims
-            ));
-        }
-        if let Some(i) = vector.iter().position(|v| !v.is_finite()) {
-            return Err(format!(
-                "vector component {i} is {} (only finite numbers are allowed)",
-                vector[i]
-            ));
-        }
-        if self.config.metric == Metric::Cos && vector.iter().all(|v| *v == 0.0) {
-            return Err("vector is all zeros, which has no cosine direction".into());
-        }
-        Ok(())
+        documents::check_vector(vector, self.config.dims, self.config.metric == Metric::Cos)
     }
 
     /// Inserts or replaces documents by id; returns their ids once they are durable.
@@ -458,21 +440,14 @@ impl TenantStore {
             };
             let id = match &doc.id {
                 Some(id) => {
-                    if id.is_empty() || id.len() > MAX_ID_BYTES {
-                        return Err(invalid(format!("id must be 1 to {MAX_ID_BYTES} bytes")));
-                    }
+                    documents::check_id(id).map_err(invalid)?;
                     id.clone()
                 }
                 None => uuid::Uuid::new_v4().to_string(),
             };
             self.check_vector(&doc.vector).map_err(invalid)?;
             let metadata_json = serde_json::to_vec(&doc.metadata).map_err(|e| invalid(e.to_string()))?;
-            if metadata_json.len() > MAX_METADATA_BYTES {
-                return Err(invalid(format!(
-                    "metadata is {} bytes of JSON; at most {MAX_METADATA_BYTES} are accepted",
-                    metadata_json.len()
-                )));
-            }
+            documents::check_metadata_size(metadata_json.len()).map_err(invalid)?;
             packed.push(PackedDoc::new(&id, &doc.text, &metadata_json).map_err(invalid)?);
             ids.push(id);
         }

@@ -17,9 +17,7 @@ use crate::config::StoreConfig;
 use crate::fsutil;
 use crate::storage::{self, StdStorage, Storage};
 
-/// The rule every tenant id must satisfy, quoted in errors.
-pub const TENANT_ID_RULE: &str = "a tenant id is 1 to 64 characters from A-Z a-z 0-9 _ -, \
-     starting with a letter or digit (pattern ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$)";
+pub use tvs_guest_core::tenant_id::TENANT_ID_RULE;
 
 /// A validated tenant id.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,14 +32,7 @@ pub struct InvalidTenantId {
 
 impl TenantId {
     pub fn new(id: &str) -> Result<Self, InvalidTenantId> {
-        let bytes = id.as_bytes();
-        let valid = !bytes.is_empty()
-            && bytes.len() <= 64
-            && bytes[0].is_ascii_alphanumeric()
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-');
-        if valid {
+        if tvs_guest_core::tenant_id::is_valid(id) {
             Ok(TenantId(id.to_owned()))
         } else {
             Err(InvalidTenantId {

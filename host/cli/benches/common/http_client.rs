@@ -36,6 +36,7 @@ impl Connection {
             .and_then(|s| s.parse().ok())
             .expect("a status code");
         let mut length = 0usize;
+        let mut chunked = false;
         loop {
             let mut line = String::new();
             self.reader.read_line(&mut line).expect("header line");
@@ -43,14 +44,33 @@ impl Connection {
             if line.is_empty() {
                 break;
             }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().expect("a length");
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().expect("a length");
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = value.trim().eq_ignore_ascii_case("chunked");
+                }
             }
         }
-        let mut body = vec![0u8; length];
-        self.reader.read_exact(&mut body).expect("body");
+        if !chunked {
+            let mut body = vec![0u8; length];
+            self.reader.read_exact(&mut body).expect("body");
+            return (status, body);
+        }
+        // Bodies of unknown length (a wasi:http guest's) come in chunks.
+        let mut body = Vec::new();
+        loop {
+            let mut size = String::new();
+            self.reader.read_line(&mut size).expect("chunk size");
+            let size =
+                usize::from_str_radix(size.trim_end().split(';').next().unwrap_or(""), 16).expect("a chunk size");
+            let mut chunk = vec![0u8; size + 2];
+            self.reader.read_exact(&mut chunk).expect("chunk");
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
         (status, body)
     }
 }

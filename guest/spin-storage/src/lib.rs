@@ -1,0 +1,324 @@
+//! The storage of tvs on Spin (world `tvs:spin/storage`): `tvs:store/collection` over Spin's
+//! key-value store and `tvs:store/embedder` over Spin's `generate-embeddings`. One instance
+//! serves one request; `tenant.bind` (called by the front after it checked the key) loads that
+//! tenant, and every collection and embedder call works on it. The layout and commit protocol
+//! are `tvs-kv-collection`'s; a tenant's key hash is one more key, `tvs/{tenant}/key`, outside
+//! that layout's log.
+
+wit_bindgen::generate!({
+    path: "../../wit/spin",
+    world: "tvs:spin/storage",
+    generate_all,
+});
+
+use std::cell::RefCell;
+
+use exports::tvs::spin::tenant::{Guest as TenantGuest, Shape, TenantError};
+use exports::tvs::store::collection::Guest as CollectionGuest;
+use exports::tvs::store::embedder::Guest as EmbedderGuest;
+use fermyon::spin::key_value::{Error as KvStoreError, Store};
+use fermyon::spin::llm;
+use tvs::store::types::{CollectionInfo, Document, Error, Hit, Metric as WitMetric, NewDocument};
+use tvs_guest_core::documents as document_rules;
+use tvs_guest_core::filter::Filter;
+use tvs_kv_collection::{Config, KeyValue, KvCollection, KvError, Metric};
+
+/// The Spin store, as the layout's [`KeyValue`].
+struct SpinKv(Store);
+
+fn store_error(e: KvStoreError) -> KvError {
+    KvError::Store(format!("{e:?}"))
+}
+
+impl KeyValue for SpinKv {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.0.get(key).map_err(store_error)
+    }
+    fn set(&mut self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.0.set(key, value).map_err(store_error)
+    }
+    fn delete(&mut self, key: &str) -> Result<(), KvError> {
+        self.0.delete(key).map_err(store_error)
+    }
+    fn keys(&self) -> Result<Vec<String>, KvError> {
+        self.0.get_keys().map_err(store_error)
+    }
+}
+
+thread_local! {
+    static BOUND: RefCell<Option<KvCollection<SpinKv>>> = const { RefCell::new(None) };
+}
+
+fn open_store() -> Result<SpinKv, String> {
+    Store::open("default")
+        .map(SpinKv)
+        .map_err(|e| format!("opening the key-value store: {e:?}"))
+}
+
+fn to_wit(error: KvError) -> Error {
+    match error {
+        KvError::InvalidInput(m) => Error::InvalidInput(m),
+        KvError::QuotaExceeded(limit) => Error::QuotaExceeded(limit),
+        KvError::NoTenant(_) => Error::TenantDeleted,
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+fn with_bound<T>(f: impl FnOnce(&mut KvCollection<SpinKv>) -> Result<T, Error>) -> Result<T, Error> {
+    BOUND.with(|bound| match bound.borrow_mut().as_mut() {
+        Some(collection) => f(collection),
+        None => Err(Error::Internal("no tenant is bound to this request".into())),
+    })
+}
+
+fn parse_filter(json: &str) -> Result<Filter, Error> {
+    Filter::parse_text(json).map_err(|e| Error::InvalidInput(e.to_string()))
+}
+
+fn metadata_object(index: usize, json: &str) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    match serde_json::from_str(json) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        _ => Err(Error::InvalidInput(format!(
+            "document {index}: metadata must be a JSON object"
+        ))),
+    }
+}
+
+struct SpinCollection;
+
+fn tenant_error(error: KvError) -> TenantError {
+    match error {
+        KvError::TenantExists(_) => TenantError::Exists,
+        KvError::NoTenant(_) => TenantError::NotFound,
+        KvError::InvalidInput(m) => TenantError::Invalid(m),
+        other => TenantError::Store(other.to_string()),
+    }
+}
+
+fn key_hash_key(tenant: &str) -> String {
+    format!("tvs/{tenant}/key")
+}
+
+/// Tenant ids name keys: only the ids `tvs serve` accepts, so no id can reach into another
+/// tenant's keys (`a/log` is refused).
+fn checked_tenant(tenant: &str) -> Result<(), TenantError> {
+    if tvs_guest_core::tenant_id::is_valid(tenant) {
+        Ok(())
+    } else {
+        Err(TenantError::Invalid(tvs_guest_core::tenant_id::invalid_message(tenant)))
+    }
+}
+
+impl TenantGuest for SpinCollection {
+    fn create(tenant: String, shape: Shape) -> Result<(), TenantError> {
+        checked_tenant(&tenant)?;
+        let metric = match shape.metric.as_str() {
+            "cos" => Metric::Cos,
+            "ip" => Metric::Ip,
+            "l2" => Metric::L2,
+            other => {
+                return Err(TenantError::Invalid(format!(
+                    "metric must be cos, ip or l2, not {other:?}"
+                )));
+            }
+        };
+        let config = Config {
+            dims: shape.dims as usize,
+            metric,
+            embedding_model: tvs_guest_core::models::canonical_model_name(&shape.embedding_model),
+            max_documents: shape.max_documents,
+        };
+        let store = open_store().map_err(TenantError::Store)?;
+        KvCollection::create(store, &tenant, config)
+            .map(|_| ())
+            .map_err(tenant_error)
+    }
+
+    fn set_key_hash(tenant: String, sha256: Vec<u8>) -> Result<(), TenantError> {
+        checked_tenant(&tenant)?;
+        if sha256.len() != 32 {
+            return Err(TenantError::Invalid("a key hash is 32 bytes of SHA-256".into()));
+        }
+        let mut store = open_store().map_err(TenantError::Store)?;
+        if store
+            .get(&format!("tvs/{tenant}/head"))
+            .map_err(tenant_error)?
+            .is_none()
+        {
+            return Err(TenantError::NotFound);
+        }
+        store.set(&key_hash_key(&tenant), &sha256).map_err(tenant_error)
+    }
+
+    fn key_hash(tenant: String) -> Option<Vec<u8>> {
+        checked_tenant(&tenant).ok()?;
+        open_store().ok()?.get(&key_hash_key(&tenant)).ok()?
+    }
+
+    fn bind(tenant: String) -> Result<(), TenantError> {
+        checked_tenant(&tenant)?;
+        let store = open_store().map_err(TenantError::Store)?;
+        let collection = KvCollection::open(store, &tenant).map_err(tenant_error)?;
+        BOUND.with(|bound| *bound.borrow_mut() = Some(collection));
+        Ok(())
+    }
+}
+
+/// Spin's name of the one model it serves, `all-MiniLM-L6-v2`.
+const SPIN_LOCAL_MODEL: &str = "all-minilm-l6-v2";
+
+impl EmbedderGuest for SpinCollection {
+    fn model() -> (String, u32) {
+        with_bound(|c| {
+            let config = c.config();
+            Ok(match config.embedding_model.as_str() {
+                "none" => ("none".to_owned(), 0),
+                model => (model.to_owned(), config.dims as u32),
+            })
+        })
+        .unwrap_or_else(|_| ("none".to_owned(), 0))
+    }
+
+    fn embed(texts: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
+        let (model, dims) = with_bound(|c| Ok((c.config().embedding_model.clone(), c.config().dims)))?;
+        if model == "none" {
+            return Err(Error::NoEmbedder);
+        }
+        if !tvs_guest_core::models::is_local_model(&model) {
+            return Err(Error::Internal(format!(
+                "{model} is not served on Spin: tenants here use {} (Spin's {SPIN_LOCAL_MODEL}) or none",
+                tvs_guest_core::models::LOCAL_MODEL
+            )));
+        }
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let result = llm::generate_embeddings(SPIN_LOCAL_MODEL, &texts).map_err(|e| {
+            Error::Internal(match e {
+                llm::Error::ModelNotSupported => format!(
+                    "the platform does not serve {SPIN_LOCAL_MODEL}: list it in the component's ai_models, or create tenants with embedding_model none"
+                ),
+                llm::Error::RuntimeError(m) | llm::Error::InvalidInput(m) => format!("generate-embeddings: {m}"),
+            })
+        })?;
+        if result.embeddings.len() != texts.len() || result.embeddings.iter().any(|v| v.len() != dims) {
+            return Err(Error::Internal(format!(
+                "generate-embeddings returned {} vectors for {} texts, not all of {dims} dimensions",
+                result.embeddings.len(),
+                texts.len()
+            )));
+        }
+        Ok(result.embeddings)
+    }
+}
+
+impl CollectionGuest for SpinCollection {
+    fn upsert(documents: Vec<NewDocument>) -> Result<Vec<String>, Error> {
+        with_bound(|c| {
+            let (dims, cosine) = (c.config().dims, c.config().metric == Metric::Cos);
+            // Checked here too, before ids are generated, so a refusal names the client's id
+            // (or none) in tvs serve's words.
+            let docs = documents
+                .into_iter()
+                .enumerate()
+                .map(|(index, d)| {
+                    let invalid = |reason: String| {
+                        Error::InvalidInput(document_rules::invalid_document(index, d.id.as_deref(), &reason))
+                    };
+                    if let Some(id) = &d.id {
+                        document_rules::check_id(id).map_err(invalid)?;
+                    }
+                    document_rules::check_vector(&d.vector, dims, cosine).map_err(invalid)?;
+                    Ok(tvs_kv_collection::Document {
+                        metadata: metadata_object(index, &d.metadata)?,
+                        id: d.id.unwrap_or_else(|| format!("{:016x}{index}", random_id())),
+                        text: d.text,
+                        vector: d.vector,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            c.upsert(docs).map_err(to_wit)
+        })
+    }
+
+    fn delete(ids: Vec<String>) -> Result<u64, Error> {
+        with_bound(|c| c.delete(&ids).map_err(to_wit))
+    }
+
+    fn delete_where(filter: String) -> Result<u64, Error> {
+        let filter = parse_filter(&filter)?;
+        with_bound(|c| c.delete_where(&filter).map_err(to_wit))
+    }
+
+    fn get(ids: Vec<String>, include_vectors: bool) -> Result<Vec<Document>, Error> {
+        with_bound(|c| {
+            Ok(c.get(&ids)
+                .into_iter()
+                .map(|d| Document {
+                    id: d.id,
+                    text: d.text,
+                    metadata: serde_json::Value::Object(d.metadata).to_string(),
+                    vector: include_vectors.then_some(d.vector),
+                })
+                .collect())
+        })
+    }
+
+    fn search(vector: Vec<f32>, k: u32, filter: Option<String>, include_vectors: bool) -> Result<Vec<Hit>, Error> {
+        if k == 0 || k > 10_000 {
+            return Err(Error::InvalidInput(format!("k must be between 1 and 10000, got {k}")));
+        }
+        let filter = filter.as_deref().map(parse_filter).transpose()?;
+        with_bound(|c| {
+            Ok(c.search(&vector, k as usize, filter.as_ref())
+                .map_err(to_wit)?
+                .into_iter()
+                .map(|h| Hit {
+                    id: h.document.id,
+                    score: h.score,
+                    distance: h.distance,
+                    text: h.document.text,
+                    metadata: serde_json::Value::Object(h.document.metadata).to_string(),
+                    vector: include_vectors.then_some(h.document.vector),
+                })
+                .collect())
+        })
+    }
+
+    fn count() -> u64 {
+        with_bound(|c| Ok(c.count())).unwrap_or(0)
+    }
+
+    fn info() -> CollectionInfo {
+        with_bound(|c| {
+            let config = c.config();
+            Ok(CollectionInfo {
+                count: c.count(),
+                dims: config.dims as u32,
+                metric: match config.metric {
+                    Metric::Cos => WitMetric::Cos,
+                    Metric::Ip => WitMetric::Ip,
+                    Metric::L2 => WitMetric::L2,
+                },
+                embedding_model: config.embedding_model.clone(),
+                bytes: 0,
+            })
+        })
+        .unwrap_or(CollectionInfo {
+            count: 0,
+            dims: 0,
+            metric: WitMetric::Cos,
+            embedding_model: "none".into(),
+            bytes: 0,
+        })
+    }
+}
+
+/// A random 64-bit number, for ids the client left out: std seeds its hash keys from WASI's
+/// random source.
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+export!(SpinCollection);

@@ -1,0 +1,624 @@
+//! One contract, two servers: the same table of HTTP requests runs against `tvs serve` and
+//! against the Spin component (`spin build`'s output in the Spin-shaped host of `spin_host`),
+//! each step's status is asserted on both, and both servers' answers must be the same (scores to
+//! 1e-4; the few fields that differ by design are named in `comparable`). Ingest, search with
+//! filters and MMR, get, delete, delete by filter, stats, embeddings, wrong keys, two tenants,
+//! bad input changing nothing, and a restart.
+//!
+//! Also the imports check of the composed component against what a Spin 3.x platform provides.
+
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+
+use crate::http::{ADMIN, Server, request};
+use crate::spin_host::{SpinHost, component_imports, linker, spin_build};
+
+/// Who a step authenticates as.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    Admin,
+    /// The key of the tenant created by the step that named it.
+    Tenant(&'static str),
+    /// A well-formed key for a tenant, with a wrong secret.
+    WrongSecret(&'static str),
+    Nobody,
+}
+
+#[derive(Debug)]
+enum Step {
+    Call {
+        method: &'static str,
+        path: &'static str,
+        who: Who,
+        body: Body,
+        status: u16,
+    },
+    /// Stop the server and start it again on the same data.
+    Restart,
+}
+
+#[derive(Debug)]
+enum Body {
+    None,
+    Json(Value),
+    /// Sent as is, with `Content-Type: application/json`.
+    Raw(&'static str),
+    /// Sent with `Content-Type: text/plain`.
+    Text(&'static str),
+}
+
+fn call(method: &'static str, path: &'static str, who: Who, body: Value, status: u16) -> Step {
+    Step::Call {
+        method,
+        path,
+        who,
+        body: if body.is_null() { Body::None } else { Body::Json(body) },
+        status,
+    }
+}
+
+fn raw(method: &'static str, path: &'static str, who: Who, body: Body, status: u16) -> Step {
+    Step::Call {
+        method,
+        path,
+        who,
+        body,
+        status,
+    }
+}
+
+fn vector_docs() -> Value {
+    json!({"documents": [
+        {"id": "north", "text": "north", "vector": [1.0, 0.0, 0.0, 0.0], "metadata": {"kind": "a", "n": 1}},
+        {"id": "east", "text": "east", "vector": [0.0, 1.0, 0.0, 0.2], "metadata": {"kind": "b", "n": 2}},
+        {"id": "up", "text": "up", "vector": [0.0, 0.0, 1.0, 0.5], "metadata": {"kind": "a", "n": 3}},
+        {"id": "north-east", "text": "north-east", "vector": [0.7, 0.7, 0.0, 0.0], "metadata": {"kind": "b", "n": 4}},
+        {"id": "nearly-north", "text": "nearly north", "vector": [0.99, 0.05, 0.0, 0.0], "metadata": {"kind": "a", "n": 5}},
+        {"id": "a b/c#1", "text": "an id to escape", "vector": [0.0, 0.0, 0.0, 1.0], "metadata": {}}
+    ]})
+}
+
+/// The table. Tenant `vec` stores client vectors (l2), `text` embeds with the local model.
+fn steps() -> Vec<Step> {
+    use Who::*;
+    let vec = Tenant("vec");
+    let text = Tenant("text");
+    let q = |body: Value| body;
+    vec![
+        // Admin: create tenants; a tenant key is not the admin key; bad shapes.
+        call(
+            "POST",
+            "/v1/tenants",
+            Admin,
+            json!({"id": "vec", "dims": 4, "metric": "l2", "embedding_model": "none", "max_documents": 8}),
+            201,
+        ),
+        call("POST", "/v1/tenants", Admin, json!({"id": "text"}), 201),
+        call(
+            "POST",
+            "/v1/tenants",
+            Admin,
+            json!({"id": "vec", "dims": 4, "embedding_model": "none"}),
+            409,
+        ),
+        call(
+            "POST",
+            "/v1/tenants",
+            Admin,
+            json!({"id": "../etc", "dims": 4, "embedding_model": "none"}),
+            400,
+        ),
+        call(
+            "POST",
+            "/v1/tenants",
+            Admin,
+            json!({"id": "m", "dims": 8, "embedding_model": "all-minilm-l6-v2"}),
+            400,
+        ),
+        call(
+            "POST",
+            "/v1/tenants",
+            Admin,
+            json!({"id": "m", "embedding_model": "all-mpnet-base-v2"}),
+            400,
+        ),
+        call("POST", "/v1/tenants", vec, json!({"id": "x", "dims": 4}), 403),
+        call("POST", "/v1/tenants", Nobody, json!({"id": "x", "dims": 4}), 401),
+        // Ingest and read back.
+        call("POST", "/v1/documents", vec, vector_docs(), 200),
+        call("GET", "/v1/stats", vec, Value::Null, 200),
+        call("GET", "/v1/documents/north", vec, Value::Null, 200),
+        call("GET", "/v1/documents/a%20b%2Fc%231", vec, Value::Null, 200),
+        call("GET", "/v1/documents/missing", vec, Value::Null, 404),
+        // Search: plain, filtered, MMR.
+        call(
+            "POST",
+            "/v1/search",
+            vec,
+            q(json!({"vector": [1.0, 0.0, 0.0, 0.0], "top_k": 3})),
+            200,
+        ),
+        call(
+            "POST",
+            "/v1/search",
+            vec,
+            q(json!({"vector": [1.0, 0.0, 0.0, 0.0], "top_k": 3, "filter": {"kind": "b"}})),
+            200,
+        ),
+        call(
+            "POST",
+            "/v1/search",
+            vec,
+            q(
+                json!({"vector": [1.0, 0.0, 0.0, 0.0], "top_k": 3, "filter": {"$or": [{"n": {"$gte": 4}}, {"kind": {"$in": ["x", "a"]}}]}}),
+            ),
+            200,
+        ),
+        call(
+            "POST",
+            "/v1/search",
+            vec,
+            q(json!({"vector": [1.0, 0.1, 0.0, 0.0], "top_k": 2, "mmr": {"fetch_k": 5, "lambda_mult": 0.3}})),
+            200,
+        ),
+        call(
+            "POST",
+            "/v1/search",
+            vec,
+            q(json!({"vector": [1.0, 0.0, 0.0, 0.0]})),
+            200,
+        ),
+        // Wrong keys: nothing is answered.
+        call("GET", "/v1/stats", WrongSecret("vec"), Value::Null, 401),
+        call("GET", "/v1/stats", Nobody, Value::Null, 401),
+        call("GET", "/v1/stats", Admin, Value::Null, 401),
+        call(
+            "POST",
+            "/v1/search",
+            WrongSecret("vec"),
+            q(json!({"vector": [1.0, 0.0, 0.0, 0.0]})),
+            401,
+        ),
+        // The other tenant sees none of it.
+        call("GET", "/v1/stats", text, Value::Null, 200),
+        call("GET", "/v1/documents/north", text, Value::Null, 404),
+        call(
+            "POST",
+            "/v1/documents/delete",
+            text,
+            json!({"ids": ["north", "east"]}),
+            200,
+        ),
+        // Bad input: a 4xx, and nothing changes (checked by the stats and search after).
+        call(
+            "POST",
+            "/v1/documents",
+            vec,
+            json!({"documents": [{"id": "bad", "vector": [1.0, 2.0]}]}),
+            400,
+        ),
+        call(
+            "POST",
+            "/v1/documents",
+            vec,
+            json!({"documents": [{"id": "ok", "vector": [1.0, 0.0, 0.0, 0.0]}, {"id": "bad", "vector": [1.0]}]}),
+            400,
+        ),
+        call("POST", "/v1/documents", vec, json!({"documents": []}), 400),
+        call(
+            "POST",
+            "/v1/documents",
+            vec,
+            json!({"documents": [{"id": "t", "text": "no model here"}]}),
+            400,
+        ),
+        call(
+            "POST",
+            "/v1/documents",
+            vec,
+            json!({"documents": [{"id": "x", "vector": [0.0, 0.0, 0.0, 1.0]}, {"id": "y", "vector": [0.0, 0.0, 0.0, 1.0]}, {"id": "z", "vector": [0.0, 0.0, 0.0, 1.0]}]}),
+            403,
+        ),
+        raw(
+            "POST",
+            "/v1/documents",
+            vec,
+            Body::Raw("{\"documents\": [{\"id\": \"n\", \"vector\": [1e999, 0, 0, 0]}]}"),
+            400,
+        ),
+        raw("POST", "/v1/documents", vec, Body::Raw("{\"documents\": ["), 400),
+        raw("POST", "/v1/documents", vec, Body::Text("{\"documents\": []}"), 415),
+        call(
+            "POST",
+            "/v1/documents",
+            vec,
+            json!({"documents": [{"id": "u", "vector": [1.0, 0.0, 0.0, 0.0], "colour": "red"}]}),
+            400,
+        ),
+        call(
+            "POST",
+            "/v1/search",
+            vec,
+            json!({"vector": [1.0, 0.0, 0.0, 0.0], "filter": {"n": {"$near": 1}}}),
+            400,
+        ),
+        call(
+            "POST",
+            "/v1/search",
+            vec,
+            json!({"vector": [1.0, 0.0, 0.0, 0.0], "top_k": 0}),
+            400,
+        ),
+        call(
+            "POST",
+            "/v1/search",
+            vec,
+            json!({"vector": [1.0, 0.0, 0.0, 0.0], "top_k": 100000}),
+            400,
+        ),
+        call("POST", "/v1/search", vec, json!({"vector": [1.0, 0.0]}), 400),
+        call("POST", "/v1/search", vec, json!({"query": "north"}), 400),
+        call("POST", "/v1/documents/delete", vec, json!({}), 400),
+        call("POST", "/v1/documents/delete", vec, json!({"filter": {"$bad": 1}}), 400),
+        call("GET", "/v1/stats", vec, Value::Null, 200),
+        call(
+            "POST",
+            "/v1/search",
+            vec,
+            json!({"vector": [0.0, 0.0, 0.0, 1.0], "top_k": 10}),
+            200,
+        ),
+        // Text tenant: the model embeds documents and queries, and serves /v1/embeddings.
+        call(
+            "POST",
+            "/v1/documents",
+            text,
+            json!({"documents": [
+                {"id": "password", "text": "What are the steps to recover my account if I forgot my login credentials?"},
+                {"id": "oven", "text": "I reset the oven timer and taped the wifi password to the fridge."},
+                {"id": "plants", "text": "Water the tomatoes twice a week in summer.", "metadata": {"topic": "garden"}}
+            ]}),
+            200,
+        ),
+        call(
+            "POST",
+            "/v1/search",
+            text,
+            json!({"query": "How do I reset my password?", "top_k": 2}),
+            200,
+        ),
+        call(
+            "POST",
+            "/v1/search",
+            text,
+            json!({"query": "gardening", "top_k": 1, "filter": {"topic": "garden"}}),
+            200,
+        ),
+        call(
+            "POST",
+            "/v1/embeddings",
+            text,
+            json!({"input": ["hello world", "vector stores"], "model": "all-minilm-l6-v2"}),
+            200,
+        ),
+        call(
+            "POST",
+            "/v1/embeddings",
+            text,
+            json!({"input": "hello", "model": "text-embedding-3-small"}),
+            400,
+        ),
+        call(
+            "POST",
+            "/v1/embeddings",
+            text,
+            json!({"input": "hello", "dimensions": 256}),
+            400,
+        ),
+        call(
+            "POST",
+            "/v1/embeddings",
+            text,
+            json!({"input": "hello", "encoding_format": "int8"}),
+            400,
+        ),
+        call("POST", "/v1/embeddings", vec, json!({"input": "hello"}), 400),
+        // Deletes: by id, by filter, of a missing id.
+        call("DELETE", "/v1/documents/east", vec, Value::Null, 200),
+        call("DELETE", "/v1/documents/east", vec, Value::Null, 404),
+        call(
+            "POST",
+            "/v1/documents/delete",
+            vec,
+            json!({"filter": {"kind": "a"}}),
+            200,
+        ),
+        call(
+            "POST",
+            "/v1/documents/delete",
+            vec,
+            json!({"ids": ["a b/c#1", "gone"]}),
+            200,
+        ),
+        call("GET", "/v1/stats", vec, Value::Null, 200),
+        // Upsert replaces by id.
+        call(
+            "POST",
+            "/v1/documents",
+            vec,
+            json!({"documents": [{"id": "north-east", "text": "moved", "vector": [0.0, 0.0, 0.0, 1.0], "metadata": {"kind": "c"}}]}),
+            200,
+        ),
+        // A restart keeps everything acknowledged.
+        Step::Restart,
+        call("GET", "/v1/stats", vec, Value::Null, 200),
+        call("GET", "/v1/documents/north-east", vec, Value::Null, 200),
+        call(
+            "POST",
+            "/v1/search",
+            vec,
+            json!({"vector": [0.0, 0.0, 0.0, 1.0], "top_k": 5}),
+            200,
+        ),
+        call(
+            "POST",
+            "/v1/search",
+            text,
+            json!({"query": "forgot my login", "top_k": 1}),
+            200,
+        ),
+        // Keys: only the admin rotates them; the new key works.
+        call("POST", "/v1/tenants/vec/keys", vec, Value::Null, 403),
+        call("POST", "/v1/tenants/vec/keys", Admin, Value::Null, 200),
+        call("GET", "/v1/stats", vec, Value::Null, 200),
+        call("POST", "/v1/tenants/nope/keys", Admin, Value::Null, 404),
+        call("GET", "/v1/nothing-here", vec, Value::Null, 404),
+    ]
+}
+
+/// A server under test.
+trait Api {
+    fn name(&self) -> &'static str;
+    fn addr(&self) -> SocketAddr;
+    fn restart(&mut self);
+}
+
+struct Serve {
+    server: Option<Server>,
+    data: tempfile::TempDir,
+}
+
+impl Api for Serve {
+    fn name(&self) -> &'static str {
+        "tvs serve"
+    }
+    fn addr(&self) -> SocketAddr {
+        self.server.as_ref().expect("running").addr
+    }
+    fn restart(&mut self) {
+        drop(self.server.take());
+        self.server = Some(Server::start(self.data.path(), &[], &[]));
+    }
+}
+
+struct Spin {
+    host: Option<SpinHost>,
+    kv: tempfile::TempDir,
+}
+
+impl Spin {
+    fn start(kv: &std::path::Path) -> SpinHost {
+        SpinHost::start(kv, &[("admin_key", ADMIN)])
+    }
+}
+
+impl Api for Spin {
+    fn name(&self) -> &'static str {
+        "Spin component"
+    }
+    fn addr(&self) -> SocketAddr {
+        self.host.as_ref().expect("running").addr
+    }
+    fn restart(&mut self) {
+        drop(self.host.take());
+        self.host = Some(Spin::start(self.kv.path()));
+    }
+}
+
+/// Runs the table on one server; returns each call's (status, body).
+fn run(api: &mut dyn Api) -> Vec<(u16, Value)> {
+    let mut keys: std::collections::HashMap<&'static str, String> = Default::default();
+    let mut answers = Vec::new();
+    for (index, step) in steps().into_iter().enumerate() {
+        let Step::Call {
+            method,
+            path,
+            who,
+            body,
+            status,
+        } = step
+        else {
+            api.restart();
+            continue;
+        };
+        let key = match who {
+            Who::Admin => Some(ADMIN.to_owned()),
+            Who::Tenant(t) => Some(keys.get(t).unwrap_or_else(|| panic!("no key for {t} yet")).clone()),
+            Who::WrongSecret(t) => Some(format!("tvs.{t}.{}", "0".repeat(64))),
+            Who::Nobody => None,
+        };
+        let (content_type, bytes): (Option<&str>, Vec<u8>) = match &body {
+            Body::None => (None, Vec::new()),
+            Body::Json(v) => (Some("application/json"), v.to_string().into_bytes()),
+            Body::Raw(text) => (Some("application/json"), text.as_bytes().to_vec()),
+            Body::Text(text) => (Some("text/plain"), text.as_bytes().to_vec()),
+        };
+        let (got, answer) = request(api.addr(), method, path, key.as_deref(), content_type, &bytes);
+        assert_eq!(
+            got,
+            status,
+            "{}: step {index} {method} {path} answered {answer}",
+            api.name()
+        );
+        if status == 201 {
+            let id = answer["id"].as_str().expect("created id");
+            let id: &'static str = Box::leak(id.to_owned().into_boxed_str());
+            keys.insert(id, answer["api_key"].as_str().expect("key").to_owned());
+        }
+        if path.ends_with("/keys") && got == 200 {
+            keys.insert("vec", answer["api_key"].as_str().expect("key").to_owned());
+        }
+        answers.push((got, answer));
+    }
+    answers
+}
+
+/// A body as both servers must give it: keys and the fields that differ by design left out
+/// (`bytes`: the HNSW index's resident size vs none; `usage`: tokens counted by tvs, not passed
+/// through Spin's embedder), and parse-error wording (axum's vs serde's) cut to its prefix.
+fn comparable(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "api_key" | "bytes" | "usage"))
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        ("message", Value::String(m)) if m.starts_with("malformed JSON body") => {
+                            json!("malformed JSON body")
+                        }
+                        _ => comparable(v),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(comparable).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Whether two comparable bodies are equal, numbers to 1e-4 (scores and vectors are computed
+/// by different code on the two servers).
+fn close(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            (x.as_f64().expect("number") - y.as_f64().expect("number")).abs() <= 1e-4
+        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| close(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w)))
+        }
+        (x, y) => x == y,
+    }
+}
+
+#[test]
+fn the_data_routes_answer_the_same_on_tvs_serve_and_on_spin() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut serve = Serve {
+        server: Some(Server::start(data.path(), &[], &[])),
+        data,
+    };
+    let kv = tempfile::tempdir().expect("tempdir");
+    let mut spin = Spin {
+        host: Some(Spin::start(kv.path())),
+        kv,
+    };
+    let on_serve = run(&mut serve);
+    let on_spin = run(&mut spin);
+    let calls: Vec<_> = steps()
+        .into_iter()
+        .filter_map(|s| match s {
+            Step::Call { method, path, .. } => Some(format!("{method} {path}")),
+            Step::Restart => None,
+        })
+        .collect();
+    for ((call, (status, a)), (_, b)) in calls.iter().zip(&on_serve).zip(&on_spin) {
+        assert!(
+            close(&comparable(a), &comparable(b)),
+            "{call} ({status}) differs:\n tvs serve: {a}\n Spin:      {b}"
+        );
+    }
+    // The answers say what a user relies on, not only that they agree: bad input changed
+    // nothing (6 before and after it), the deletes left one, the restart kept it.
+    let counts: Vec<&Value> = calls
+        .iter()
+        .zip(&on_spin)
+        .filter(|(c, (status, body))| c.as_str() == "GET /v1/stats" && *status == 200 && body["dims"] == 4)
+        .map(|(_, (_, body))| &body["count"])
+        .collect();
+    assert_eq!(counts, [&json!(6), &json!(6), &json!(1), &json!(1), &json!(1)]);
+    let search = on_spin
+        .iter()
+        .zip(&calls)
+        .find(|(_, c)| c.as_str() == "POST /v1/search")
+        .expect("a search");
+    let ids: Vec<&str> = search.0.1["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|h| h["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["north", "nearly-north", "north-east"]);
+}
+
+/// Imports outside what a Spin 3.x platform provides, by name: WASI 0.2, the `fermyon:spin`
+/// 2.0 interfaces vendored from spin-sdk 5.2.0, and `tvs:store/types` (types only, which needs no
+/// definition). Then the component must link against exactly the Spin-shaped host.
+#[test]
+fn the_composed_component_imports_only_what_spin_provides() {
+    let vendored: Vec<String> = std::fs::read_dir(crate::spin_host::repo_root().join("wit/spin/deps/fermyon-spin"))
+        .expect("vendored WIT")
+        .flat_map(|entry| {
+            let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+            text.lines()
+                .filter_map(|l| {
+                    l.trim()
+                        .strip_prefix("interface ")?
+                        .split_whitespace()
+                        .next()
+                        .map(str::to_owned)
+                })
+                .collect::<Vec<_>>()
+        })
+        .map(|name| format!("fermyon:spin/{name}@2.0.0"))
+        .collect();
+    assert!(
+        vendored.iter().any(|n| n == "fermyon:spin/key-value@2.0.0"),
+        "{vendored:?}"
+    );
+    let (engine, linker) = linker();
+    let component = wasmtime::component::Component::from_file(&engine, spin_build()).expect("compile");
+    let imports = component_imports(&engine, &component);
+    let outside: Vec<&String> = imports
+        .iter()
+        .filter(|name| {
+            let wasi_02 = name.starts_with("wasi:") && name.contains("@0.2.");
+            !(wasi_02 || vendored.contains(name) || name.as_str() == "tvs:store/types@0.1.0")
+        })
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "imports a Spin 3.x platform does not provide: {outside:?}"
+    );
+    for needed in [
+        "fermyon:spin/key-value@2.0.0",
+        "fermyon:spin/llm@2.0.0",
+        "fermyon:spin/variables@2.0.0",
+    ] {
+        assert!(
+            imports.iter().any(|i| i == needed),
+            "{needed} not imported: {imports:?}"
+        );
+    }
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(&engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    assert_eq!(exports, ["wasi:http/incoming-handler@0.2.0"]);
+    if let Err(e) = linker.instantiate_pre(&component) {
+        panic!("does not link against the Spin-shaped host: {e:#}");
+    }
+}
