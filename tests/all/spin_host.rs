@@ -5,7 +5,8 @@
 //! `fermyon:spin` 2.0 interfaces tvs uses, from the WIT vendored from spin-sdk 5.2.0:
 //! - key-value: the stores the component lists in `key_value_stores`, backed by real files
 //!   (a file per key, written atomically by rename), with Spin Cloud's limits (keys ≤ 255 bytes,
-//!   values ≤ 1 MB);
+//!   values ≤ 1 MB), reached through `fermyon:spin/key-value` and `wasi:keyvalue` (store and
+//!   atomics: compare-and-swap) alike, as Spin serves both from one store;
 //! - variables: `[component.x.variables]` templates over the `[variables]` defaults,
 //!   overridden by the test as `SPIN_VARIABLE_*` would;
 //! - llm: `generate-embeddings` of the models listed in `ai_models`, answered by tvs's own
@@ -33,7 +34,11 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit/spin",
         world: "tvs:spin/platform",
-        with: { "fermyon:spin/key-value.store": super::KvHandle },
+        with: {
+            "fermyon:spin/key-value.store": super::KvHandle,
+            "wasi:keyvalue/store.bucket": super::KvHandle,
+            "wasi:keyvalue/atomics.cas": super::CasHandle,
+        },
     });
 }
 
@@ -151,6 +156,8 @@ pub struct Platform {
     stores: BTreeMap<String, PathBuf>,
     variables: BTreeMap<String, String>,
     ai_models: Vec<String>,
+    /// Held by every write, so a compare-and-swap is atomic against all of them.
+    writes: std::sync::Mutex<()>,
 }
 
 impl Platform {
@@ -170,6 +177,7 @@ impl Platform {
             stores,
             variables: resolve_variables(&manifest, overrides),
             ai_models: string_list(component, "ai_models"),
+            writes: std::sync::Mutex::new(()),
         }
     }
 }
@@ -255,6 +263,70 @@ fn kv_other(e: impl std::fmt::Display) -> KvError {
     KvError::Other(e.to_string())
 }
 
+/// An open compare-and-swap: the key and the value it held when opened.
+#[derive(Debug)]
+pub struct CasHandle {
+    dir: PathBuf,
+    key: String,
+    seen: Option<Vec<u8>>,
+}
+
+/// The file-per-key store behind both key-value interfaces.
+mod files {
+    use std::path::Path;
+
+    pub fn get(dir: &Path, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+        match std::fs::read(dir.join(super::hex(key))) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Spin Cloud's limits, then an atomic replace.
+    pub fn set(dir: &Path, key: &str, value: &[u8]) -> Result<(), String> {
+        if key.len() > 255 || value.len() > 1 << 20 {
+            return Err(format!(
+                "key of {} or value of {} bytes is over the limit",
+                key.len(),
+                value.len()
+            ));
+        }
+        let tmp = dir.join(format!(".{}.tmp", super::hex(key)));
+        std::fs::write(&tmp, value).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, dir.join(super::hex(key))).map_err(|e| e.to_string())
+    }
+
+    pub fn delete(dir: &Path, key: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(dir.join(super::hex(key))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn keys(dir: &Path) -> std::io::Result<Vec<String>> {
+        Ok(std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .filter_map(|e| super::unhex(e.file_name().to_str()?))
+            .collect())
+    }
+}
+
+impl HostState {
+    fn store_dir(&self, handle: &Resource<KvHandle>) -> Result<PathBuf, String> {
+        Ok(self.table.get(handle).map_err(|e| e.to_string())?.dir.clone())
+    }
+
+    fn locked_write<T>(&self, write: impl FnOnce() -> T) -> T {
+        let _held = self
+            .platform
+            .writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        write()
+    }
+}
+
 impl bindings::fermyon::spin::key_value::Host for HostState {}
 
 impl bindings::fermyon::spin::key_value::HostStore for HostState {
@@ -263,47 +335,135 @@ impl bindings::fermyon::spin::key_value::HostStore for HostState {
         self.table.push(KvHandle { dir }).map_err(kv_other)
     }
     fn get(&mut self, store: Resource<KvHandle>, key: String) -> Result<Option<Vec<u8>>, KvError> {
-        let dir = &self.table.get(&store).map_err(kv_other)?.dir;
-        match std::fs::read(dir.join(hex(&key))) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(kv_other(e)),
-        }
+        files::get(&self.store_dir(&store).map_err(kv_other)?, &key).map_err(kv_other)
     }
     fn set(&mut self, store: Resource<KvHandle>, key: String, value: Vec<u8>) -> Result<(), KvError> {
-        if key.len() > 255 || value.len() > 1 << 20 {
-            return Err(KvError::Other(format!(
-                "key of {} or value of {} bytes is over the limit",
-                key.len(),
-                value.len()
-            )));
-        }
-        let dir = &self.table.get(&store).map_err(kv_other)?.dir;
-        let tmp = dir.join(format!(".{}.tmp", hex(&key)));
-        std::fs::write(&tmp, &value).map_err(kv_other)?;
-        std::fs::rename(&tmp, dir.join(hex(&key))).map_err(kv_other)
+        let dir = self.store_dir(&store).map_err(kv_other)?;
+        self.locked_write(|| files::set(&dir, &key, &value))
+            .map_err(KvError::Other)
     }
     fn delete(&mut self, store: Resource<KvHandle>, key: String) -> Result<(), KvError> {
-        let dir = &self.table.get(&store).map_err(kv_other)?.dir;
-        match std::fs::remove_file(dir.join(hex(&key))) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(kv_other(e)),
-        }
+        let dir = self.store_dir(&store).map_err(kv_other)?;
+        self.locked_write(|| files::delete(&dir, &key)).map_err(kv_other)
     }
     fn exists(&mut self, store: Resource<KvHandle>, key: String) -> Result<bool, KvError> {
         Ok(self.get(store, key)?.is_some())
     }
     fn get_keys(&mut self, store: Resource<KvHandle>) -> Result<Vec<String>, KvError> {
-        let dir = &self.table.get(&store).map_err(kv_other)?.dir;
-        let entries = std::fs::read_dir(dir).map_err(kv_other)?;
-        Ok(entries
-            .filter_map(Result::ok)
-            .filter_map(|e| unhex(e.file_name().to_str()?))
-            .collect())
+        files::keys(&self.store_dir(&store).map_err(kv_other)?).map_err(kv_other)
     }
     fn drop(&mut self, store: Resource<KvHandle>) -> wasmtime::Result<()> {
         self.table.delete(store)?;
+        Ok(())
+    }
+}
+
+use bindings::wasi::keyvalue::atomics;
+use bindings::wasi::keyvalue::store as wasi_kv;
+
+fn wasi_other(e: impl std::fmt::Display) -> wasi_kv::Error {
+    wasi_kv::Error::Other(e.to_string())
+}
+
+impl wasi_kv::Host for HostState {
+    fn open(&mut self, identifier: String) -> Result<Resource<KvHandle>, wasi_kv::Error> {
+        let dir = self
+            .platform
+            .stores
+            .get(&identifier)
+            .ok_or(wasi_kv::Error::AccessDenied)?
+            .clone();
+        self.table.push(KvHandle { dir }).map_err(wasi_other)
+    }
+}
+
+impl wasi_kv::HostBucket for HostState {
+    fn get(&mut self, bucket: Resource<KvHandle>, key: String) -> Result<Option<Vec<u8>>, wasi_kv::Error> {
+        files::get(&self.store_dir(&bucket).map_err(wasi_other)?, &key).map_err(wasi_other)
+    }
+    fn set(&mut self, bucket: Resource<KvHandle>, key: String, value: Vec<u8>) -> Result<(), wasi_kv::Error> {
+        let dir = self.store_dir(&bucket).map_err(wasi_other)?;
+        self.locked_write(|| files::set(&dir, &key, &value))
+            .map_err(wasi_kv::Error::Other)
+    }
+    fn delete(&mut self, bucket: Resource<KvHandle>, key: String) -> Result<(), wasi_kv::Error> {
+        let dir = self.store_dir(&bucket).map_err(wasi_other)?;
+        self.locked_write(|| files::delete(&dir, &key)).map_err(wasi_other)
+    }
+    fn exists(&mut self, bucket: Resource<KvHandle>, key: String) -> Result<bool, wasi_kv::Error> {
+        Ok(wasi_kv::HostBucket::get(self, bucket, key)?.is_some())
+    }
+    fn list_keys(
+        &mut self,
+        bucket: Resource<KvHandle>,
+        _cursor: Option<String>,
+    ) -> Result<wasi_kv::KeyResponse, wasi_kv::Error> {
+        let keys = files::keys(&self.store_dir(&bucket).map_err(wasi_other)?).map_err(wasi_other)?;
+        Ok(wasi_kv::KeyResponse { keys, cursor: None })
+    }
+    fn drop(&mut self, bucket: Resource<KvHandle>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for HostState {
+    fn increment(&mut self, bucket: Resource<KvHandle>, key: String, delta: i64) -> Result<i64, wasi_kv::Error> {
+        let dir = self.store_dir(&bucket).map_err(wasi_other)?;
+        self.locked_write(|| {
+            let current = match files::get(&dir, &key).map_err(wasi_other)? {
+                Some(bytes) => String::from_utf8_lossy(&bytes)
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(wasi_other)?,
+                None => 0,
+            };
+            let next = current + delta;
+            files::set(&dir, &key, next.to_string().as_bytes()).map_err(wasi_kv::Error::Other)?;
+            Ok(next)
+        })
+    }
+
+    fn swap(&mut self, cas: Resource<CasHandle>, value: Vec<u8>) -> Result<(), atomics::CasError> {
+        let handle = self
+            .table
+            .delete(cas)
+            .map_err(|e| atomics::CasError::StoreError(wasi_other(e)))?;
+        let outcome = self.locked_write(|| {
+            let now = files::get(&handle.dir, &handle.key).map_err(wasi_other)?;
+            if now != handle.seen {
+                return Ok(Some(now));
+            }
+            files::set(&handle.dir, &handle.key, &value).map_err(wasi_kv::Error::Other)?;
+            Ok(None)
+        });
+        match outcome {
+            Ok(None) => Ok(()),
+            // Another write went first: a fresh handle on what is there now, for a retry.
+            Ok(Some(now)) => {
+                let retry = CasHandle { seen: now, ..handle };
+                let retry = self
+                    .table
+                    .push(retry)
+                    .map_err(|e| atomics::CasError::StoreError(wasi_other(e)))?;
+                Err(atomics::CasError::CasFailed(retry))
+            }
+            Err(e) => Err(atomics::CasError::StoreError(e)),
+        }
+    }
+}
+
+impl atomics::HostCas for HostState {
+    fn new(&mut self, bucket: Resource<KvHandle>, key: String) -> Result<Resource<CasHandle>, wasi_kv::Error> {
+        let dir = self.store_dir(&bucket).map_err(wasi_other)?;
+        let seen = files::get(&dir, &key).map_err(wasi_other)?;
+        self.table.push(CasHandle { dir, key, seen }).map_err(wasi_other)
+    }
+    fn current(&mut self, cas: Resource<CasHandle>) -> Result<Option<Vec<u8>>, wasi_kv::Error> {
+        Ok(self.table.get(&cas).map_err(wasi_other)?.seen.clone())
+    }
+    fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
+        self.table.delete(cas)?;
         Ok(())
     }
 }

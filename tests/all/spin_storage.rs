@@ -18,6 +18,8 @@ mod bindings {
         with: {
             "fermyon:spin/key-value": crate::spin_host::bindings::fermyon::spin::key_value,
             "fermyon:spin/llm": crate::spin_host::bindings::fermyon::spin::llm,
+            "wasi:keyvalue/store": crate::spin_host::bindings::wasi::keyvalue::store,
+            "wasi:keyvalue/atomics": crate::spin_host::bindings::wasi::keyvalue::atomics,
         },
     });
 }

@@ -1,27 +1,31 @@
 //! A tenant's collection stored in a key-value store with Spin's limits (values ≤ 1 MB, keys
-//! ≤ 255 bytes): the storage of tvs on Spin, where the only durable state is `spin:key-value`.
-//! Pure Rust over the [`KeyValue`] trait, so it runs inside a Wasm component and is tested
-//! natively, crashes included.
+//! ≤ 255 bytes): the storage of tvs on Spin, where the only durable state is the key-value
+//! store and many instances of the component may write one tenant at once. Pure Rust over the
+//! [`KeyValue`] trait, so it runs inside a Wasm component and is tested natively, crashes and
+//! concurrent writers included.
 //!
-//! Layout, for tenant `t` (keys ≤ 90 bytes):
+//! Layout, for tenant `t` (keys ≤ 120 bytes):
 //! ```text
-//! tvs/t/config            the tenant's shape: dims, metric, embedding model, document cap
-//! tvs/t/head              {"generation": g, "segments": n, "last_len": bytes}: the commit point
-//! tvs/t/log/{g}/{i}       segment i < n of generation g: JSON lines, ≤ 1,000,000 bytes each
+//! tvs/t/config                 the tenant's shape: dims, metric, embedding model, document cap
+//! tvs/t/head                   {"generation": g, "segments": [names], "compacted": n}: the commit point
+//! tvs/t/log/{g}/{seq}-{nonce}  a segment of generation g: JSON lines, ≤ 1,000,000 bytes, never rewritten
 //! ```
 //! Records are the document log's: `{"op":"upsert","id","text","metadata","vector"}` (vector as
 //! base64 of little-endian f32) and `{"op":"delete","ids":[...]}`.
 //!
-//! Commit order of a write (one set per key is atomic; nothing else is assumed):
-//! 1. the last segment is written again with the new lines appended (its old bytes are its
-//!    prefix), and new segments are written under keys past `segments`;
-//! 2. `head` is written with the new segment count and last length: the write is acknowledged
-//!    when this returns.
+//! A write (one `set` per key is atomic, and `head` changes only by compare-and-swap):
+//! 1. its records go to new segments, under names no other writer can pick (a random nonce);
+//! 2. `head` is swapped from the value the writer read to one that lists them: the write is
+//!    acknowledged when the swap succeeds. If another writer swapped first, the writer deletes its
+//!    segments, reads what changed, re-checks its request (quota, which ids exist) and tries
+//!    again.
 //!
-//! A crash before step 2 leaves `head` as it was: readers cut the last segment at `last_len`
-//! and ignore keys past `segments`, so nothing of the unacknowledged write is visible, whole or
-//! half. A crash after it loses nothing. Compaction writes generation g+1 whole, then `head`,
-//! then deletes generation g's keys (leftovers of a crash there are deleted by the next
+//! A crash before the swap leaves `head` as it was: the new segments are named by no head, so
+//! nothing of the unacknowledged write is visible, whole or half. A crash after it loses nothing.
+//! Segments are never rewritten, so no writer can damage what another committed. Compaction
+//! (after writes, when many small segments or dead records have piled up) writes generation g+1
+//! whole and swaps `head` the same way, then deletes the keys of older generations (a reader that
+//! finds a segment gone reads `head` again; leftovers of a crash are deleted by the next
 //! compaction).
 
 use std::collections::BTreeMap;
@@ -41,7 +45,16 @@ pub trait KeyValue {
     fn set(&mut self, key: &str, value: &[u8]) -> Result<(), KvError>;
     fn delete(&mut self, key: &str) -> Result<(), KvError>;
     fn keys(&self) -> Result<Vec<String>, KvError>;
+    /// Sets `key` to `value` only if it holds `expected` (`None`: the key is absent), atomically;
+    /// returns whether it did (Spin: `wasi:keyvalue/atomics` compare-and-swap).
+    fn compare_and_swap(&mut self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, KvError>;
 }
+
+/// Attempts of one write against concurrent writers: each failed attempt means another write
+/// was committed, so the store as a whole always makes progress.
+const WRITE_ATTEMPTS: usize = 64;
+/// Segments written one per write, beyond those compaction wrote, before compaction runs.
+const COMPACT_AFTER_SEGMENTS: usize = 32;
 
 /// Why a key-value operation or a request failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -59,6 +72,8 @@ pub enum KvError {
     NoTenant(String),
     #[error("tenant {0} already exists")]
     TenantExists(String),
+    #[error("too many concurrent writes to tenant {0}; retry")]
+    Busy(String),
 }
 
 /// Distance metric, as `tvs:store/types.metric`.
@@ -80,11 +95,13 @@ pub struct Config {
     pub max_documents: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Head {
     generation: u64,
-    segments: u64,
-    last_len: u64,
+    /// The segments of generation `generation`, in log order: `{seq}-{nonce}`.
+    segments: Vec<String>,
+    /// How many of `segments` compaction wrote; the others were written one per write.
+    compacted: usize,
 }
 
 /// A stored document.
@@ -141,8 +158,8 @@ pub struct KvCollection<K: KeyValue> {
     tenant: String,
     config: Config,
     head: Head,
-    /// The last segment's committed bytes (appends rewrite it).
-    last: Vec<u8>,
+    /// `head` as stored: what the next swap expects to find.
+    head_bytes: Vec<u8>,
     docs: BTreeMap<String, Document>,
     records: u64,
 }
@@ -151,29 +168,41 @@ fn key(tenant: &str, rest: &str) -> String {
     format!("tvs/{tenant}/{rest}")
 }
 
-fn segment_key(tenant: &str, generation: u64, index: u64) -> String {
-    key(tenant, &format!("log/{generation}/{index}"))
+fn segment_key(tenant: &str, generation: u64, name: &str) -> String {
+    key(tenant, &format!("log/{generation}/{name}"))
+}
+
+/// A segment name no concurrent writer picks: its position and 64 random bits (std seeds its
+/// hash keys from the platform's random source, WASI's in a component).
+fn segment_name(seq: usize) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nonce = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("{seq}-{nonce:016x}")
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, KvError> {
+    serde_json::to_vec(value).map_err(|e| KvError::Store(e.to_string()))
 }
 
 impl<K: KeyValue> KvCollection<K> {
-    /// Creates tenant `tenant` with `config` (the head is written last: a crash leaves no tenant).
+    /// Creates tenant `tenant` with `config` (the head is swapped in last: a crash leaves no
+    /// tenant, and of two creators one gets `TenantExists`).
     pub fn create(mut kv: K, tenant: &str, config: Config) -> Result<Self, KvError> {
         if kv.get(&key(tenant, "head"))?.is_some() {
             return Err(KvError::TenantExists(tenant.into()));
         }
-        let json = serde_json::to_vec(&config).map_err(|e| KvError::Store(e.to_string()))?;
-        kv.set(&key(tenant, "config"), &json)?;
+        kv.set(&key(tenant, "config"), &to_json(&config)?)?;
         let head = Head::default();
-        kv.set(
-            &key(tenant, "head"),
-            &serde_json::to_vec(&head).map_err(|e| KvError::Store(e.to_string()))?,
-        )?;
+        let head_bytes = to_json(&head)?;
+        if !kv.compare_and_swap(&key(tenant, "head"), None, &head_bytes)? {
+            return Err(KvError::TenantExists(tenant.into()));
+        }
         Ok(Self {
             kv,
             tenant: tenant.into(),
             config,
             head,
-            last: Vec::new(),
+            head_bytes,
             docs: BTreeMap::new(),
             records: 0,
         })
@@ -181,80 +210,142 @@ impl<K: KeyValue> KvCollection<K> {
 
     /// Loads tenant `tenant`: its config, then every committed record.
     pub fn open(kv: K, tenant: &str) -> Result<Self, KvError> {
-        let corrupt = |reason: String| KvError::Corrupt {
-            tenant: tenant.into(),
-            reason,
-        };
-        let head: Head = match kv.get(&key(tenant, "head"))? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("head: {e}")))?,
-            None => return Err(KvError::NoTenant(tenant.into())),
-        };
         let config: Config = match kv.get(&key(tenant, "config"))? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("config: {e}")))?,
-            None => return Err(corrupt("no config".into())),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| KvError::Corrupt {
+                tenant: tenant.into(),
+                reason: format!("config: {e}"),
+            })?,
+            None if kv.get(&key(tenant, "head"))?.is_none() => return Err(KvError::NoTenant(tenant.into())),
+            None => {
+                return Err(KvError::Corrupt {
+                    tenant: tenant.into(),
+                    reason: "no config".into(),
+                });
+            }
         };
         let mut collection = Self {
             kv,
             tenant: tenant.into(),
             config,
-            head,
-            last: Vec::new(),
+            head: Head::default(),
+            head_bytes: Vec::new(),
             docs: BTreeMap::new(),
             records: 0,
         };
-        for index in 0..head.segments {
-            let mut bytes = collection
-                .kv
-                .get(&segment_key(tenant, head.generation, index))?
-                .ok_or_else(|| corrupt(format!("segment {index} of {} is missing", head.segments)))?;
-            if index + 1 == head.segments {
-                if (bytes.len() as u64) < head.last_len {
-                    return Err(corrupt(format!(
-                        "the last segment is shorter than its {} committed bytes",
-                        head.last_len
-                    )));
-                }
-                bytes.truncate(head.last_len as usize);
-            }
-            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let record: Record =
-                    serde_json::from_slice(line).map_err(|e| corrupt(format!("segment {index}: {e}")))?;
-                collection.apply(record).map_err(corrupt)?;
-            }
-            if index + 1 == head.segments {
-                collection.last = bytes;
-            }
-        }
+        collection.reload()?;
         Ok(collection)
     }
 
-    fn apply(&mut self, record: Record) -> Result<(), String> {
-        self.records += 1;
-        match record {
-            Record::Upsert {
-                id,
-                text,
-                metadata,
-                vector,
-            } => {
-                let vector = decode_vector(&vector).ok_or("a vector is not base64 of f32s")?;
-                self.docs.insert(
-                    id.clone(),
-                    Document {
-                        id,
-                        text,
-                        metadata,
-                        vector,
-                    },
-                );
+    fn corrupt(&self, reason: String) -> KvError {
+        KvError::Corrupt {
+            tenant: self.tenant.clone(),
+            reason,
+        }
+    }
+
+    /// Reads `head` and the segments it names that are not loaded yet (all of them when the
+    /// generation changed). A segment that is gone was compacted away after `head` was read, so
+    /// `head` is read again.
+    fn reload(&mut self) -> Result<(), KvError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some(head_bytes) = self.kv.get(&key(&self.tenant, "head"))? else {
+                return Err(KvError::NoTenant(self.tenant.clone()));
+            };
+            if head_bytes == self.head_bytes {
+                return Ok(());
             }
-            Record::Delete { ids } => {
-                for id in ids {
-                    self.docs.remove(&id);
+            let head: Head = serde_json::from_slice(&head_bytes).map_err(|e| self.corrupt(format!("head: {e}")))?;
+            let extends = head.generation == self.head.generation
+                && !self.head_bytes.is_empty()
+                && head.segments.starts_with(&self.head.segments);
+            let (mut docs, mut records, from) = if extends {
+                (std::mem::take(&mut self.docs), self.records, self.head.segments.len())
+            } else {
+                (BTreeMap::new(), 0, 0)
+            };
+            let mut missing = false;
+            for name in &head.segments[from..] {
+                let Some(bytes) = self.kv.get(&segment_key(&self.tenant, head.generation, name))? else {
+                    missing = true;
+                    break;
+                };
+                for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let record: Record =
+                        serde_json::from_slice(line).map_err(|e| self.corrupt(format!("segment {name}: {e}")))?;
+                    records += 1;
+                    apply(&mut docs, record).map_err(|e| self.corrupt(e))?;
                 }
             }
+            if missing {
+                // Compaction replaced this generation meanwhile: start over from the new head.
+                self.head = Head::default();
+                self.head_bytes.clear();
+                continue;
+            }
+            self.head = head;
+            self.head_bytes = head_bytes;
+            self.docs = docs;
+            self.records = records;
+            return Ok(());
         }
-        Ok(())
+        Err(self.corrupt("head names segments that keep disappearing".into()))
+    }
+
+    /// Runs `plan` on the current state and commits the records it returns, again on fresh state
+    /// whenever another writer committed first; returns what `plan` returned with the records
+    /// that were committed.
+    fn write<R>(&mut self, plan: impl Fn(&Self) -> Result<(Vec<Vec<u8>>, R), KvError>) -> Result<R, KvError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let (lines, result) = plan(self)?;
+            if lines.is_empty() {
+                return Ok(result);
+            }
+            let mut values: Vec<Vec<u8>> = vec![Vec::new()];
+            for line in &lines {
+                if line.len() > SEGMENT_MAX {
+                    return Err(KvError::InvalidInput(format!(
+                        "a document of {} bytes is larger than a key-value value may be ({SEGMENT_MAX})",
+                        line.len()
+                    )));
+                }
+                let last = values.last_mut().expect("one value at least");
+                if last.len() + line.len() > SEGMENT_MAX {
+                    values.push(line.clone());
+                } else {
+                    last.extend_from_slice(line);
+                }
+            }
+            let mut head = self.head.clone();
+            let mut written = Vec::new();
+            for value in &values {
+                let name = segment_name(head.segments.len());
+                let segment = segment_key(&self.tenant, head.generation, &name);
+                self.kv.set(&segment, value)?;
+                written.push(segment);
+                head.segments.push(name);
+            }
+            let head_bytes = to_json(&head)?;
+            if self
+                .kv
+                .compare_and_swap(&key(&self.tenant, "head"), Some(&self.head_bytes), &head_bytes)?
+            {
+                for line in &lines {
+                    let record: Record = serde_json::from_slice(line).map_err(|e| KvError::Store(e.to_string()))?;
+                    self.records += 1;
+                    apply(&mut self.docs, record).map_err(KvError::Store)?;
+                }
+                self.head = head;
+                self.head_bytes = head_bytes;
+                self.compact_if_due()?;
+                return Ok(result);
+            }
+            // Another write went first: ours is named by no head; drop it and look again.
+            for segment in written {
+                self.kv.delete(&segment)?;
+            }
+            self.reload()?;
+        }
+        Err(KvError::Busy(self.tenant.clone()))
     }
 
     pub fn config(&self) -> &Config {
@@ -267,42 +358,7 @@ impl<K: KeyValue> KvCollection<K> {
 
     /// Committed log segments (values) the tenant takes in the store.
     pub fn segments(&self) -> u64 {
-        self.head.segments
-    }
-
-    /// Appends records and commits them; `apply` has already been checked to succeed.
-    fn commit(&mut self, lines: &[Vec<u8>]) -> Result<(), KvError> {
-        let mut head = self.head;
-        let mut last = self.last.clone();
-        let mut written: Vec<(u64, Vec<u8>)> = Vec::new();
-        if head.segments == 0 {
-            head.segments = 1;
-        }
-        for line in lines {
-            if line.len() > SEGMENT_MAX {
-                return Err(KvError::InvalidInput(format!(
-                    "a document of {} bytes is larger than a key-value value may be ({SEGMENT_MAX})",
-                    line.len()
-                )));
-            }
-            if last.len() + line.len() > SEGMENT_MAX {
-                written.push((head.segments - 1, std::mem::take(&mut last)));
-                head.segments += 1;
-            }
-            last.extend_from_slice(line);
-        }
-        written.push((head.segments - 1, last.clone()));
-        head.last_len = last.len() as u64;
-        // Step 1: the segments; step 2: the head, the commit point.
-        for (index, bytes) in &written {
-            self.kv
-                .set(&segment_key(&self.tenant, head.generation, *index), bytes)?;
-        }
-        let json = serde_json::to_vec(&head).map_err(|e| KvError::Store(e.to_string()))?;
-        self.kv.set(&key(&self.tenant, "head"), &json)?;
-        self.head = head;
-        self.last = last;
-        Ok(())
+        self.head.segments.len() as u64
     }
 
     fn line(record: &Record) -> Vec<u8> {
@@ -322,10 +378,6 @@ impl<K: KeyValue> KvCollection<K> {
             let metadata_bytes = serde_json::to_vec(&doc.metadata).map_or(0, |json| json.len());
             document_rules::check_metadata_size(metadata_bytes).map_err(invalid)?;
         }
-        let new = documents.iter().filter(|d| !self.docs.contains_key(&d.id)).count() as u64;
-        if self.count() + new > self.config.max_documents {
-            return Err(KvError::QuotaExceeded(self.config.max_documents));
-        }
         let lines: Vec<Vec<u8>> = documents
             .iter()
             .map(|d| {
@@ -337,38 +389,53 @@ impl<K: KeyValue> KvCollection<K> {
                 })
             })
             .collect();
-        self.commit(&lines)?;
-        let ids = documents.iter().map(|d| d.id.clone()).collect();
-        for doc in documents {
-            self.records += 1;
-            self.docs.insert(doc.id.clone(), doc);
-        }
-        Ok(ids)
+        let mut distinct: Vec<&str> = documents.iter().map(|d| d.id.as_str()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        self.write(|c| {
+            let new = distinct.iter().filter(|id| !c.docs.contains_key(**id)).count() as u64;
+            if c.count() + new > c.config.max_documents {
+                return Err(KvError::QuotaExceeded(c.config.max_documents));
+            }
+            Ok((lines.clone(), ()))
+        })?;
+        Ok(documents.into_iter().map(|d| d.id).collect())
     }
 
     /// Deletes documents by id; returns how many existed.
     pub fn delete(&mut self, ids: &[String]) -> Result<u64, KvError> {
-        let existing: Vec<String> = ids.iter().filter(|id| self.docs.contains_key(*id)).cloned().collect();
-        if existing.is_empty() {
-            return Ok(0);
-        }
-        self.commit(&[Self::line(&Record::Delete { ids: existing.clone() })])?;
-        self.records += 1;
-        for id in &existing {
-            self.docs.remove(id);
-        }
-        Ok(existing.len() as u64)
+        self.write(|c| {
+            let mut existing: Vec<String> = ids.iter().filter(|id| c.docs.contains_key(*id)).cloned().collect();
+            existing.sort_unstable();
+            existing.dedup();
+            let count = existing.len() as u64;
+            let lines = if existing.is_empty() {
+                Vec::new()
+            } else {
+                vec![Self::line(&Record::Delete { ids: existing })]
+            };
+            Ok((lines, count))
+        })
     }
 
-    /// Deletes every document whose metadata matches `filter`; returns how many.
+    /// Deletes every document whose metadata matches `filter` (when the delete commits); returns
+    /// how many.
     pub fn delete_where(&mut self, filter: &Filter) -> Result<u64, KvError> {
-        let ids: Vec<String> = self
-            .docs
-            .values()
-            .filter(|d| filter.matches(&d.metadata))
-            .map(|d| d.id.clone())
-            .collect();
-        self.delete(&ids)
+        self.write(|c| {
+            let ids: Vec<String> = c
+                .docs
+                .values()
+                .filter(|d| filter.matches(&d.metadata))
+                .map(|d| d.id.clone())
+                .collect();
+            let count = ids.len() as u64;
+            let lines = if ids.is_empty() {
+                Vec::new()
+            } else {
+                vec![Self::line(&Record::Delete { ids })]
+            };
+            Ok((lines, count))
+        })
     }
 
     /// Documents by id, in the order asked; missing ids skipped.
@@ -403,16 +470,21 @@ impl<K: KeyValue> KvCollection<K> {
         self.records as f64 / (self.docs.len().max(1)) as f64
     }
 
-    /// Writes the live documents as generation g+1, commits it, then deletes generation g.
+    /// Compacts when writes have left many small segments or more dead records than live ones.
+    fn compact_if_due(&mut self) -> Result<(), KvError> {
+        let small = self.head.segments.len() - self.head.compacted.min(self.head.segments.len());
+        if small > COMPACT_AFTER_SEGMENTS || (self.records > 1000 && self.dead_ratio() > 2.0) {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the live documents as generation g+1 and swaps it in, then deletes the keys of
+    /// older generations. When another writer swapped `head` first, its new segments are dropped
+    /// and nothing else changes (the next write compacts).
     pub fn compact(&mut self) -> Result<(), KvError> {
-        let old = self.head;
-        let mut head = Head {
-            generation: old.generation + 1,
-            segments: 0,
-            last_len: 0,
-        };
-        let mut segment: Vec<u8> = Vec::new();
-        let mut index = 0;
+        let generation = self.head.generation + 1;
+        let mut values: Vec<Vec<u8>> = vec![Vec::new()];
         for d in self.docs.values() {
             let line = Self::line(&Record::Upsert {
                 id: d.id.clone(),
@@ -420,26 +492,43 @@ impl<K: KeyValue> KvCollection<K> {
                 metadata: d.metadata.clone(),
                 vector: encode_vector(&d.vector),
             });
-            if segment.len() + line.len() > SEGMENT_MAX {
-                self.kv
-                    .set(&segment_key(&self.tenant, head.generation, index), &segment)?;
-                segment.clear();
-                index += 1;
+            let last = values.last_mut().expect("one value at least");
+            if last.len() + line.len() > SEGMENT_MAX {
+                values.push(line);
+            } else {
+                last.extend_from_slice(&line);
             }
-            segment.extend_from_slice(&line);
         }
-        self.kv
-            .set(&segment_key(&self.tenant, head.generation, index), &segment)?;
-        head.segments = index + 1;
-        head.last_len = segment.len() as u64;
-        let json = serde_json::to_vec(&head).map_err(|e| KvError::Store(e.to_string()))?;
-        self.kv.set(&key(&self.tenant, "head"), &json)?;
+        let mut head = Head {
+            generation,
+            segments: Vec::new(),
+            compacted: values.len(),
+        };
+        let mut written = Vec::new();
+        for value in &values {
+            let name = segment_name(head.segments.len());
+            let segment = segment_key(&self.tenant, generation, &name);
+            self.kv.set(&segment, value)?;
+            written.push(segment);
+            head.segments.push(name);
+        }
+        let head_bytes = to_json(&head)?;
+        if !self
+            .kv
+            .compare_and_swap(&key(&self.tenant, "head"), Some(&self.head_bytes), &head_bytes)?
+        {
+            for segment in written {
+                self.kv.delete(&segment)?;
+            }
+            return self.reload();
+        }
         self.head = head;
-        self.last = segment;
+        self.head_bytes = head_bytes;
         self.records = self.docs.len() as u64;
-        // Generation g and any older leftovers are garbage now.
+        // Older generations are garbage now (their readers read `head` again). This
+        // generation's unnamed keys may be another writer's segments in flight: left alone.
         let prefix = key(&self.tenant, "log/");
-        let current = format!("{prefix}{}/", head.generation);
+        let current = format!("{prefix}{generation}/");
         for stale in self
             .kv
             .keys()?
@@ -455,6 +544,35 @@ impl<K: KeyValue> KvCollection<K> {
     pub fn into_store(self) -> K {
         self.kv
     }
+}
+
+/// Applies one record to the documents.
+fn apply(docs: &mut BTreeMap<String, Document>, record: Record) -> Result<(), String> {
+    match record {
+        Record::Upsert {
+            id,
+            text,
+            metadata,
+            vector,
+        } => {
+            let vector = decode_vector(&vector).ok_or("a vector is not base64 of f32s")?;
+            docs.insert(
+                id.clone(),
+                Document {
+                    id,
+                    text,
+                    metadata,
+                    vector,
+                },
+            );
+        }
+        Record::Delete { ids } => {
+            for id in ids {
+                docs.remove(&id);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -23,35 +23,62 @@ use tvs_guest_core::documents as document_rules;
 use tvs_guest_core::filter::Filter;
 use tvs_kv_collection::{Config, KeyValue, KvCollection, KvError, Metric};
 
-/// The Spin store, as the layout's [`KeyValue`].
-struct SpinKv(Store);
+/// The Spin store, as the layout's [`KeyValue`]: reads and writes through
+/// `fermyon:spin/key-value`, compare-and-swap through `wasi:keyvalue/atomics` on the same store.
+struct SpinKv {
+    store: Store,
+    bucket: Option<wasi::keyvalue::store::Bucket>,
+}
 
 fn store_error(e: KvStoreError) -> KvError {
     KvError::Store(format!("{e:?}"))
 }
 
+fn bucket_error(e: wasi::keyvalue::store::Error) -> KvError {
+    KvError::Store(format!("wasi:keyvalue: {e:?}"))
+}
+
 impl KeyValue for SpinKv {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.0.get(key).map_err(store_error)
+        self.store.get(key).map_err(store_error)
     }
     fn set(&mut self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.0.set(key, value).map_err(store_error)
+        self.store.set(key, value).map_err(store_error)
     }
     fn delete(&mut self, key: &str) -> Result<(), KvError> {
-        self.0.delete(key).map_err(store_error)
+        self.store.delete(key).map_err(store_error)
     }
     fn keys(&self) -> Result<Vec<String>, KvError> {
-        self.0.get_keys().map_err(store_error)
+        self.store.get_keys().map_err(store_error)
+    }
+    fn compare_and_swap(&mut self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, KvError> {
+        use wasi::keyvalue::atomics::{self, Cas, CasError};
+        if self.bucket.is_none() {
+            self.bucket = Some(wasi::keyvalue::store::open(STORE_LABEL).map_err(bucket_error)?);
+        }
+        let bucket = self.bucket.as_ref().expect("opened above");
+        let cas = Cas::new(bucket, key).map_err(bucket_error)?;
+        if cas.current().map_err(bucket_error)?.as_deref() != expected {
+            return Ok(false);
+        }
+        match atomics::swap(cas, value) {
+            Ok(()) => Ok(true),
+            Err(CasError::CasFailed(_)) => Ok(false),
+            Err(CasError::StoreError(e)) => Err(bucket_error(e)),
+        }
     }
 }
+
+/// The store `spin.toml` lists in `key_value_stores`.
+const STORE_LABEL: &str = "default";
 
 thread_local! {
     static BOUND: RefCell<Option<KvCollection<SpinKv>>> = const { RefCell::new(None) };
 }
 
 fn open_store() -> Result<SpinKv, String> {
-    Store::open("default")
-        .map(SpinKv)
+    Store::open(STORE_LABEL)
+        .map(|store| SpinKv { store, bucket: None })
         .map_err(|e| format!("opening the key-value store: {e:?}"))
 }
 
