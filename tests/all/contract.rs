@@ -708,3 +708,73 @@ fn concurrent_writes_to_one_tenant_lose_nothing_on_either_server() {
     };
     concurrent_writers_keep_every_acknowledged_write(&spin);
 }
+
+/// What only the Spin app does: the document cap of the `max_documents` variable (every
+/// request reads the whole tenant), and admin routes off while `admin_key` is empty.
+#[test]
+fn spin_caps_tenants_by_its_variable_and_needs_an_admin_key() {
+    let kv = tempfile::tempdir().expect("tempdir");
+    let host = SpinHost::start(kv.path(), &[("admin_key", ADMIN), ("max_documents", "3")]);
+    let create = |body: Value| {
+        request(
+            host.addr,
+            "POST",
+            "/v1/tenants",
+            Some(ADMIN),
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        )
+    };
+    let (status, answer) = create(json!({"id": "big", "dims": 2, "embedding_model": "none", "max_documents": 4}));
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("max_documents may be at most 3"),
+        "{answer}"
+    );
+    let (status, answer) = create(json!({"id": "capped", "dims": 2, "embedding_model": "none"}));
+    assert_eq!(status, 201, "{answer}");
+    let key = answer["api_key"].as_str().expect("key").to_owned();
+    let upsert = |ids: &[&str]| {
+        let docs: Vec<Value> = ids.iter().map(|id| json!({"id": id, "vector": [1.0, 0.5]})).collect();
+        request(
+            host.addr,
+            "POST",
+            "/v1/documents",
+            Some(&key),
+            Some("application/json"),
+            json!({ "documents": docs }).to_string().as_bytes(),
+        )
+    };
+    assert_eq!(upsert(&["a", "b", "c"]).0, 200);
+    let (status, answer) = upsert(&["d"]);
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (403, &json!("quota_exceeded")),
+        "{answer}"
+    );
+    assert_eq!(upsert(&["a"]).0, 200, "replacing a document needs no room");
+    let (_, stats) = request(host.addr, "GET", "/v1/stats", Some(&key), None, b"");
+    assert_eq!(stats["count"], 3);
+    drop(host);
+
+    let host = SpinHost::start(kv.path(), &[]);
+    let (status, answer) = request(
+        host.addr,
+        "POST",
+        "/v1/tenants",
+        Some(ADMIN),
+        Some("application/json"),
+        br#"{"id": "x"}"#,
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("admin_key"),
+        "{answer}"
+    );
+}

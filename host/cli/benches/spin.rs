@@ -124,7 +124,10 @@ fn main() {
         settings,
         ServerLimits::default(),
     )));
-    let spin = spin_host::SpinHost::start(&tmp.path().join("kv"), &[("admin_key", ADMIN)]);
+    let spin = spin_host::SpinHost::start(
+        &tmp.path().join("kv"),
+        &[("admin_key", ADMIN), ("max_documents", "1000000")],
+    );
 
     println!("\n## Latency by tenant size (k = 10 search; 100-document upsert), same data\n");
     println!(
