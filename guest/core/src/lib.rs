@@ -8,4 +8,5 @@ pub mod documents;
 pub mod filter;
 pub mod mmr;
 pub mod models;
+pub mod openai;
 pub mod tenant_id;

@@ -59,6 +59,13 @@ pub fn check_known_model(canonical: &str) -> Result<(), String> {
     }
 }
 
+/// Whether a client's model name means the tenant's (canonical) model: any spelling of it, and
+/// for an `openai:<model>` tenant also `<model>`.
+pub fn names_tenant_model(asked: &str, tenant_model: &str) -> bool {
+    let asked = canonical_model_name(asked);
+    asked == tenant_model || tenant_model.strip_prefix(OPENAI_PREFIX) == Some(asked.as_str())
+}
+
 /// Why `dims` does not fit `model` (canonical), if it does not: the local model makes
 /// [`LOCAL_MODEL_DIMS`]-dimensional vectors.
 pub fn check_model_dims(model: &str, dims: usize) -> Result<(), String> {

@@ -29,6 +29,7 @@ use tvs::store::handler::{self, Chunking, IngestRequest, Mmr, SearchRequest};
 use tvs::store::types::{Error as GuestError, IngestDocument, Metric};
 use tvs_guest_core::filter::Filter;
 use tvs_guest_core::models;
+use tvs_guest_core::openai::Input;
 
 /// Largest request body, as `tvs serve`'s default.
 const MAX_BODY_BYTES: usize = 16 << 20;
@@ -38,8 +39,6 @@ const MAX_BATCH: usize = 10_000;
 const MAX_TOP_K: u32 = 1_000;
 /// Largest `dims`, as `tvs serve`.
 const MAX_DIMS: u32 = 16_384;
-/// Most inputs per `/v1/embeddings` request, as OpenAI allows.
-const MAX_EMBEDDING_INPUTS: usize = 2048;
 
 /// An error response: `{"error":{"code","message"}}`.
 struct ApiError {
@@ -553,40 +552,16 @@ struct EmbeddingsBody {
 /// The texts of an OpenAI `input`. Token ids are refused here: decoding them needs the 1.7 MB
 /// cl100k table, which `tvs serve` has and this component does not carry.
 fn embedding_inputs(input: Value) -> Result<Vec<String>, ApiError> {
-    let token_ids = || {
-        ApiError::bad_request(
-            "token ids are not taken on Spin: send texts (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))",
-        )
-    };
-    let texts = match input {
-        Value::String(text) => vec![text],
-        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => return Err(token_ids()),
-        Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(index, item)| match item {
-                Value::String(text) => Ok(text),
-                Value::Array(_) => Err(token_ids()),
-                _ => Err(ApiError::bad_request(format!(
-                    "input[{index}] must be a text or a list of token ids"
-                ))),
-            })
-            .collect::<Result<_, _>>()?,
-        _ => {
-            return Err(ApiError::bad_request(
-                "input must be a text, a list of texts, or lists of token ids",
-            ));
-        }
-    };
-    if texts.is_empty() {
-        return Err(ApiError::bad_request("input is empty"));
-    }
-    if texts.len() > MAX_EMBEDDING_INPUTS {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_EMBEDDING_INPUTS} inputs per request"
-        )));
-    }
-    Ok(texts)
+    tvs_guest_core::openai::inputs(input)
+        .map_err(ApiError::bad_request)?
+        .into_iter()
+        .map(|input| match input {
+            Input::Text(text) => Ok(text),
+            Input::TokenIds(_) => Err(ApiError::bad_request(
+                "token ids are not taken on Spin: send texts (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))",
+            )),
+        })
+        .collect()
 }
 
 fn embeddings(request: &Request) -> Result<Value, ApiError> {
@@ -608,13 +583,14 @@ fn embeddings(request: &Request) -> Result<Value, ApiError> {
             "this tenant has no embedding model (it stores client vectors)",
         ));
     }
-    if let Some(asked) = body.model.as_deref() {
-        let canonical = models::canonical_model_name(asked);
-        if canonical != model && model.strip_prefix(models::OPENAI_PREFIX) != Some(canonical.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "this tenant embeds with {model}, not {asked:?}: vectors of two models do not mix"
-            )));
-        }
+    if let Some(asked) = body
+        .model
+        .as_deref()
+        .filter(|asked| !models::names_tenant_model(asked, &model))
+    {
+        return Err(ApiError::bad_request(format!(
+            "this tenant embeds with {model}, not {asked:?}: vectors of two models do not mix"
+        )));
     }
     if let Some(asked) = body.dimensions.filter(|&d| d != u64::from(dims)) {
         return Err(ApiError::bad_request(format!(

@@ -23,6 +23,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::auth::Keys;
 use crate::metrics::Metrics;
 use tvs_guest_core::filter::Filter;
+use tvs_guest_core::openai::Input;
 use tvs_runtime::{Chunking, GuestError, IngestDocument, IngestRequest, Mmr, RequestErrorKind, Runtime, SearchRequest};
 use tvs_store::config::{Metric, ScalarKind, Settings, StoreConfig};
 use tvs_store::pool::Pool;
@@ -705,9 +706,6 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
     .await
 }
 
-/// Most inputs per `/v1/embeddings` request, as OpenAI allows.
-const MAX_EMBEDDING_INPUTS: usize = 2048;
-
 /// OpenAI's embeddings request, as its clients send it.
 #[derive(Debug, Deserialize, ToSchema)]
 struct EmbeddingsBody {
@@ -765,61 +763,18 @@ impl EncodingFormat {
     }
 }
 
-/// The texts of an OpenAI `input` (a text, texts, token ids or lists of token ids), or why it
-/// is not acceptable.
+/// The texts of an OpenAI `input`: token ids are read as cl100k_base and decoded to text.
 fn embedding_inputs(input: Value) -> Result<Vec<String>, ApiError> {
-    let token_ids = |index: usize, ids: &[Value]| -> Result<String, ApiError> {
-        let ids = ids
-            .iter()
-            .map(|id| {
-                id.as_u64().ok_or_else(|| {
-                    ApiError::bad_request(format!("input[{index}]: token ids are whole numbers ≥ 0, got {id}"))
-                })
-            })
-            .collect::<Result<Vec<u64>, _>>()?;
-        if ids.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "input[{index}] is an empty list of token ids"
-            )));
-        }
-        tvs_embed::text_of_openai_tokens(&ids).map_err(|e| ApiError::bad_request(format!("input[{index}]: {e}")))
-    };
-    let texts = match input {
-        Value::String(text) => vec![text],
-        // One input given as token ids.
-        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => vec![token_ids(0, &items)?],
-        Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(index, item)| match item {
-                Value::String(text) => Ok(text),
-                Value::Array(ids) => token_ids(index, &ids),
-                _ => Err(ApiError::bad_request(format!(
-                    "input[{index}] must be a text or a list of token ids"
-                ))),
-            })
-            .collect::<Result<_, _>>()?,
-        _ => {
-            return Err(ApiError::bad_request(
-                "input must be a text, a list of texts, or lists of token ids",
-            ));
-        }
-    };
-    if texts.is_empty() {
-        return Err(ApiError::bad_request("input is empty"));
-    }
-    if texts.len() > MAX_EMBEDDING_INPUTS {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_EMBEDDING_INPUTS} inputs per request"
-        )));
-    }
-    Ok(texts)
-}
-
-/// Whether a client's model name means the tenant's (canonical) model.
-fn names_tenant_model(asked: &str, tenant_model: &str) -> bool {
-    let asked = tvs_guest_core::models::canonical_model_name(asked);
-    asked == tenant_model || tenant_model.strip_prefix(tvs_guest_core::models::OPENAI_PREFIX) == Some(asked.as_str())
+    tvs_guest_core::openai::inputs(input)
+        .map_err(ApiError::bad_request)?
+        .into_iter()
+        .enumerate()
+        .map(|(index, input)| match input {
+            Input::Text(text) => Ok(text),
+            Input::TokenIds(ids) => tvs_embed::text_of_openai_tokens(&ids)
+                .map_err(|e| ApiError::bad_request(format!("input[{index}]: {e}"))),
+        })
+        .collect()
 }
 
 #[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingsBody, responses((status = 200, description = "OpenAI-shaped embeddings from the tenant's model"), (status = 400, description = "bad input, another model, or a tenant without a model")), security(("tenant" = [])))]
@@ -841,7 +796,7 @@ async fn embeddings(
                 "this tenant has no embedding model (it stores client vectors)",
             ));
         }
-        if let Some(asked) = body.model.as_deref().filter(|asked| !names_tenant_model(asked, &model)) {
+        if let Some(asked) = body.model.as_deref().filter(|asked| !tvs_guest_core::models::names_tenant_model(asked, &model)) {
             return Err(ApiError::bad_request(format!(
                 "this tenant embeds with {model}, not {asked:?}: vectors of two models do not mix"
             )));
