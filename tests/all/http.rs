@@ -49,7 +49,11 @@ impl Server {
         }
     }
 
-    fn kill_9(&mut self) {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn kill_9(&mut self) {
         let status = Command::new("kill")
             .args(["-9", &self.child.id().to_string()])
             .status()
@@ -110,7 +114,7 @@ pub(crate) fn request(
 }
 
 /// A `Transfer-Encoding: chunked` body's bytes (hyper sends bodies of unknown length so).
-fn dechunk(mut rest: &str) -> String {
+pub(crate) fn dechunk(mut rest: &str) -> String {
     let mut body = String::new();
     while let Some((size, after)) = rest.split_once("\r\n") {
         let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).expect("a chunk size");

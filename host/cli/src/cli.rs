@@ -84,6 +84,14 @@ struct ServeArgs {
     /// API requests served at once; more get 503 with Retry-After [default: 48]
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// Where tenants live: `s3://bucket/prefix` for S3-compatible object storage (endpoint,
+    /// region and credentials from the AWS_* variables; docs/deploy.md), the data directory
+    /// then being this node's cache [default: the data directory]
+    #[arg(long, env = "TVS_STORAGE")]
+    storage: Option<String>,
+    /// This node's name in the X-Tvs-Node response header [default: the listen address]
+    #[arg(long, env = "TVS_NODE_ID")]
+    node_id: Option<String>,
     #[command(flatten)]
     plugins: PluginArgs,
 }
@@ -354,6 +362,15 @@ fn run(cli: Cli) -> Result<Outcome> {
     if let Some(dir) = cli.data_dir {
         settings.data_dir = dir;
     }
+    let offline = !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Model(_) | Command::PluginCompile { .. }
+    );
+    if offline && std::env::var("TVS_STORAGE").is_ok_and(|s| !s.trim().is_empty()) {
+        anyhow::bail!(
+            "TVS_STORAGE is set: tenants live in object storage, and this command works on a data directory; use the HTTP API of `tvs serve` (docs/deploy.md)"
+        );
+    }
     match cli.command {
         Command::Serve(args) => serve(settings, args, &file.serve),
         Command::Tenant(cmd) => tenant_command(&settings, cmd),
@@ -400,7 +417,36 @@ fn serve(settings: Settings, args: ServeArgs, file: &ServeFile) -> Result<Outcom
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
     let guest_deadline_secs = args.guest_deadline_secs.or(file.guest_deadline_secs).unwrap_or(30);
     let guest_memory_mib = args.guest_memory_mib.or(file.guest_memory_mib).unwrap_or(256);
-    let data = data_dir(&settings)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    let listener = tokio
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("listening on {addr}"))?;
+    let local_addr = listener.local_addr().context("reading the listen address")?;
+    let node = args.node_id.clone().unwrap_or_else(|| local_addr.to_string());
+    let mut data = data_dir(&settings)?;
+    let remote = match args.storage.as_deref().map(str::trim) {
+        None | Some("") => false,
+        Some(url) => {
+            if std::env::var("TVS_ADMIN_KEY").map_or(true, |k| k.trim().is_empty()) {
+                anyhow::bail!("TVS_STORAGE={url} needs TVS_ADMIN_KEY, the same on every node");
+            }
+            let bucket = tvs_bucket::Bucket::connect(url, &node, tvs_bucket::BucketSettings::from_env())
+                .map_err(anyhow::Error::msg)?;
+            bucket
+                .check()
+                .with_context(|| format!("reaching {url} (set AWS_ENDPOINT, AWS_REGION and credentials)"))?;
+            data = data.with_catalog(Arc::new(bucket));
+            writeln!(
+                io::stderr(),
+                "tenants live in {url}; {} is this node's cache",
+                data.root().display()
+            )?;
+            true
+        }
+    };
     let (keys, created) = tvs_server::auth::Keys::open(data.clone(), std::env::var("TVS_ADMIN_KEY").ok())
         .context("loading the admin key")?;
     if let Some(path) = created {
@@ -447,20 +493,18 @@ fn serve(settings: Settings, args: ServeArgs, file: &ServeFile) -> Result<Outcom
     let compiler = tvs_runtime::plugins::Compiler::Subprocess {
         program: std::env::current_exe().context("finding this binary to compile plugins with")?,
     };
-    let plugins =
-        tvs_runtime::plugins::Plugins::new(args.plugins.limits(), compiler).context("starting the plugin runtime")?;
-    let app = Arc::new(
-        tvs_server::http::App::new(pool, runtime, keys, settings, server_limits).with_plugins(Arc::new(plugins)),
-    );
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting tokio")?;
+    let mut app = tvs_server::http::App::new(pool, runtime, keys, settings, server_limits).with_node(&node);
+    // Plugins are files in a tenant's directory, which is only a cache with object storage.
+    if !remote {
+        let plugins = tvs_runtime::plugins::Plugins::new(args.plugins.limits(), compiler)
+            .context("starting the plugin runtime")?;
+        app = app.with_plugins(Arc::new(plugins));
+    }
+    let app = Arc::new(app);
     tokio
         .block_on(async {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
             // The address goes to stdout so scripts and tests can find an ephemeral port.
-            writeln!(io::stdout(), "listening on http://{}", listener.local_addr()?)?;
+            writeln!(io::stdout(), "listening on http://{local_addr}")?;
             tvs_server::http::serve(app, listener).await
         })
         .with_context(|| format!("serving on {addr}"))?;

@@ -3,16 +3,25 @@
 //! time. The admin key comes from `TVS_ADMIN_KEY`, or is generated once into
 //! `{data}/.admin_key` (mode 0600).
 //!
+//! With tenants in object storage the hash is the object `tenants/{tenant}/api_key.sha256`,
+//! read through the catalog and remembered for [`REMOTE_KEY_TTL`]: a key issued on one node
+//! works on every node at once (a key that does not match is checked against the bucket
+//! again), and a rotated one stops working everywhere within that time.
+//!
 //! Invariant: the tenant of a request is the one named in its key *and* whose stored hash the
 //! key's secret matches; nothing else (URL, body, filter) can choose a tenant.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use tvs_store::fsutil;
+use tvs_store::remote::Catalog;
 use tvs_store::storage::{self, StdStorage};
 use tvs_store::tenant::{DataDir, TenantId};
 
@@ -47,12 +56,23 @@ fn parse_hex32(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// How long a node trusts a key hash read from object storage.
+pub const REMOTE_KEY_TTL: Duration = Duration::from_secs(5);
+/// How often at most a key that does not match the cached hash makes a node read it again (so
+/// that a flood of bad keys costs the bucket at most this rate of reads per tenant).
+pub const REMOTE_KEY_RECHECK: Duration = Duration::from_millis(100);
+
 /// Issues and checks keys.
 #[derive(Debug)]
 pub struct Keys {
     data: DataDir,
     admin: [u8; 32],
+    /// Key hashes read from object storage, and when (`None`: no key was issued).
+    remote_hashes: Mutex<HashMap<TenantId, CachedHash>>,
 }
+
+/// When a key hash was read, and what it was (`None`: the tenant has no key).
+type CachedHash = (Instant, Option<[u8; 32]>);
 
 impl Keys {
     /// Loads the admin key (from `env_key`, else the key file, else a new one written there).
@@ -63,6 +83,7 @@ impl Keys {
                 Keys {
                     data,
                     admin: digest(key.trim()),
+                    remote_hashes: Mutex::default(),
                 },
                 None,
             ));
@@ -75,6 +96,7 @@ impl Keys {
                     Keys {
                         data,
                         admin: digest(&key),
+                        remote_hashes: Mutex::default(),
                     },
                     None,
                 ))
@@ -87,6 +109,7 @@ impl Keys {
                     Keys {
                         data,
                         admin: digest(&key),
+                        remote_hashes: Mutex::default(),
                     },
                     Some(path),
                 ))
@@ -105,9 +128,48 @@ impl Keys {
         let rest = key.strip_prefix("tvs.")?;
         let (tenant, secret) = rest.rsplit_once('.')?;
         let tenant = TenantId::new(tenant).ok()?;
-        let stored = storage::read_all(&StdStorage, &self.hash_path(&tenant)).ok()?;
-        let stored = parse_hex32(std::str::from_utf8(&stored).ok()?)?;
+        let stored = match self.data.catalog() {
+            Some(catalog) => {
+                let matches = |stored: &Option<[u8; 32]>| stored.is_some_and(|s| constant_time_eq(&digest(secret), &s));
+                let stored = self.remote_hash(catalog.as_ref(), &tenant, REMOTE_KEY_TTL);
+                if matches(&stored) {
+                    return Some(tenant);
+                }
+                // A key issued on another node a moment ago (or a tenant created again) must
+                // work at once; a revoked one may still match a cached hash for the TTL.
+                let fresher = self.remote_hash(catalog.as_ref(), &tenant, REMOTE_KEY_RECHECK);
+                return matches(&fresher).then_some(tenant);
+            }
+            None => {
+                let stored = storage::read_all(&StdStorage, &self.hash_path(&tenant)).ok()?;
+                parse_hex32(std::str::from_utf8(&stored).ok()?)?
+            }
+        };
         constant_time_eq(&digest(secret), &stored).then_some(tenant)
+    }
+
+    /// The tenant's key hash, from the cache if it was read within `max_age`.
+    fn remote_hash(&self, catalog: &dyn Catalog, tenant: &TenantId, max_age: Duration) -> Option<[u8; 32]> {
+        let mut cache = self.remote_hashes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((read, hash)) = cache.get(tenant)
+            && read.elapsed() < max_age
+        {
+            return *hash;
+        }
+        drop(cache);
+        let hash = match catalog.key_hash(tenant) {
+            Ok(hash) => hash.as_deref().and_then(parse_hex32),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = %e, "cannot read a key hash from object storage");
+                return None;
+            }
+        };
+        cache = self.remote_hashes.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(tenant.clone(), (Instant::now(), hash));
+        hash
     }
 
     fn hash_path(&self, tenant: &TenantId) -> PathBuf {
@@ -119,6 +181,14 @@ impl Keys {
     pub fn issue(&self, tenant: &TenantId) -> io::Result<String> {
         let secret = random_hex(32)?;
         let hash: String = digest(&secret).iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(catalog) = self.data.catalog() {
+            catalog.set_key_hash(tenant, &hash).map_err(io::Error::other)?;
+            self.remote_hashes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tenant.clone(), (Instant::now(), parse_hex32(&hash)));
+            return Ok(format!("tvs.{tenant}.{secret}"));
+        }
         let dir = self.data.store_dir(tenant).config_dir();
         fsutil::ensure_real_dir(&dir)?;
         storage::write_atomic(&StdStorage, &dir, KEY_HASH_FILE, hash.as_bytes())?;

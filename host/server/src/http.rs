@@ -27,6 +27,7 @@ use tvs_guest_core::openai::Input;
 use tvs_runtime::{Chunking, GuestError, IngestDocument, IngestRequest, Mmr, RequestErrorKind, Runtime, SearchRequest};
 use tvs_store::config::{Metric, ScalarKind, Settings, StoreConfig};
 use tvs_store::pool::Pool;
+use tvs_store::remote::RemoteError;
 use tvs_store::store::{OpenError, TenantStore};
 use tvs_store::tenant::{TenantError, TenantId};
 
@@ -68,6 +69,8 @@ pub struct App {
     pub limits: ServerLimits,
     /// Tenant plugins; `None` in embedded uses that do not offer them (their routes answer 503).
     pub plugins: Option<Arc<tvs_runtime::plugins::Plugins>>,
+    /// This node's name, sent as `X-Tvs-Node` on every response (to see where a proxy routed).
+    pub node: Option<HeaderValue>,
     metrics: Metrics,
     in_flight: tokio::sync::Semaphore,
 }
@@ -83,7 +86,14 @@ impl App {
             in_flight: tokio::sync::Semaphore::new(limits.max_in_flight.max(1)),
             limits,
             plugins: None,
+            node: None,
         }
+    }
+
+    /// Names this node in an `X-Tvs-Node` header on every response.
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = HeaderValue::from_str(node).ok();
+        self
     }
 
     /// Offers tenant plugins (`/v1/plugins`, `/v1/fn`).
@@ -156,8 +166,37 @@ pub(crate) fn from_json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// The answer when another node holds the tenant: the client retries, and the proxy sends the
+/// retry to the owner (or this node takes the tenant back if the proxy routes it here).
+fn tenant_moved(why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "tenant_moved",
+        format!("another node holds this tenant now ({why}); retry the request"),
+    )
+}
+
+fn from_remote(error: RemoteError) -> ApiError {
+    match error {
+        RemoteError::Fenced(why) => tenant_moved(&why),
+        RemoteError::Unavailable(why) => {
+            tracing::error!(error = %why, "object storage unavailable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "object storage is unavailable; nothing was changed; retry shortly",
+            )
+        }
+        RemoteError::Corrupt(why) => {
+            tracing::error!(error = %why, "a tenant's objects are damaged");
+            ApiError::internal()
+        }
+    }
+}
+
 fn from_open(error: OpenError) -> ApiError {
     match error {
+        OpenError::Remote(e) => from_remote(e),
         OpenError::NotFound(_) => ApiError::not_found("the tenant of this key no longer exists"),
         OpenError::Locked(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -276,7 +315,26 @@ pub(crate) async fn with_store<T: Send + 'static>(
     let shared = app.clone();
     blocking(app, move || {
         let store = shared.pool.get(&tenant).map_err(from_open)?;
-        work(&shared, store)
+        // A node that lost the tenant while paused or partitioned must not answer from its
+        // cache: at most `TVS_OWNER_CHECK_MS` after a takeover it finds out here.
+        if let Err(e) = store.check_owner() {
+            shared.pool.forget(&tenant);
+            return Err(from_remote(e));
+        }
+        let result = work(&shared, store.clone());
+        if result.is_err() && store.remote().is_some() {
+            if store.is_fenced() {
+                shared.pool.forget(&tenant);
+                return Err(tenant_moved("a write found the tenant taken over"));
+            }
+            if store.is_poisoned() {
+                // A WAL object could not be written; the next request reopens the tenant.
+                return Err(from_remote(RemoteError::Unavailable(
+                    "a write could not reach object storage".into(),
+                )));
+            }
+        }
+        result
     })
     .await
 }
@@ -846,6 +904,25 @@ async fn pool_cleanup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result
     blocking(&app, move || Ok(Json(json!({"expired": app2.pool.cleanup_expired()})))).await
 }
 
+#[utoipa::path(get, path = "/v1/admin/node", responses((status = 200, description = "this node's name, where its tenants live, and the tenants it holds as writer with their epochs")), security(("admin" = [])))]
+async fn node_info(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let node = app.node.as_ref().and_then(|n| n.to_str().ok()).map(str::to_owned);
+    let data = app.pool.data_dir();
+    Ok(Json(match data.catalog() {
+        Some(catalog) => json!({
+            "node": node,
+            "storage": catalog.describe(),
+            "tenants": catalog.held(),
+        }),
+        None => json!({
+            "node": node,
+            "storage": data.root().display().to_string(),
+            "tenants": Value::Null,
+        }),
+    }))
+}
+
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -872,21 +949,30 @@ async fn count_requests(
             Err(_) => {
                 app.metrics.rejected_busy();
                 app.metrics.observe(&route, 503, started.elapsed().as_secs_f64());
-                return ApiError::new(
+                let mut response = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "busy",
                     "the server is at its limit of requests in flight; retry shortly",
                 )
                 .into_response();
+                name_node(&app, &mut response);
+                return response;
             }
         }
     } else {
         None
     };
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     app.metrics
         .observe(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    name_node(&app, &mut response);
     response
+}
+
+fn name_node(app: &App, response: &mut Response) {
+    if let Some(node) = &app.node {
+        response.headers_mut().insert("x-tvs-node", node.clone());
+    }
 }
 
 /// The OpenAPI description, generated from the handlers' annotations.
@@ -895,7 +981,7 @@ async fn count_requests(
     info(title = "tvs", description = "Multi-tenant vector store. Data routes take a tenant key, admin routes the admin key, both as `Authorization: Bearer`. Errors are {\"error\": {\"code\", \"message\"}}."),
     paths(
         create_tenant, list_tenants, delete_tenant, rotate_key, upsert_documents, search, get_document,
-        delete_document, delete_documents, stats, embeddings, pool_stats, pool_cleanup, healthz, metrics
+        delete_document, delete_documents, stats, embeddings, pool_stats, pool_cleanup, node_info, healthz, metrics
     ),
     modifiers(&BearerAuth)
 )]
@@ -939,6 +1025,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::plugin_routes::routes(&app))
         .route("/v1/admin/pool", get(pool_stats))
         .route("/v1/admin/pool/cleanup", post(pool_cleanup))
+        .route("/v1/admin/node", get(node_info))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))

@@ -19,15 +19,19 @@
 //! - After an fsync fails the log is poisoned: every later write fails until the store is
 //!   reopened, because the kernel may have dropped the dirty pages (see PostgreSQL's
 //!   "fsyncgate").
+//! - With a remote sink ([`DocLog::set_sink`]) the group commit hands the sink the bytes
+//!   appended since the last commit instead of fsyncing; the file is then a cache. A sink that
+//!   fails poisons the log the same way, and one that reports a takeover fences it.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::remote::{RemoteError, TenantLog};
 use crate::storage::{FileReader, FileWriter, OpenMode, Storage, StorageFile};
 
 /// Name written in the header line.
@@ -184,6 +188,8 @@ pub enum LogError {
     Version { path: PathBuf, found: u32 },
     #[error("an earlier fsync of {path} failed ({reason}); writes are refused until the store is reopened")]
     Poisoned { path: PathBuf, reason: String },
+    #[error("{0}; this node no longer writes the tenant")]
+    Fenced(String),
 }
 
 /// What replay found.
@@ -202,6 +208,8 @@ struct SyncState {
     synced: u64,
     syncing: bool,
     failed: Option<String>,
+    /// The sink reported that another node took the tenant over.
+    fenced: bool,
 }
 
 /// An open document log.
@@ -217,6 +225,8 @@ pub struct DocLog {
     syncs: AtomicU64,
     sync: Mutex<SyncState>,
     synced_cv: Condvar,
+    /// Where commits are made durable instead of by fsync, when the tenant lives remotely.
+    sink: OnceLock<Arc<dyn TenantLog>>,
 }
 
 impl DocLog {
@@ -248,7 +258,24 @@ impl DocLog {
                 ..Default::default()
             }),
             synced_cv: Condvar::new(),
+            sink: OnceLock::new(),
         }
+    }
+
+    /// Makes commits durable through `sink` from now on (the log must be fully synced).
+    pub fn set_sink(&self, sink: Arc<dyn TenantLog>) {
+        debug_assert_eq!(self.sync.lock().unwrap_or_else(|p| p.into_inner()).synced, self.end());
+        let _ = self.sink.set(sink);
+    }
+
+    /// The remote sink, if the tenant lives remotely.
+    pub fn sink(&self) -> Option<&Arc<dyn TenantLog>> {
+        self.sink.get()
+    }
+
+    /// Whether the sink reported that another node took the tenant over.
+    pub fn is_fenced(&self) -> bool {
+        self.sync.lock().unwrap_or_else(|p| p.into_inner()).fenced
     }
 
     /// Opens an existing log, replaying records from `from` (a record boundary recorded by a
@@ -451,7 +478,12 @@ impl DocLog {
 
     pub(crate) fn check_poison(&self) -> Result<(), LogError> {
         let state = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        self.failure(&state)
+    }
+
+    fn failure(&self, state: &SyncState) -> Result<(), LogError> {
         match &state.failed {
+            Some(reason) if state.fenced => Err(LogError::Fenced(reason.clone())),
             Some(reason) => Err(LogError::Poisoned {
                 path: self.path.clone(),
                 reason: reason.clone(),
@@ -491,12 +523,7 @@ impl DocLog {
     pub fn sync_to(&self, offset: u64) -> Result<(), LogError> {
         let mut state = self.sync.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(reason) = &state.failed {
-                return Err(LogError::Poisoned {
-                    path: self.path.clone(),
-                    reason: reason.clone(),
-                });
-            }
+            self.failure(&state)?;
             if state.synced >= offset {
                 return Ok(());
             }
@@ -506,19 +533,49 @@ impl DocLog {
             }
             state.syncing = true;
             let upto = self.written.load(Ordering::Acquire);
+            let from = state.synced;
             drop(state);
-            let result = self.file.sync_data();
+            let result = match self.sink.get() {
+                Some(sink) => self.persist(sink, from, upto),
+                None => self
+                    .file
+                    .sync_data()
+                    .map_err(|e| RemoteError::Unavailable(e.to_string())),
+            };
             self.syncs.fetch_add(1, Ordering::Relaxed);
             state = self.sync.lock().unwrap_or_else(|p| p.into_inner());
             state.syncing = false;
             match result {
                 Ok(()) => state.synced = state.synced.max(upto),
-                Err(e) => {
-                    state.failed.get_or_insert(e.to_string());
+                Err(RemoteError::Fenced(reason)) => {
+                    state.fenced = true;
+                    state.failed = Some(RemoteError::Fenced(reason).to_string());
+                }
+                Err(RemoteError::Unavailable(reason) | RemoteError::Corrupt(reason)) => {
+                    state.failed.get_or_insert(reason);
                 }
             }
             self.synced_cv.notify_all();
         }
+    }
+
+    /// Hands the bytes `from..upto` to the sink (the group commit's share of the log).
+    fn persist(&self, sink: &Arc<dyn TenantLog>, from: u64, upto: u64) -> Result<(), RemoteError> {
+        let mut bytes = vec![0u8; (upto - from) as usize];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            match self.file.read_at(&mut bytes[filled..], from + filled as u64) {
+                Ok(0) => {
+                    return Err(RemoteError::Unavailable(
+                        "the log ended before its appended bytes".into(),
+                    ));
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(RemoteError::Unavailable(format!("reading the log to persist it: {e}"))),
+            }
+        }
+        sink.persist(&bytes)
     }
 
     /// Reads the record line starting at `offset` (used by compaction to copy live records

@@ -7,7 +7,11 @@
 //! [`config`] holds a store's fixed shape and the process-wide settings. The on-disk layout and
 //! commit protocol are described in `docs/design.md`.
 //!
-//! Invariants: a write is acknowledged only after its log record is fsynced; every file
+//! With `TVS_STORAGE=s3://…` the tenants live in object storage behind [`remote`], and each
+//! tenant's directory is a cache of it.
+//!
+//! Invariants: a write is acknowledged only after its log record is fsynced (or persisted by
+//! the tenant's [`remote::TenantLog`]); every file
 //! operation on a store's data goes through the [`storage`] seam and refuses symlinks inside the
 //! data directory; one writer per tenant
 //! directory (a lock file), so a store is never opened twice for writing.
@@ -17,6 +21,7 @@ pub mod doclog;
 pub mod fsutil;
 pub mod packed;
 pub mod pool;
+pub mod remote;
 pub mod snapshot;
 pub mod storage;
 pub mod store;

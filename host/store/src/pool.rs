@@ -207,8 +207,15 @@ impl Pool {
         held_lock: Option<Arc<StoreLock>>,
     ) -> Result<(Arc<TenantStore>, Arc<StoreLock>), OpenError> {
         let dir = self.data.store_dir(tenant);
-        // Checked before the lock file is touched, so a planted symlink never gets one.
-        TenantStore::check_dir(&dir)?;
+        match self.data.catalog() {
+            // A cache directory: made here when this node has not held the tenant before.
+            Some(_) => crate::storage::create_real_dir(dir.storage(), dir.root()).map_err(|source| OpenError::Io {
+                path: dir.root().to_owned(),
+                source,
+            })?,
+            // Checked before the lock file is touched, so a planted symlink never gets one.
+            None => TenantStore::check_dir(&dir)?,
+        }
         let lock = match held_lock {
             Some(lock) => lock,
             None => match StoreLock::acquire(&dir) {
@@ -225,7 +232,13 @@ impl Pool {
                 }
             },
         };
-        let store = TenantStore::open_locked(&dir, lock.clone())?;
+        let store = match self.data.catalog() {
+            Some(catalog) => {
+                let remote = catalog.open_tenant(tenant, &dir)?;
+                TenantStore::open_remote(&dir, lock.clone(), remote)?
+            }
+            None => TenantStore::open_locked(&dir, lock.clone())?,
+        };
         Ok((store, lock))
     }
 
@@ -318,6 +331,13 @@ impl Pool {
         let result = self.data.delete_tenant(tenant);
         self.lock().deleting.remove(tenant);
         result
+    }
+
+    /// Drops `tenant` from the pool without flushing it (another node took it over); the next
+    /// request for it opens it afresh. The directory lock stays shared with the next store, as
+    /// for a poisoned one: the old store refuses every write and is no second writer.
+    pub fn forget(&self, tenant: &TenantId) {
+        self.lock().lru.pop(tenant);
     }
 
     /// Flushes every store open in the process (shutdown).

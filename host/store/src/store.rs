@@ -30,6 +30,7 @@ use crate::config::{Metric, StoreConfig};
 use crate::doclog::{self, DocLog, LogError, Record};
 use crate::fsutil;
 use crate::packed::{IdIndex, PackedDoc};
+use crate::remote::{RemoteError, SnapshotFiles, TenantLog};
 use crate::snapshot::{self, Manifest};
 use crate::storage::OpenMode;
 use crate::tenant::StoreDir;
@@ -158,6 +159,8 @@ pub enum OpenError {
     },
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
 }
 
 /// Why a write or read was refused. Nothing was changed when one is returned, except for
@@ -185,6 +188,8 @@ pub enum StoreError {
     Index(String),
     #[error("snapshot I/O failed")]
     Snapshot(#[source] io::Error),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
 }
 
 /// An exclusive lock on a store directory, held while the store is open.
@@ -277,6 +282,8 @@ pub struct TenantStore {
     /// Serialises snapshot writers (flush, compaction): each removes the files of older
     /// snapshots, which must not be another writer's files in progress.
     snapshot_lock: Mutex<()>,
+    /// The tenant's remote log when it lives in object storage (the directory is then a cache).
+    remote: Option<Arc<dyn TenantLog>>,
     this: Weak<TenantStore>,
 }
 
@@ -338,6 +345,24 @@ impl TenantStore {
     /// across the drop of one store and the open of the next, so no other process can slip in
     /// and no drop in progress can make the reopen fail).
     pub fn open_locked(dir: &StoreDir, lock: Arc<StoreLock>) -> Result<Arc<TenantStore>, OpenError> {
+        Self::open_with(dir, lock, None)
+    }
+
+    /// Opens the cache `dir` of a tenant that lives remotely, `remote` being this node's hold on
+    /// it as writer: commits go to `remote` instead of being fsynced.
+    pub fn open_remote(
+        dir: &StoreDir,
+        lock: Arc<StoreLock>,
+        remote: Arc<dyn TenantLog>,
+    ) -> Result<Arc<TenantStore>, OpenError> {
+        Self::open_with(dir, lock, Some(remote))
+    }
+
+    fn open_with(
+        dir: &StoreDir,
+        lock: Arc<StoreLock>,
+        remote: Option<Arc<dyn TenantLog>>,
+    ) -> Result<Arc<TenantStore>, OpenError> {
         let io_err = |source: io::Error| OpenError::Io {
             path: dir.root().to_owned(),
             source,
@@ -367,6 +392,9 @@ impl TenantStore {
         let (log, report) = DocLog::open(dir.storage(), &dir.docs_log(), replay_from, |offset, record| {
             loader.apply(offset, record)
         })?;
+        if let Some(remote) = &remote {
+            log.set_sink(remote.clone());
+        }
         if report.records > 0 || report.torn_bytes > 0 {
             tracing::debug!(store = %dir.root().display(), records = report.records, torn = report.torn_bytes, "replayed log tail");
         }
@@ -381,6 +409,7 @@ impl TenantStore {
             builder: Mutex::new(None),
             indexer: Mutex::new(None),
             snapshot_lock: Mutex::new(()),
+            remote,
             this: this.clone(),
         });
         if needs_graph {
@@ -421,6 +450,25 @@ impl TenantStore {
     /// the pool reopens it on the next request (replaying what the disk really holds).
     pub fn is_poisoned(&self) -> bool {
         self.read().log.is_poisoned()
+    }
+
+    /// Whether another node took this (remote) tenant over: this store must not answer for it.
+    pub fn is_fenced(&self) -> bool {
+        self.read().log.is_fenced()
+    }
+
+    /// This node's hold on the tenant when it lives remotely.
+    pub fn remote(&self) -> Option<&Arc<dyn TenantLog>> {
+        self.remote.as_ref()
+    }
+
+    /// For a remote tenant, checks (at most every so often) that no other node took it over, so
+    /// that reads are not answered from a stale cache.
+    pub fn check_owner(&self) -> Result<(), RemoteError> {
+        match &self.remote {
+            Some(remote) => remote.check_owner(),
+            None => Ok(()),
+        }
     }
 
     /// Checks a vector against the store: dims, finite components, non-zero for cosine.
@@ -723,10 +771,32 @@ impl TenantStore {
         if state.snapshot_at == Some(at) {
             return Ok(());
         }
+        // A remote tenant's snapshot is worth its upload only once the log after the last one
+        // is large; until then an open replays that log from the bucket.
+        if self.remote.as_ref().is_some_and(|r| !r.wants_snapshot()) {
+            return Ok(());
+        }
         let manifest = self.write_snapshot(&state)?;
         let changes = state.docs.vectors.index_changes();
+        // Published while the state is still held: nothing is persisted meanwhile, so the
+        // snapshot covers exactly what the remote log holds.
+        self.publish(&manifest)?;
         drop(state);
         self.write().snapshot_at = Some((manifest.log_generation, manifest.log_offset, changes));
+        Ok(())
+    }
+
+    /// Publishes the snapshot just written to the remote store, if the tenant lives there.
+    fn publish(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        let files = SnapshotFiles {
+            log: self.dir.docs_log(),
+            log_len: manifest.log_offset,
+            dir: self.dir.vector_store(),
+            files: vec![manifest.docs_file.clone(), manifest.vectors_file.clone()],
+            manifest: serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Snapshot(io::Error::other(e)))?,
+        };
+        remote.publish_snapshot(&files)?;
         Ok(())
     }
 
@@ -734,6 +804,9 @@ impl TenantStore {
         let (generation, offset) = (state.log.generation(), state.log.end());
         // The snapshot must never run ahead of what the log has made durable.
         state.log.sync_to(offset)?;
+        if let Some(remote) = &self.remote {
+            remote.cache_diverged();
+        }
         let storage = self.dir.storage();
         let dir = self.dir.vector_store();
         let stem = format!("snap-{generation}-{offset}-{}", uuid::Uuid::new_v4().simple());
@@ -805,6 +878,12 @@ impl TenantStore {
         let mut state = self.write();
         Self::check_writable(&state)?;
         let old = state.log.clone();
+        // Every record must be durable before the log is rewritten: the new log counts as
+        // synced, and a commit still owed to the old one would otherwise land after newer ones.
+        old.sync_to(old.end())?;
+        if let Some(remote) = &self.remote {
+            remote.cache_diverged();
+        }
         let mut live: Vec<(u64, u64)> = state
             .docs
             .entries
@@ -831,6 +910,9 @@ impl TenantStore {
             }
         }
         let before = old.end();
+        if let Some(remote) = &self.remote {
+            new_log.set_sink(remote.clone());
+        }
         state.log = Arc::new(new_log);
         state.docs.dead_records = 0;
         tracing::info!(store = %self.dir.root().display(), before, after = state.log.end(), "compacted the document log");
@@ -840,7 +922,7 @@ impl TenantStore {
             manifest.log_offset,
             state.docs.vectors.index_changes(),
         ));
-        Ok(())
+        self.publish(&manifest)
     }
 
     /// Marks the store deleted (every later call fails) and releases its directory lock so the

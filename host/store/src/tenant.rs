@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::config::StoreConfig;
 use crate::fsutil;
+use crate::remote::Catalog;
 use crate::storage::{self, StdStorage, Storage};
 
 pub use tvs_guest_core::tenant_id::TENANT_ID_RULE;
@@ -181,11 +182,13 @@ pub enum TenantError {
     },
 }
 
-/// The root that holds one directory per tenant (`TVS_DATA_DIR`).
+/// The root that holds one directory per tenant (`TVS_DATA_DIR`). With a [`Catalog`] the
+/// tenants live remotely and each directory is that node's cache of one.
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
     storage: Arc<dyn Storage>,
+    catalog: Option<Arc<dyn Catalog>>,
 }
 
 /// A page of tenant ids, sorted.
@@ -213,7 +216,11 @@ impl DataDir {
         // The root itself is chosen by the operator and may be a symlink; everything below it
         // is checked.
         let root = root.canonicalize().map_err(io_err)?;
-        let data = Self { root, storage };
+        let data = Self {
+            root,
+            storage,
+            catalog: None,
+        };
         data.remove_leftovers();
         Ok(data)
     }
@@ -250,6 +257,17 @@ impl DataDir {
         &self.root
     }
 
+    /// Keeps the tenants in `catalog` (object storage); the directory becomes a cache.
+    pub fn with_catalog(mut self, catalog: Arc<dyn Catalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Where the tenants live when not in this directory.
+    pub fn catalog(&self) -> Option<&Arc<dyn Catalog>> {
+        self.catalog.as_ref()
+    }
+
     /// The directory of a tenant; built only from a validated id.
     pub fn store_dir(&self, id: &TenantId) -> StoreDir {
         StoreDir::with_storage(self.root.join(id.as_str()), self.storage.clone())
@@ -266,6 +284,10 @@ impl DataDir {
     /// renamed into place, so no reader ever sees a half-created tenant.
     pub fn create_tenant(&self, id: &TenantId, config: &StoreConfig) -> Result<StoreDir, TenantError> {
         config.validate_new().map_err(TenantError::InvalidConfig)?;
+        if let Some(catalog) = &self.catalog {
+            catalog.create_tenant(id, config)?;
+            return Ok(self.store_dir(id));
+        }
         let final_dir = self.store_dir(id);
         if fs::symlink_metadata(final_dir.root()).is_ok() {
             return Err(TenantError::AlreadyExists(id.clone()));
@@ -299,12 +321,21 @@ impl DataDir {
 
     /// Whether a tenant exists (as a real directory with a config).
     pub fn tenant_exists(&self, id: &TenantId) -> bool {
+        if let Some(catalog) = &self.catalog {
+            return catalog.tenant_exists(id).unwrap_or_else(|e| {
+                tracing::warn!(tenant = %id, error = %e, "cannot tell whether a tenant exists");
+                false
+            });
+        }
         let dir = self.store_dir(id);
         fsutil::ensure_real_dir(dir.root()).is_ok() && dir.exists()
     }
 
     /// Lists tenants sorted by id, `limit` at a time, starting after `after`.
     pub fn list_tenants(&self, after: Option<&str>, limit: usize) -> Result<TenantPage, TenantError> {
+        if let Some(catalog) = &self.catalog {
+            return catalog.list_tenants(after, limit);
+        }
         let mut ids = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(|e| self.io_err(e))? {
             let entry = entry.map_err(|e| self.io_err(e))?;
@@ -335,6 +366,18 @@ impl DataDir {
     /// Moves a tenant's directory out of the namespace and removes it. Callers that keep the
     /// tenant open (the pool) must close it first; see [`crate::pool::Pool::delete_tenant`].
     pub fn delete_tenant(&self, id: &TenantId) -> Result<(), TenantError> {
+        if let Some(catalog) = &self.catalog {
+            catalog.delete_tenant(id)?;
+            // What is left is this node's cache of it.
+            return match self.delete_local(id) {
+                Ok(()) | Err(TenantError::NotFound(_)) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        self.delete_local(id)
+    }
+
+    fn delete_local(&self, id: &TenantId) -> Result<(), TenantError> {
         let dir = self.store_dir(id);
         match fs::symlink_metadata(dir.root()) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(TenantError::NotFound(id.clone())),

