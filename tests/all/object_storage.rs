@@ -613,3 +613,31 @@ fn a_tenant_deleted_on_one_node_is_gone_on_every_node() {
     assert_eq!(write(a.server.addr, &key, "z", 3), 200);
     assert_eq!(ids_of(b.server.addr, &key), BTreeSet::from(["z".to_owned()]));
 }
+
+#[test]
+fn a_node_keeps_the_caches_of_a_bounded_number_of_tenants() {
+    let Some(s3) = Seaweed::start() else { return };
+    let prefix = unique_prefix("cache-bound");
+    let caches = tempfile::tempdir().expect("tempdir");
+    let cache = caches.path().join("a");
+    // A pool of one keeps the caches of at most four tenants (CACHES_PER_POOL_SLOT).
+    let a = start_node(&s3, &prefix, "a", &cache, &[("VECTOR_STORE_POOL_SIZE", "1")]);
+    let keys: Vec<String> = (0..7).map(|t| create(a.server.addr, &format!("c{t}"))).collect();
+    for round in 0..2u64 {
+        for (t, key) in keys.iter().enumerate() {
+            assert_eq!(write(a.server.addr, key, &format!("d{round}"), round), 200);
+            let cached = std::fs::read_dir(&cache)
+                .expect("cache dir")
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name().to_string_lossy().starts_with('c'))
+                .count();
+            assert!(cached <= 4, "round {round}, tenant {t}: {cached} caches on disk");
+        }
+    }
+    for key in &keys {
+        assert_eq!(
+            ids_of(a.server.addr, key),
+            BTreeSet::from(["d0".to_owned(), "d1".to_owned()])
+        );
+    }
+}

@@ -20,6 +20,7 @@ use lru::LruCache;
 use serde::Serialize;
 
 use crate::config::{Settings, StoreConfig};
+use crate::fsutil;
 use crate::store::{LockError, OpenError, StoreLock, TenantStore};
 use crate::tenant::{DataDir, TenantError, TenantId};
 
@@ -81,6 +82,9 @@ struct Counters {
     evictions: AtomicU64,
     expirations: AtomicU64,
 }
+
+/// With tenants in object storage, tenant caches kept on disk per slot of the pool.
+pub const CACHES_PER_POOL_SLOT: usize = 4;
 
 /// The pool. Share it as `Arc<Pool>`.
 #[derive(Debug)]
@@ -235,11 +239,65 @@ impl Pool {
         let store = match self.data.catalog() {
             Some(catalog) => {
                 let remote = catalog.open_tenant(tenant, &dir)?;
-                TenantStore::open_remote(&dir, lock.clone(), remote)?
+                let store = TenantStore::open_remote(&dir, lock.clone(), remote)?;
+                // The lock file's time says when the cache was last used (see `trim_caches`).
+                if let Err(e) =
+                    fsutil::open_append(&dir.lock_file()).and_then(|f| f.set_modified(std::time::SystemTime::now()))
+                {
+                    tracing::debug!(tenant = %tenant, error = %e, "cannot mark the cache as used");
+                }
+                self.trim_caches();
+                store
             }
             None => TenantStore::open_locked(&dir, lock.clone())?,
         };
         Ok((store, lock))
+    }
+
+    /// With tenants in object storage, keeps the caches of at most [`CACHES_PER_POOL_SLOT`] ×
+    /// capacity tenants on disk: the least recently opened caches of tenants this process does
+    /// not hold are removed (the next open downloads the tenant again).
+    fn trim_caches(&self) {
+        let keep = self.config.capacity.max(1) * CACHES_PER_POOL_SLOT;
+        let Ok(entries) = std::fs::read_dir(self.data.root()) else {
+            return;
+        };
+        let mut caches: Vec<(std::time::SystemTime, TenantId)> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| {
+                let id = TenantId::new(e.file_name().to_str()?).ok()?;
+                let used = std::fs::metadata(e.path().join(crate::tenant::LOCK_FILE))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                Some((used, id))
+            })
+            .collect();
+        if caches.len() <= keep {
+            return;
+        }
+        caches.sort();
+        let excess = caches.len() - keep;
+        for (_, id) in caches.into_iter().take(excess) {
+            let inner = self.lock();
+            if inner.alive.contains_key(&id) || inner.loading.contains(&id) || inner.deleting.contains(&id) {
+                continue;
+            }
+            // Held under the pool's lock, so no open of this tenant starts meanwhile; the file
+            // lock keeps another process on the same directory (a misconfiguration) safe.
+            let dir = self.data.store_dir(&id);
+            let Ok(file) = fsutil::open_append(&dir.lock_file()) else {
+                continue;
+            };
+            if file.try_lock().is_err() {
+                continue;
+            }
+            match std::fs::remove_dir_all(dir.root()) {
+                Ok(()) => tracing::debug!(tenant = %id, "removed a cache to bound the disk it takes"),
+                Err(e) => tracing::warn!(tenant = %id, error = %e, "cannot remove a tenant's cache"),
+            }
+            drop(inner);
+        }
     }
 
     fn evict_over_bounds(&self, inner: &mut Inner, leaving: &mut Vec<Arc<TenantStore>>) {

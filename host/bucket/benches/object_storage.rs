@@ -5,7 +5,7 @@
 //! bucket; and from a warm cache), and the time a second node takes to take a tenant over and
 //! acknowledge its first write.
 //!
-//! `cargo bench -p tvs --bench object_storage` (the big tenant has `TVS_BENCH_BIG` documents,
+//! `cargo bench -p tvs-bucket --bench object_storage` (the big tenant has `TVS_BENCH_BIG` documents,
 //! default 200000). Loopback flatters S3: a PUT here takes about a millisecond, against tens of
 //! milliseconds to a real region.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
