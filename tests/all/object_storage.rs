@@ -641,3 +641,129 @@ fn a_node_keeps_the_caches_of_a_bounded_number_of_tenants() {
         );
     }
 }
+
+/// nginx running `deploy/nginx.conf` (in an `http` block of its own) with its `listen` and
+/// `server` lines pointed here; `None` where nginx is not installed (CI installs it).
+fn nginx(nodes: &[SocketAddr]) -> Option<Proxy> {
+    let Some(binary) = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        let message = "nginx is not installed (`apt-get install nginx`); skipping the test behind it";
+        assert!(std::env::var_os("CI").is_none(), "{message}");
+        eprintln!("{message}");
+        return None;
+    };
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx.conf"))
+        .expect("deploy/nginx.conf");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut site = String::new();
+    let mut servers_written = false;
+    for line in shipped.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("listen ") {
+            site.push_str(&format!("    listen 127.0.0.1:{port};\n"));
+        } else if trimmed.starts_with("server ") && trimmed.ends_with(';') {
+            if !servers_written {
+                for node in nodes {
+                    site.push_str(&format!("    server {node} max_fails=1 fail_timeout=5s;\n"));
+                }
+                servers_written = true;
+            }
+        } else {
+            site.push_str(line);
+            site.push('\n');
+        }
+    }
+    let d = dir.path().display();
+    // One process as the caller (no worker user to switch to), everything under the temp dir.
+    let config = format!(
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n{site}}}\n"
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, config).expect("config");
+    let check = Command::new(binary)
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir.path())
+        .output()
+        .expect("nginx -t");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nginx");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Proxy { child, addr, _dir: dir })
+}
+
+#[test]
+fn nginx_keeps_each_tenant_on_one_node_and_moves_only_a_killed_nodes_tenants() {
+    let Some(s3) = Seaweed::start() else { return };
+    let prefix = unique_prefix("nginx");
+    let caches = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<Node> = ["n1", "n2"]
+        .iter()
+        .map(|name| start_node(&s3, &prefix, name, &caches.path().join(name), &[]))
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.server.addr).collect();
+    let Some(proxy) = nginx(&addrs) else { return };
+    let keys: Vec<String> = (0..6).map(|t| create(proxy.addr, &format!("tenant{t}"))).collect();
+    let owners: Vec<String> = keys
+        .iter()
+        .map(|key| node_of(proxy.addr, key).expect("a node"))
+        .collect();
+    for (key, owner) in keys.iter().zip(&owners) {
+        for _ in 0..3 {
+            assert_eq!(node_of(proxy.addr, key).as_deref(), Some(owner.as_str()));
+        }
+    }
+    let mut acked = vec![Vec::new(); keys.len()];
+    for (t, key) in keys.iter().enumerate() {
+        for i in 0..5 {
+            assert_eq!(write(proxy.addr, key, &format!("before-{i}"), i), 200);
+            acked[t].push(format!("before-{i}"));
+        }
+    }
+    let victim = nodes.iter().position(|n| n.name == owners[0]).expect("owner");
+    nodes[victim].server.kill_9();
+    for (t, key) in keys.iter().enumerate() {
+        for i in 0..5 {
+            let id = format!("after-{i}");
+            let started = Instant::now();
+            while write(proxy.addr, key, &id, i) != 200 {
+                assert!(started.elapsed() < Duration::from_secs(20), "tenant{t} is not served");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            acked[t].push(id);
+        }
+    }
+    for (t, key) in keys.iter().enumerate() {
+        let found = ids_of(proxy.addr, key);
+        for id in &acked[t] {
+            assert!(found.contains(id), "tenant{t}: acknowledged {id} is lost");
+        }
+        let now = node_of(proxy.addr, key).expect("served");
+        if owners[t] == owners[0] {
+            assert_ne!(now, owners[0], "tenant{t} moved off the killed node");
+        } else {
+            assert_eq!(now, owners[t], "tenant{t} stayed on its node");
+        }
+    }
+}

@@ -117,6 +117,9 @@ fn cold_open(backend: &Backend, dir: &str, id: &TenantId) -> Duration {
     let query = docs(1, 999, 0).remove(0).vector;
     let started = Instant::now();
     let store = pool.get(id).unwrap();
+    if std::env::var_os("TVS_BENCH_PHASES").is_some() {
+        eprintln!("{}: {id} open {:?}", backend.name, started.elapsed());
+    }
     let hits = store
         .search(&SearchQuery {
             vector: query,
@@ -130,6 +133,13 @@ fn cold_open(backend: &Backend, dir: &str, id: &TenantId) -> Duration {
 }
 
 fn main() {
+    // `TVS_LOG=info` shows each takeover's phases.
+    if let Ok(filter) = std::env::var("TVS_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let big: usize = std::env::var("TVS_BENCH_BIG")
         .ok()
         .and_then(|v| v.parse().ok())

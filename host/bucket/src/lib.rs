@@ -668,21 +668,19 @@ impl Catalog for Bucket {
     }
 
     fn open_tenant(&self, id: &TenantId, dir: &StoreDir) -> Result<Arc<dyn TenantLog>, OpenError> {
-        let remote_err = |e: RemoteError| match e {
-            RemoteError::Fenced(why) => OpenError::Remote(RemoteError::Fenced(why)),
-            other => OpenError::Remote(other),
-        };
+        let remote_err = OpenError::Remote;
+        let started = Instant::now();
         let takeover = match self.take_over(id) {
             Ok(t) => t,
             Err(TakeoverError::NotFound) => return Err(OpenError::NotFound(dir.root().to_owned())),
             Err(TakeoverError::Remote(e)) => return Err(remote_err(e)),
         };
         let Takeover { manifest, tag, fence } = takeover;
+        let took_over = started.elapsed();
         let config = manifest
             .config
             .clone()
             .ok_or_else(|| remote_err(RemoteError::Corrupt("a live manifest without a config".into())))?;
-        let started = Instant::now();
         // Everything below the fence, in order: what every earlier writer persisted.
         let numbers: Vec<u64> = (manifest.first_wal..fence).collect();
         let (store, shared) = (self.shared.store.clone(), self.shared.clone());
@@ -711,6 +709,7 @@ impl Catalog for Bucket {
             .map_err(remote_err)?;
         let tail_objects = bodies.len() as u64;
         let tail_bytes: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+        let fetched = started.elapsed();
         cache::materialize(self, id, dir, &manifest, &config, &bodies).map_err(|source| OpenError::Io {
             path: dir.root().to_owned(),
             source,
@@ -721,7 +720,9 @@ impl Catalog for Bucket {
             wal_objects = tail_objects,
             wal_bytes = tail_bytes,
             snapshot = manifest.snapshot.as_deref().unwrap_or("-"),
-            ms = started.elapsed().as_millis() as u64,
+            takeover_ms = took_over.as_millis() as u64,
+            wal_fetched_ms = fetched.as_millis() as u64,
+            cache_ready_ms = started.elapsed().as_millis() as u64,
             "took the tenant over from object storage"
         );
         let owned = Arc::new(OwnedTenant {

@@ -41,6 +41,9 @@ use tvs_guest_core::filter::{Filter, FilterError};
 pub use tvs_guest_core::documents::{MAX_ID_BYTES, MAX_METADATA_BYTES};
 /// Largest accepted `k` / `fetch_k`.
 pub const MAX_K: usize = 10_000;
+/// Vectors outside the graph in a remote tenant's snapshot beyond which the snapshot is
+/// published again once the graph has taken in most of them.
+const REPUBLISH_PENDING: u64 = 1_000;
 /// Records superseded or deleted beyond which (and beyond the live count) the log is compacted.
 const COMPACT_MIN_DEAD: u64 = 1_000;
 
@@ -267,6 +270,9 @@ struct State {
     /// What the current snapshot reflects: log generation, log offset and the index's
     /// [`Vectors::index_changes`] (the indexer moves rows into the graph without log records).
     snapshot_at: Option<(u64, u64, u64)>,
+    /// Vectors outside the graph in the current snapshot: each is read back from its log record
+    /// when the snapshot is opened.
+    snapshot_pending: u64,
     deleted: bool,
 }
 
@@ -772,8 +778,12 @@ impl TenantStore {
             return Ok(());
         }
         // A remote tenant's snapshot is worth its upload only once the log after the last one
-        // is large; until then an open replays that log from the bucket.
-        if self.remote.as_ref().is_some_and(|r| !r.wants_snapshot()) {
+        // is large (until then an open replays that log from the bucket), or once the graph has
+        // taken in most of the vectors the last one held outside it (each read back from the
+        // log on open).
+        let pending = state.docs.vectors.pending_len() as u64;
+        let graph_caught_up = state.snapshot_pending >= REPUBLISH_PENDING && pending * 2 <= state.snapshot_pending;
+        if self.remote.as_ref().is_some_and(|r| !r.wants_snapshot()) && !graph_caught_up {
             return Ok(());
         }
         let manifest = self.write_snapshot(&state)?;
@@ -782,7 +792,9 @@ impl TenantStore {
         // snapshot covers exactly what the remote log holds.
         self.publish(&manifest)?;
         drop(state);
-        self.write().snapshot_at = Some((manifest.log_generation, manifest.log_offset, changes));
+        let mut state = self.write();
+        state.snapshot_at = Some((manifest.log_generation, manifest.log_offset, changes));
+        state.snapshot_pending = pending;
         Ok(())
     }
 
@@ -922,6 +934,7 @@ impl TenantStore {
             manifest.log_offset,
             state.docs.vectors.index_changes(),
         ));
+        state.snapshot_pending = state.docs.vectors.pending_len() as u64;
         self.publish(&manifest)
     }
 
@@ -1288,10 +1301,12 @@ impl Loader {
     }
 
     fn finish(self, log: Arc<DocLog>, snapshot_at: Option<(u64, u64, u64)>) -> State {
+        let snapshot_pending = self.docs.vectors.pending_len() as u64;
         State {
             log,
             docs: self.docs,
             snapshot_at,
+            snapshot_pending,
             deleted: false,
         }
     }
