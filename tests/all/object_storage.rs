@@ -406,6 +406,18 @@ fn writes_fail_while_the_object_store_is_down_and_none_acknowledged_is_lost() {
         Some(&json!({"documents": [doc("during", 1)]}).to_string()),
     );
     assert_eq!(status, 503, "a write while the store is down is refused: {body}");
+    let (status, body) = call(
+        a.server.addr,
+        "POST",
+        "/v1/tenants",
+        Some(ADMIN),
+        Some(&json!({"id": "later", "dims": 4, "embedding_model": "none"}).to_string()),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (503, &json!("storage_unavailable")),
+        "{body}"
+    );
     s3.restart();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut i = 0;
@@ -766,4 +778,34 @@ fn nginx_keeps_each_tenant_on_one_node_and_moves_only_a_killed_nodes_tenants() {
             assert_eq!(now, owners[t], "tenant{t} stayed on its node");
         }
     }
+}
+
+#[test]
+fn a_damaged_cache_is_rebuilt_from_the_bucket() {
+    let Some(s3) = Seaweed::start() else { return };
+    let prefix = unique_prefix("damaged");
+    let caches = tempfile::tempdir().expect("tempdir");
+    let cache = caches.path().join("a");
+    // Snapshots every 4 WAL objects, so the cache holds a log prefix that opens rely on.
+    let small = [("TVS_S3_SNAPSHOT_OBJECTS", "4"), ("VECTOR_STORE_POOL_SIZE", "1")];
+    let a = start_node(&s3, &prefix, "a", &cache, &small);
+    let key = create(a.server.addr, "t");
+    let other = create(a.server.addr, "other");
+    for i in 0..12 {
+        assert_eq!(write(a.server.addr, &key, &format!("d{i}"), i), 200);
+    }
+    // Evicting the tenant publishes a snapshot.
+    assert_eq!(write(a.server.addr, &other, "x", 0), 200);
+    drop(a);
+    // A disk error in the log, and the snapshot that would have hidden it gone: opening the
+    // cache as it is fails, so the node must fetch the tenant again.
+    let log = cache.join("t/docs.jsonl");
+    let mut bytes = std::fs::read(&log).expect("cached log");
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 16].copy_from_slice(b"\x00garbage\x00\x00bytes!");
+    std::fs::write(&log, bytes).expect("damage");
+    std::fs::remove_file(cache.join("t/vector_store/manifest.json")).expect("snapshot manifest");
+    let a = start_node(&s3, &prefix, "a", &cache, &small);
+    let expected: BTreeSet<String> = (0..12).map(|i| format!("d{i}")).collect();
+    assert_eq!(ids_of(a.server.addr, &key), expected);
 }

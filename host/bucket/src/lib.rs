@@ -532,10 +532,7 @@ impl Bucket {
     }
 
     fn remote_to_tenant(&self, e: RemoteError) -> TenantError {
-        TenantError::Io {
-            path: self.shared.url.clone().into(),
-            source: std::io::Error::other(e.to_string()),
-        }
+        TenantError::Remote(e)
     }
 }
 

@@ -380,6 +380,7 @@ async fn create_tenant(
         app2.pool.create_tenant(&id, &config).map_err(|e| match e {
             TenantError::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             TenantError::InvalidConfig(_) | TenantError::InvalidId(_) => ApiError::bad_request(e.to_string()),
+            TenantError::Remote(e) => from_remote(e),
             other => {
                 tracing::error!(error = ?other, "creating a tenant failed");
                 ApiError::internal()
@@ -414,7 +415,13 @@ async fn list_tenants(
             .pool
             .data_dir()
             .list_tenants(query.after.as_deref(), query.limit.unwrap_or(100).min(1000))
-            .map_err(|_| ApiError::internal())?;
+            .map_err(|e| match e {
+                TenantError::Remote(e) => from_remote(e),
+                other => {
+                    tracing::error!(error = ?other, "listing tenants failed");
+                    ApiError::internal()
+                }
+            })?;
         Ok(Json(json!({"tenants": page.tenants, "next_after": page.next_after})))
     })
     .await
@@ -433,6 +440,7 @@ async fn delete_tenant(
         app2.pool.delete_tenant(&id).map_err(|e| match e {
             TenantError::NotFound(_) => ApiError::not_found(e.to_string()),
             TenantError::Busy(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
+            TenantError::Remote(e) => from_remote(e),
             other => {
                 tracing::error!(error = ?other, "deleting a tenant failed");
                 ApiError::internal()

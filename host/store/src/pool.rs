@@ -239,7 +239,19 @@ impl Pool {
         let store = match self.data.catalog() {
             Some(catalog) => {
                 let remote = catalog.open_tenant(tenant, &dir)?;
-                let store = TenantStore::open_remote(&dir, lock.clone(), remote)?;
+                let store = match TenantStore::open_remote(&dir, lock.clone(), remote.clone()) {
+                    Ok(store) => store,
+                    Err(OpenError::Remote(e)) => return Err(OpenError::Remote(e)),
+                    Err(e) => {
+                        // The cache is damaged (a disk error, a hand edit): the bucket has the
+                        // truth, so rebuild the cache from it once.
+                        tracing::warn!(tenant = %tenant, error = %e, "rebuilding a cache that does not open");
+                        remote.cache_diverged();
+                        drop(remote);
+                        let remote = catalog.open_tenant(tenant, &dir)?;
+                        TenantStore::open_remote(&dir, lock.clone(), remote)?
+                    }
+                };
                 // The lock file's time says when the cache was last used (see `trim_caches`).
                 if let Err(e) =
                     fsutil::open_append(&dir.lock_file()).and_then(|f| f.set_modified(std::time::SystemTime::now()))

@@ -174,6 +174,8 @@ pub enum TenantError {
     InvalidConfig(String),
     #[error("tenant {0} is open in another tvs process; stop it first")]
     Busy(TenantId),
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
     #[error("I/O error on the data directory {path}")]
     Io {
         path: PathBuf,
