@@ -34,41 +34,27 @@ pub struct Neighbor {
 
 /// The distance tvs reports, matching usearch's definitions.
 pub fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
-    match metric {
-        Metric::L2 => {
-            let mut acc = [0f32; 8];
-            let (ca, ra) = a.as_chunks::<8>();
-            let (cb, rb) = b.as_chunks::<8>();
-            for (x, y) in ca.iter().zip(cb) {
-                for i in 0..8 {
-                    let d = x[i] - y[i];
-                    acc[i] += d * d;
-                }
-            }
-            let tail: f32 = ra.iter().zip(rb).map(|(x, y)| (x - y) * (x - y)).sum();
-            acc.iter().sum::<f32>() + tail
-        }
-        Metric::Ip => 1.0 - dot(a, b),
+    use simsimd::SpatialSimilarity;
+    // simsimd picks the widest SIMD the CPU has (AVX2+FMA, AVX-512, NEON, SVE) at run time;
+    // `None` only for slices of different lengths, which callers never pass.
+    let kernel = match metric {
+        Metric::L2 => f32::l2sq(a, b),
+        Metric::Ip => f32::dot(a, b).map(|d| 1.0 - d),
         Metric::Cos => {
-            let (ab, aa, bb) = dot3(a, b);
+            let (ab, aa, bb) = portable::dot3(a, b);
             if aa == 0.0 || bb == 0.0 {
                 return 1.0;
             }
-            1.0 - ab / (aa.sqrt() * bb.sqrt())
+            return 1.0 - ab / (aa.sqrt() * bb.sqrt());
         }
-    }
+    };
+    kernel.map_or_else(|| portable::distance(metric, a, b), |d| d as f32)
 }
 
+/// The inner product, with the CPU's SIMD.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, ra) = a.as_chunks::<8>();
-    let (cb, rb) = b.as_chunks::<8>();
-    for (x, y) in ca.iter().zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+    use simsimd::SpatialSimilarity;
+    f32::dot(a, b).map_or_else(|| portable::dot(a, b), |d| d as f32)
 }
 
 fn inverse_norm(v: &[f32]) -> f32 {
@@ -76,24 +62,69 @@ fn inverse_norm(v: &[f32]) -> f32 {
     if norm == 0.0 { 0.0 } else { 1.0 / norm }
 }
 
-fn dot3(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
-    let (mut ab, mut aa, mut bb) = ([0f32; 8], [0f32; 8], [0f32; 8]);
-    let (ca, ra) = a.as_chunks::<8>();
-    let (cb, rb) = b.as_chunks::<8>();
-    for (x, y) in ca.iter().zip(cb) {
-        for i in 0..8 {
-            ab[i] += x[i] * y[i];
-            aa[i] += x[i] * x[i];
-            bb[i] += y[i] * y[i];
+/// The kernels in plain Rust (eight lanes the compiler vectorises for the build's baseline
+/// CPU): the reference the dispatched ones are tested and benchmarked against.
+pub mod portable {
+    use crate::config::Metric;
+
+    pub fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
+        match metric {
+            Metric::L2 => {
+                let mut acc = [0f32; 8];
+                let (ca, ra) = a.as_chunks::<8>();
+                let (cb, rb) = b.as_chunks::<8>();
+                for (x, y) in ca.iter().zip(cb) {
+                    for i in 0..8 {
+                        let d = x[i] - y[i];
+                        acc[i] += d * d;
+                    }
+                }
+                let tail: f32 = ra.iter().zip(rb).map(|(x, y)| (x - y) * (x - y)).sum();
+                acc.iter().sum::<f32>() + tail
+            }
+            Metric::Ip => 1.0 - dot(a, b),
+            Metric::Cos => {
+                let (ab, aa, bb) = dot3(a, b);
+                if aa == 0.0 || bb == 0.0 {
+                    return 1.0;
+                }
+                1.0 - ab / (aa.sqrt() * bb.sqrt())
+            }
         }
     }
-    let mut sums = (ab.iter().sum::<f32>(), aa.iter().sum::<f32>(), bb.iter().sum::<f32>());
-    for (x, y) in ra.iter().zip(rb) {
-        sums.0 += x * y;
-        sums.1 += x * x;
-        sums.2 += y * y;
+
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 8];
+        let (ca, ra) = a.as_chunks::<8>();
+        let (cb, rb) = b.as_chunks::<8>();
+        for (x, y) in ca.iter().zip(cb) {
+            for i in 0..8 {
+                acc[i] += x[i] * y[i];
+            }
+        }
+        acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
     }
-    sums
+
+    /// a·b, a·a and b·b in one pass.
+    pub fn dot3(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
+        let (mut ab, mut aa, mut bb) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+        let (ca, ra) = a.as_chunks::<8>();
+        let (cb, rb) = b.as_chunks::<8>();
+        for (x, y) in ca.iter().zip(cb) {
+            for i in 0..8 {
+                ab[i] += x[i] * y[i];
+                aa[i] += x[i] * x[i];
+                bb[i] += y[i] * y[i];
+            }
+        }
+        let mut sums = (ab.iter().sum::<f32>(), aa.iter().sum::<f32>(), bb.iter().sum::<f32>());
+        for (x, y) in ra.iter().zip(rb) {
+            sums.0 += x * y;
+            sums.1 += x * x;
+            sums.2 += y * y;
+        }
+        sums
+    }
 }
 
 /// Keeps the `k` nearest candidates seen.
@@ -872,6 +903,23 @@ mod tests {
         assert!((distance(Metric::L2, &a, &b) - naive_l2).abs() < 1e-5);
         assert!((distance(Metric::Ip, &a, &b) - (1.0 - naive_dot)).abs() < 1e-5);
         assert!((distance(Metric::Cos, &a, &b) - (1.0 - naive_dot / (na * nb))).abs() < 1e-5);
+    }
+
+    #[test]
+    fn dispatched_kernels_agree_with_the_portable_ones_on_embedding_sized_vectors() {
+        let mut generator = tvs_synth::EmbeddingLike::new(384, 3);
+        let rows: Vec<Vec<f32>> = (0..50).map(|_| generator.next_vector()).collect();
+        for pair in rows.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            for metric in [Metric::L2, Metric::Ip, Metric::Cos] {
+                let (fast, reference) = (distance(metric, a, b), portable::distance(metric, a, b));
+                assert!((fast - reference).abs() < 1e-5, "{metric:?}: {fast} vs {reference}");
+            }
+            assert!((dot(a, b) - portable::dot(a, b)).abs() < 1e-5);
+        }
+        // Lengths that are not a multiple of any SIMD width.
+        let (a, b) = (&rows[0][..13], &rows[1][..13]);
+        assert!((distance(Metric::L2, a, b) - portable::distance(Metric::L2, a, b)).abs() < 1e-5);
     }
 
     #[test]
