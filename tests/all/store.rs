@@ -255,6 +255,79 @@ fn hnsw_recall_at_10_is_high_on_embedding_like_vectors() {
 }
 
 #[test]
+fn a_graph_calibrates_its_search_breadth_to_the_recall_target_and_keeps_it_across_a_reopen() {
+    let mut cfg = config(64, Metric::Cos);
+    assert_eq!(
+        cfg.ef_search,
+        tvs_store::config::EF_SEARCH_CALIBRATED,
+        "calibration is the default"
+    );
+    cfg.hnsw_threshold = 3000;
+    let (_tmp, dir, store) = temp_store(&cfg);
+    let docs = documents(4000, 64, 9);
+    let reference: Vec<(String, Vec<f32>)> = docs
+        .iter()
+        .map(|d| (d.id.clone().expect("id"), d.vector.clone()))
+        .collect();
+    store.upsert(docs[..3000].to_vec()).expect("upsert");
+    store.upsert(docs[3000..].to_vec()).expect("upsert");
+    store.wait_for_index();
+    let info = store.info();
+    assert_eq!(info.index, IndexKind::Hnsw);
+    let estimate = info.recall_estimate.expect("a graph of 3,000 is calibrated");
+    let ef = info.ef_search.expect("a breadth");
+    assert!(estimate >= 0.95, "held-out recall@10 {estimate} at ef_search {ef}");
+    // Fresh queries find about what the held-out ones did.
+    let mut queries = EmbeddingLike::new(64, 4321);
+    let mut found = 0;
+    for _ in 0..100 {
+        let q = queries.next_vector();
+        let truth = brute_force(&reference, &q, Metric::Cos, 10);
+        let hits = store.search(&query(q, 10)).expect("search");
+        found += ids(&hits).iter().filter(|id| truth.contains(id)).count();
+    }
+    let recall = found as f32 / 1000.0;
+    assert!(recall >= 0.93, "recall@10 on fresh queries {recall} at ef_search {ef}");
+    store.flush().expect("flush");
+    drop(store);
+    let reopened = TenantStore::open(&dir).expect("reopen");
+    let again = reopened.info();
+    assert_eq!(
+        (again.ef_search, again.recall_estimate),
+        (Some(ef), Some(estimate)),
+        "kept in the snapshot"
+    );
+    drop(reopened);
+
+    // As the graph doubles, the indexer measures again with new vectors as held-out queries.
+    let (_tmp, _dir, store) = temp_store(&cfg);
+    let more = documents(7000, 64, 10);
+    store.upsert(more[..3000].to_vec()).expect("upsert");
+    for chunk in more[3000..].chunks(500) {
+        store.upsert(chunk.to_vec()).expect("upsert");
+    }
+    store.wait_for_index();
+    let info = store.info();
+    let nodes = info.calibrated_at_nodes.expect("calibrated");
+    assert!(
+        nodes > 5000,
+        "re-calibrated once the graph doubled (first at about 3,000), last at {nodes} nodes"
+    );
+    assert!(info.recall_estimate.expect("estimate") >= 0.95);
+    drop(store);
+
+    // A breadth set in the config is used as it is.
+    let mut fixed = config(64, Metric::Cos);
+    fixed.hnsw_threshold = 3000;
+    fixed.ef_search = 24;
+    let (_tmp, _dir, store) = temp_store(&fixed);
+    store.upsert(docs[..3000].to_vec()).expect("upsert");
+    store.wait_for_index();
+    let info = store.info();
+    assert_eq!((info.ef_search, info.recall_estimate), (Some(24), None));
+}
+
+#[test]
 fn writes_during_the_background_graph_build_are_not_lost() {
     let mut cfg = config(32, Metric::L2);
     cfg.hnsw_threshold = 2000;

@@ -248,7 +248,8 @@ struct StoreShape {
     /// Live documents at which an HNSW graph replaces exact scan [default: 10000]
     #[arg(long)]
     hnsw_threshold: Option<usize>,
-    /// HNSW search breadth; higher is slower with better recall [default: 128]
+    /// HNSW search breadth; higher is slower with better recall [default: 0, each graph
+    /// calibrates its own for recall@10 >= 0.95 when it is built]
     #[arg(long)]
     ef_search: Option<usize>,
 }

@@ -23,7 +23,7 @@ pub const MANIFEST: &str = "manifest.json";
 const DOCS_MAGIC: &[u8; 8] = b"TVSDOCS1";
 
 /// Contents of `manifest.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
     pub version: u32,
@@ -39,6 +39,9 @@ pub struct Manifest {
     #[serde(default)]
     pub next_node: u64,
     pub documents: u64,
+    /// How the graph's search breadth was calibrated (graph snapshots of calibrated graphs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::vectors::Calibration>,
 }
 
 /// One document of a snapshot.

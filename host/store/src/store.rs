@@ -144,6 +144,16 @@ pub struct StoreInfo {
     pub pending_vectors: u64,
     /// fsyncs of the document log since the store was opened (concurrent writers share them).
     pub log_syncs: u64,
+    /// The HNSW search breadth in use (graph only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef_search: Option<usize>,
+    /// recall@10 measured at that breadth on vectors held out of the graph when it was built
+    /// (calibrated graphs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall_estimate: Option<f32>,
+    /// Graph nodes when that recall was measured (calibration runs again as the graph doubles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrated_at_nodes: Option<usize>,
 }
 
 /// Why a store could not be opened.
@@ -753,6 +763,19 @@ impl TenantStore {
             dead_records: state.docs.dead_records,
             pending_vectors: state.docs.vectors.pending_len() as u64,
             log_syncs: state.log.syncs(),
+            ef_search: state.docs.vectors.graph().map(Graph::ef_search),
+            recall_estimate: state
+                .docs
+                .vectors
+                .graph()
+                .and_then(|g| g.calibration())
+                .map(|c| c.recall),
+            calibrated_at_nodes: state
+                .docs
+                .vectors
+                .graph()
+                .and_then(|g| g.calibration())
+                .map(|c| c.nodes),
         }
     }
 
@@ -871,6 +894,7 @@ impl TenantStore {
             vectors_file,
             next_node,
             documents: live,
+            calibration: state.docs.vectors.graph().and_then(|g| g.calibration().copied()),
         };
         snapshot::commit_manifest(storage, &dir, &manifest).map_err(StoreError::Snapshot)?;
         Ok(manifest)
@@ -1026,6 +1050,9 @@ impl TenantStore {
                         return;
                     }
                 };
+                // The batch's vectors are not in the graph yet: the held-out queries a growing
+                // graph re-calibrates its search breadth on.
+                let calibration = batch.calibrate();
                 // Snapshots serialise the graph; they must not run while nodes are added.
                 let added = {
                     let _snapshot = store.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -1036,6 +1063,10 @@ impl TenantStore {
                     state.docs.vectors.stop_indexing();
                     tracing::error!(store = %store.dir.root().display(), error = %e, "graph indexing failed; vectors stay in the exact-scan buffer");
                     return;
+                }
+                if let Some(calibration) = calibration {
+                    tracing::info!(store = %store.dir.root().display(), nodes = calibration.nodes, ef_search = calibration.ef_search, recall = calibration.recall, "re-calibrated the graph's search breadth");
+                    state.docs.vectors.recalibrated(&batch, calibration);
                 }
                 state.docs.vectors.finish_indexing(batch);
             }
@@ -1193,8 +1224,8 @@ impl Loader {
                         "graph dims differ from the config",
                     ));
                 }
-                // The file does not record the search breadth; the config does.
-                index.change_expansion_search(self.config.ef_search);
+                // Searches pass their breadth as the result count (see `vectors::new_graph`).
+                index.change_expansion_search(1);
                 // load() adopts the file's limits; thread contexts must be reserved again.
                 index
                     .reserve_capacity_and_threads(index.capacity().max(index.size()), vectors::graph_threads())
@@ -1203,8 +1234,9 @@ impl Loader {
                     .iter()
                     .filter(|d| d.node != vectors::NONE)
                     .map(|d| (d.slot, d.node));
-                let graph = Graph::restore(index, nodes, manifest.next_node)
+                let mut graph = Graph::restore(index, nodes, manifest.next_node)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                graph.set_calibration(&self.config, manifest.calibration);
                 let mut vectors = Vectors::with_graph(dims, self.config.metric, graph);
                 // Vectors the indexer had not added yet are read back from their log records.
                 let log = storage.open(&dir.docs_log(), OpenMode::Read)?;
