@@ -34,32 +34,108 @@ pub struct Neighbor {
 
 /// The distance tvs reports, matching usearch's definitions.
 pub fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
-    use simsimd::SpatialSimilarity;
-    // simsimd picks the widest SIMD the CPU has (AVX2+FMA, AVX-512, NEON, SVE) at run time;
-    // `None` only for slices of different lengths, which callers never pass.
-    let kernel = match metric {
-        Metric::L2 => f32::l2sq(a, b),
-        Metric::Ip => f32::dot(a, b).map(|d| 1.0 - d),
+    match metric {
+        Metric::L2 => wide::l2sq(a, b),
+        Metric::Ip => 1.0 - wide::dot(a, b),
         Metric::Cos => {
             let (ab, aa, bb) = portable::dot3(a, b);
             if aa == 0.0 || bb == 0.0 {
                 return 1.0;
             }
-            return 1.0 - ab / (aa.sqrt() * bb.sqrt());
+            1.0 - ab / (aa.sqrt() * bb.sqrt())
         }
-    };
-    kernel.map_or_else(|| portable::distance(metric, a, b), |d| d as f32)
+    }
 }
 
 /// The inner product, with the CPU's SIMD.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    use simsimd::SpatialSimilarity;
-    f32::dot(a, b).map_or_else(|| portable::dot(a, b), |d| d as f32)
+    wide::dot(a, b)
 }
 
 fn inverse_norm(v: &[f32]) -> f32 {
     let norm = dot(v, v).sqrt();
     if norm == 0.0 { 0.0 } else { 1.0 / norm }
+}
+
+/// Kernels with four independent accumulators, written once over pulp's SIMD types and
+/// dispatched at run time to the CPU's (AVX2+FMA on x86_64, NEON on aarch64): a single
+/// accumulator waits on one chain of adds, four keep the FMA units busy.
+pub mod wide {
+    use pulp::{Arch, Simd, WithSimd};
+    use std::sync::OnceLock;
+
+    fn arch() -> Arch {
+        static ARCH: OnceLock<Arch> = OnceLock::new();
+        *ARCH.get_or_init(Arch::new)
+    }
+
+    struct L2<'a>(&'a [f32], &'a [f32]);
+
+    impl WithSimd for L2<'_> {
+        type Output = f32;
+
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) -> f32 {
+            let (a, a_tail) = S::as_simd_f32s(self.0);
+            let (b, b_tail) = S::as_simd_f32s(self.1);
+            let mut acc = [simd.splat_f32s(0.0); 4];
+            let (a4, a_rest) = a.as_chunks::<4>();
+            let (b4, b_rest) = b.as_chunks::<4>();
+            for (x, y) in a4.iter().zip(b4) {
+                for i in 0..4 {
+                    let d = simd.sub_f32s(x[i], y[i]);
+                    acc[i] = simd.mul_add_e_f32s(d, d, acc[i]);
+                }
+            }
+            for (x, y) in a_rest.iter().zip(b_rest) {
+                let d = simd.sub_f32s(*x, *y);
+                acc[0] = simd.mul_add_e_f32s(d, d, acc[0]);
+            }
+            let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+            let mut total = simd.reduce_sum_f32s(sum);
+            for (x, y) in a_tail.iter().zip(b_tail) {
+                total += (x - y) * (x - y);
+            }
+            total
+        }
+    }
+
+    struct Dot<'a>(&'a [f32], &'a [f32]);
+
+    impl WithSimd for Dot<'_> {
+        type Output = f32;
+
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) -> f32 {
+            let (a, a_tail) = S::as_simd_f32s(self.0);
+            let (b, b_tail) = S::as_simd_f32s(self.1);
+            let mut acc = [simd.splat_f32s(0.0); 4];
+            let (a4, a_rest) = a.as_chunks::<4>();
+            let (b4, b_rest) = b.as_chunks::<4>();
+            for (x, y) in a4.iter().zip(b4) {
+                for i in 0..4 {
+                    acc[i] = simd.mul_add_e_f32s(x[i], y[i], acc[i]);
+                }
+            }
+            for (x, y) in a_rest.iter().zip(b_rest) {
+                acc[0] = simd.mul_add_e_f32s(*x, *y, acc[0]);
+            }
+            let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+            simd.reduce_sum_f32s(sum) + a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum::<f32>()
+        }
+    }
+
+    /// Squared L2 distance (slices of equal length).
+    pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
+        debug_assert_eq!(a.len(), b.len());
+        arch().dispatch(L2(a, b))
+    }
+
+    /// Inner product (slices of equal length).
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        debug_assert_eq!(a.len(), b.len());
+        arch().dispatch(Dot(a, b))
+    }
 }
 
 /// The kernels in plain Rust (eight lanes the compiler vectorises for the build's baseline
