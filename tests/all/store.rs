@@ -299,7 +299,7 @@ fn a_graph_calibrates_its_search_breadth_to_the_recall_target_and_keeps_it_acros
     );
     drop(reopened);
 
-    // As the graph doubles, the indexer measures again with new vectors as held-out queries.
+    // As the graph grows by half, the indexer measures again with new vectors as held-out queries.
     let (_tmp, _dir, store) = temp_store(&cfg);
     let more = documents(7000, 64, 10);
     store.upsert(more[..3000].to_vec()).expect("upsert");
