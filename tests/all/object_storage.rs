@@ -440,7 +440,7 @@ fn writes_fail_while_the_object_store_is_down_and_none_acknowledged_is_lost() {
     }
 }
 
-/// HAProxy running `deploy/haproxy.cfg` with its `bind` and `server` lines pointed here.
+/// A proxy (HAProxy, nginx) running a shipped `deploy/` config pointed at the test's nodes.
 struct Proxy {
     child: Child,
     addr: SocketAddr,
@@ -454,34 +454,33 @@ impl Drop for Proxy {
     }
 }
 
-/// `None` (with the reason printed) where HAProxy is not installed; CI installs it (`.ci/run`),
-/// so there its absence is an error.
-fn haproxy(nodes: &[SocketAddr]) -> Option<Proxy> {
-    let Some(binary) = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    else {
-        let message = "HAProxy is not installed (`apt-get install haproxy`); skipping the test behind it";
+/// The tool at the first of `paths` that exists; `None` (with the reason printed) where it is
+/// not installed. CI installs it (`.ci/run`), so there its absence is an error.
+fn installed(paths: &[&'static str], package: &str) -> Option<&'static str> {
+    let found = paths.iter().copied().find(|p| Path::new(p).exists());
+    if found.is_none() {
+        let message = format!("{package} is not installed (`apt-get install {package}`); skipping the test behind it");
         assert!(std::env::var_os("CI").is_none(), "{message}");
         eprintln!("{message}");
-        return None;
-    };
-    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/haproxy.cfg"))
-        .expect("deploy/haproxy.cfg");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    }
+    found
+}
+
+/// `deploy/{file}` with its listen line replaced by `listen` and its `server …;` lines by
+/// `servers`.
+fn shipped_config(file: &str, listen_keyword: &str, listen: &str, servers: &[String]) -> String {
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file))
+        .unwrap_or_else(|e| panic!("deploy/{file}: {e}"));
     let mut config = String::new();
     let mut servers_written = false;
     for line in shipped.lines() {
         let trimmed = line.trim_start();
-        if trimmed.starts_with("bind ") {
-            config.push_str(&format!("    bind 127.0.0.1:{port}\n"));
-        } else if trimmed.starts_with("server ") {
+        if trimmed.starts_with(listen_keyword) {
+            config.push_str(&format!("    {listen}\n"));
+        } else if trimmed.starts_with("server ") && !trimmed.ends_with('{') {
             if !servers_written {
-                for (i, node) in nodes.iter().enumerate() {
-                    config.push_str(&format!("    server node{} {node}\n", i + 1));
+                for server in servers {
+                    config.push_str(&format!("    {server}\n"));
                 }
                 servers_written = true;
             }
@@ -490,31 +489,90 @@ fn haproxy(nodes: &[SocketAddr]) -> Option<Proxy> {
             config.push('\n');
         }
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, config).expect("config");
-    let check = Command::new(binary)
-        .arg("-c")
-        .arg("-f")
-        .arg(&path)
+    config
+}
+
+/// Checks a proxy's config (`check`), starts it (`run`) and waits until `port` answers.
+fn start_proxy(
+    binary: &str,
+    check: &[&std::ffi::OsStr],
+    run: &[&std::ffi::OsStr],
+    port: u16,
+    dir: tempfile::TempDir,
+) -> Proxy {
+    let checked = Command::new(binary)
+        .args(check)
         .output()
-        .expect("haproxy -c");
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+        .expect("check the proxy's config");
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
     let child = Command::new(binary)
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
+        .args(run)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn haproxy");
+        .expect("spawn the proxy");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "HAProxy did not start");
+        assert!(Instant::now() < deadline, "{binary} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Some(Proxy { child, addr, _dir: dir })
+    Proxy { child, addr, _dir: dir }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// HAProxy running `deploy/haproxy.cfg` with its `bind` and `server` lines pointed here.
+fn haproxy(nodes: &[SocketAddr]) -> Option<Proxy> {
+    let binary = installed(&["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"], "haproxy")?;
+    let port = free_port();
+    let servers: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| format!("server node{} {node}", i + 1))
+        .collect();
+    let config = shipped_config("haproxy.cfg", "bind ", &format!("bind 127.0.0.1:{port}"), &servers);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, config).expect("config");
+    let f = path.as_os_str();
+    Some(start_proxy(
+        binary,
+        &["-c".as_ref(), "-f".as_ref(), f],
+        &["-db".as_ref(), "-f".as_ref(), f],
+        port,
+        dir,
+    ))
+}
+
+/// nginx running `deploy/nginx.conf` (in an `http` block of its own) with its `listen` and
+/// `server` lines pointed here.
+fn nginx(nodes: &[SocketAddr]) -> Option<Proxy> {
+    let binary = installed(&["/usr/sbin/nginx", "/usr/local/sbin/nginx"], "nginx")?;
+    let port = free_port();
+    let servers: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("server {node} max_fails=1 fail_timeout=5s;"))
+        .collect();
+    let site = shipped_config("nginx.conf", "listen ", &format!("listen 127.0.0.1:{port};"), &servers);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    // One process as the caller (no worker user to switch to), everything under the temp dir.
+    let config = format!(
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n{site}}}\n"
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, config).expect("config");
+    let prefix = dir.path().to_owned();
+    let (c, p) = (path.as_os_str(), prefix.as_os_str());
+    let run = ["-c".as_ref(), c, "-p".as_ref(), p];
+    let check = ["-t".as_ref(), "-c".as_ref(), c, "-p".as_ref(), p];
+    Some(start_proxy(binary, &check, &run, port, dir))
 }
 
 #[test]
@@ -652,77 +710,6 @@ fn a_node_keeps_the_caches_of_a_bounded_number_of_tenants() {
             BTreeSet::from(["d0".to_owned(), "d1".to_owned()])
         );
     }
-}
-
-/// nginx running `deploy/nginx.conf` (in an `http` block of its own) with its `listen` and
-/// `server` lines pointed here; `None` where nginx is not installed (CI installs it).
-fn nginx(nodes: &[SocketAddr]) -> Option<Proxy> {
-    let Some(binary) = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    else {
-        let message = "nginx is not installed (`apt-get install nginx`); skipping the test behind it";
-        assert!(std::env::var_os("CI").is_none(), "{message}");
-        eprintln!("{message}");
-        return None;
-    };
-    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx.conf"))
-        .expect("deploy/nginx.conf");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut site = String::new();
-    let mut servers_written = false;
-    for line in shipped.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("listen ") {
-            site.push_str(&format!("    listen 127.0.0.1:{port};\n"));
-        } else if trimmed.starts_with("server ") && trimmed.ends_with(';') {
-            if !servers_written {
-                for node in nodes {
-                    site.push_str(&format!("    server {node} max_fails=1 fail_timeout=5s;\n"));
-                }
-                servers_written = true;
-            }
-        } else {
-            site.push_str(line);
-            site.push('\n');
-        }
-    }
-    let d = dir.path().display();
-    // One process as the caller (no worker user to switch to), everything under the temp dir.
-    let config = format!(
-        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n{site}}}\n"
-    );
-    let path = dir.path().join("nginx.conf");
-    std::fs::write(&path, config).expect("config");
-    let check = Command::new(binary)
-        .arg("-t")
-        .arg("-c")
-        .arg(&path)
-        .arg("-p")
-        .arg(dir.path())
-        .output()
-        .expect("nginx -t");
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(&path)
-        .arg("-p")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn nginx");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Proxy { child, addr, _dir: dir })
 }
 
 #[test]

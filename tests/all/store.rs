@@ -227,6 +227,20 @@ fn a_selective_filter_still_returns_k_hits_in_exact_and_hnsw_modes() {
     }
 }
 
+/// recall@10 of `store` (64-d cosine) against brute force over `reference`, on `n` fresh
+/// embedding-like queries drawn with `seed`.
+fn recall_at_10(store: &TenantStore, reference: &[(String, Vec<f32>)], seed: u64, n: usize) -> f64 {
+    let mut queries = EmbeddingLike::new(64, seed);
+    let mut found = 0;
+    for _ in 0..n {
+        let q = queries.next_vector();
+        let truth = brute_force(reference, &q, Metric::Cos, 10);
+        let hits = store.search(&query(q, 10)).expect("search");
+        found += ids(&hits).iter().filter(|id| truth.contains(id)).count();
+    }
+    found as f64 / (n * 10) as f64
+}
+
 #[test]
 fn hnsw_recall_at_10_is_high_on_embedding_like_vectors() {
     let mut cfg = config(64, Metric::Cos);
@@ -242,15 +256,7 @@ fn hnsw_recall_at_10_is_high_on_embedding_like_vectors() {
     }
     store.wait_for_index();
     assert_eq!(store.info().index, IndexKind::Hnsw);
-    let mut queries = EmbeddingLike::new(64, 1234);
-    let mut found = 0;
-    for _ in 0..50 {
-        let q = queries.next_vector();
-        let truth = brute_force(&reference, &q, Metric::Cos, 10);
-        let hits = store.search(&query(q, 10)).expect("search");
-        found += ids(&hits).iter().filter(|id| truth.contains(id)).count();
-    }
-    let recall = found as f64 / 500.0;
+    let recall = recall_at_10(&store, &reference, 1234, 50);
     assert!(recall >= 0.9, "recall@10 = {recall}");
 }
 
@@ -278,15 +284,7 @@ fn a_graph_calibrates_its_search_breadth_to_the_recall_target_and_keeps_it_acros
     let ef = info.ef_search.expect("a breadth");
     assert!(estimate >= 0.95, "held-out recall@10 {estimate} at ef_search {ef}");
     // Fresh queries find about what the held-out ones did.
-    let mut queries = EmbeddingLike::new(64, 4321);
-    let mut found = 0;
-    for _ in 0..100 {
-        let q = queries.next_vector();
-        let truth = brute_force(&reference, &q, Metric::Cos, 10);
-        let hits = store.search(&query(q, 10)).expect("search");
-        found += ids(&hits).iter().filter(|id| truth.contains(id)).count();
-    }
-    let recall = found as f32 / 1000.0;
+    let recall = recall_at_10(&store, &reference, 4321, 100);
     assert!(recall >= 0.93, "recall@10 on fresh queries {recall} at ef_search {ef}");
     store.flush().expect("flush");
     drop(store);

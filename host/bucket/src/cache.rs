@@ -182,7 +182,7 @@ fn check_file_name(name: &str) -> io::Result<()> {
 fn download_to_memory(shared: &Shared, path: Path) -> io::Result<Bytes> {
     let store = shared.store.clone();
     shared
-        .run(async move { store.get(&path).await?.bytes().await })
+        .run(async move { crate::get_bytes(&store, &path).await })
         .map_err(|e| io::Error::other(unavailable(e)))
 }
 

@@ -226,6 +226,47 @@ impl Shared {
     fn key_path(&self, id: &TenantId) -> Path {
         self.tenant_path(id).join("api_key.sha256")
     }
+
+    /// Deletes objects, best effort (what is left is unreachable and only costs space).
+    fn delete_objects(&self, paths: Vec<Path>) {
+        let store = self.store.clone();
+        let failed = self.run(async move {
+            futures::stream::iter(paths)
+                .map(|path| {
+                    let store = store.clone();
+                    async move { store.delete(&path).await.err().map(|e| (path, e)) }
+                })
+                .buffer_unordered(FETCH_CONCURRENCY)
+                .filter_map(|failed| async move { failed })
+                .collect::<Vec<_>>()
+                .await
+        });
+        for (path, error) in failed {
+            if !matches!(error, object_store::Error::NotFound { .. }) {
+                tracing::warn!(object = %path, %error, "cannot delete an object that is no longer needed");
+            }
+        }
+    }
+
+    fn list_paths(&self, prefix: Path) -> Result<Vec<Path>, RemoteError> {
+        let store = self.store.clone();
+        self.run(async move {
+            store
+                .list(Some(&prefix))
+                .map_ok(|meta| meta.location)
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .map_err(unavailable)
+    }
+
+    /// Removes everything under `prefix`, best effort.
+    fn delete_under(&self, prefix: Path) {
+        match self.list_paths(prefix.clone()) {
+            Ok(paths) => self.delete_objects(paths),
+            Err(e) => tracing::warn!(objects = %prefix, error = %e, "cannot list objects to remove them"),
+        }
+    }
 }
 
 async fn get_manifest(
@@ -296,6 +337,30 @@ impl From<RemoteError> for TakeoverError {
     }
 }
 
+/// The bytes of an object.
+async fn get_bytes(store: &Arc<dyn ObjectStore>, path: &Path) -> object_store::Result<Bytes> {
+    store.get(path).await?.bytes().await
+}
+
+/// Creates `path` with `body` unless an object is there already (`If-None-Match: *`): `None`
+/// when this call created it, else the bytes already there (another writer's, or this very
+/// create's whose first answer was lost and which the client retried).
+async fn create_or_read(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    body: PutPayload,
+) -> Result<Option<Bytes>, RemoteError> {
+    let options = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    match store.put_opts(path, body, options).await {
+        Ok(_) => Ok(None),
+        Err(object_store::Error::AlreadyExists { .. }) => get_bytes(store, path).await.map(Some).map_err(unavailable),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 /// Bumps the epoch, then fences at the first free WAL number.
 async fn take_over(store: Arc<dyn ObjectStore>, manifest_path: Path, wal_dir: Path) -> Result<Takeover, TakeoverError> {
     let mut attempt = 0;
@@ -340,36 +405,16 @@ async fn take_over(store: Arc<dyn ObjectStore>, manifest_path: Path, wal_dir: Pa
         }
     }
     let mut fence = manifest.first_wal + numbers.len() as u64;
-    let body = wal_header("fence", manifest.epoch, "");
-    loop {
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        let path = wal_dir.clone().join(format!("{fence:020}"));
-        match store.put_opts(&path, PutPayload::from(body.clone()), options).await {
-            Ok(_) => break,
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let found = store
-                    .get(&path)
-                    .await
-                    .map_err(unavailable)?
-                    .bytes()
-                    .await
-                    .map_err(unavailable)?;
-                let (header, _) = parse_wal(fence, &found)?;
-                if header.tvs == "fence" && header.epoch > manifest.epoch {
-                    return Err(RemoteError::Fenced(format!(
-                        "a newer takeover (epoch {}) fenced WAL {fence}",
-                        header.epoch
-                    ))
-                    .into());
-                }
-                // The old writer's last group commit landed first: it is replayed too.
-                fence += 1;
-            }
-            Err(e) => return Err(unavailable(e).into()),
+    let body = PutPayload::from(wal_header("fence", manifest.epoch, ""));
+    while let Some(found) = create_or_read(&store, &wal_dir.clone().join(format!("{fence:020}")), body.clone()).await? {
+        let (header, _) = parse_wal(fence, &found)?;
+        if header.tvs == "fence" && header.epoch > manifest.epoch {
+            return Err(
+                RemoteError::Fenced(format!("a newer takeover (epoch {}) fenced WAL {fence}", header.epoch)).into(),
+            );
         }
+        // The old writer's last group commit landed first: it is replayed too.
+        fence += 1;
     }
     let mut manifest = manifest;
     manifest.fences.push(fence);
@@ -474,20 +519,6 @@ impl Bucket {
             .map_err(unavailable)
     }
 
-    fn held_now(&self) -> Vec<HeldTenant> {
-        let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.retain(|(_, _, owned)| owned.upgrade().is_some_and(|o| !o.fenced.load(Ordering::Acquire)));
-        let mut out: Vec<HeldTenant> = held
-            .iter()
-            .map(|(id, epoch, _)| HeldTenant {
-                tenant: id.to_string(),
-                epoch: *epoch,
-            })
-            .collect();
-        out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-        out
-    }
-
     fn take_over(&self, id: &TenantId) -> Result<Takeover, TakeoverError> {
         let shared = &self.shared;
         shared.run(take_over(
@@ -495,44 +526,6 @@ impl Bucket {
             shared.manifest_path(id),
             shared.wal_dir(id),
         ))
-    }
-
-    /// Deletes objects, best effort (what is left is unreachable and only costs space).
-    fn delete_objects(&self, paths: Vec<Path>) {
-        let store = self.shared.store.clone();
-        let failed = self.shared.run(async move {
-            futures::stream::iter(paths)
-                .map(|path| {
-                    let store = store.clone();
-                    async move { store.delete(&path).await.err().map(|e| (path, e)) }
-                })
-                .buffer_unordered(FETCH_CONCURRENCY)
-                .filter_map(|failed| async move { failed })
-                .collect::<Vec<_>>()
-                .await
-        });
-        for (path, error) in failed {
-            if !matches!(error, object_store::Error::NotFound { .. }) {
-                tracing::warn!(object = %path, %error, "cannot delete an object that is no longer needed");
-            }
-        }
-    }
-
-    fn list_paths(&self, prefix: Path) -> Result<Vec<Path>, RemoteError> {
-        let store = self.shared.store.clone();
-        self.shared
-            .run(async move {
-                store
-                    .list(Some(&prefix))
-                    .map_ok(|meta| meta.location)
-                    .try_collect::<Vec<_>>()
-                    .await
-            })
-            .map_err(unavailable)
-    }
-
-    fn remote_to_tenant(&self, e: RemoteError) -> TenantError {
-        TenantError::Remote(e)
     }
 }
 
@@ -570,7 +563,7 @@ impl Catalog for Bucket {
         match created {
             Ok(true) => Ok(()),
             Ok(false) => Err(TenantError::AlreadyExists(id.clone())),
-            Err(e) => Err(self.remote_to_tenant(e)),
+            Err(e) => Err(TenantError::Remote(e)),
         }
     }
 
@@ -578,7 +571,7 @@ impl Catalog for Bucket {
         let (store, path) = (self.shared.store.clone(), self.shared.manifest_path(id));
         match self.shared.run(async move { get_manifest(&store, &path).await }) {
             Ok(found) => Ok(found.is_some_and(|(m, _)| !m.deleted)),
-            Err(e) => Err(self.remote_to_tenant(e)),
+            Err(e) => Err(TenantError::Remote(e)),
         }
     }
 
@@ -618,7 +611,7 @@ impl Catalog for Bucket {
             }
             Ok::<_, RemoteError>(live)
         });
-        let live = listed.map_err(|e| self.remote_to_tenant(e))?;
+        let live = listed.map_err(TenantError::Remote)?;
         let limit = limit.max(1);
         let mut tenants: Vec<String> = live.into_iter().map(|id| id.to_string()).collect();
         let next_after = (tenants.len() > limit).then(|| tenants[limit - 1].clone());
@@ -631,7 +624,7 @@ impl Catalog for Bucket {
             Ok(t) => t,
             Err(TakeoverError::NotFound) => return Err(TenantError::NotFound(id.clone())),
             Err(TakeoverError::Remote(RemoteError::Fenced(_))) => return Err(TenantError::Busy(id.clone())),
-            Err(TakeoverError::Remote(e)) => return Err(self.remote_to_tenant(e)),
+            Err(TakeoverError::Remote(e)) => return Err(TenantError::Remote(e)),
         };
         let mut tomb = takeover.manifest.clone();
         tomb.deleted = true;
@@ -646,7 +639,7 @@ impl Catalog for Bucket {
         {
             Ok(Some(_)) => {}
             Ok(None) => return Err(TenantError::Busy(id.clone())),
-            Err(e) => return Err(self.remote_to_tenant(e)),
+            Err(e) => return Err(TenantError::Remote(e)),
         }
         // The tombstone is written: nothing below is reachable. Keep the fences, so that a node
         // still holding the tenant fails its next WAL create.
@@ -657,8 +650,10 @@ impl Catalog for Bucket {
             .map(|&n| self.shared.wal_path(id, n))
             .collect();
         kept.push(self.shared.manifest_path(id));
-        match self.list_paths(self.shared.tenant_path(id)) {
-            Ok(paths) => self.delete_objects(paths.into_iter().filter(|p| !kept.contains(p)).collect()),
+        match self.shared.list_paths(self.shared.tenant_path(id)) {
+            Ok(paths) => self
+                .shared
+                .delete_objects(paths.into_iter().filter(|p| !kept.contains(p)).collect()),
             Err(e) => tracing::warn!(tenant = %id, error = %e, "cannot list a deleted tenant's objects to remove them"),
         }
         Ok(())
@@ -689,13 +684,7 @@ impl Catalog for Bucket {
                     .map(|n| {
                         let (store, path) = (store.clone(), shared.wal_path(&tenant, n));
                         async move {
-                            let bytes = store
-                                .get(&path)
-                                .await
-                                .map_err(unavailable)?
-                                .bytes()
-                                .await
-                                .map_err(unavailable)?;
+                            let bytes = get_bytes(&store, &path).await.map_err(unavailable)?;
                             parse_wal(n, &bytes).map(|(_, body)| body)
                         }
                     })
@@ -746,11 +735,8 @@ impl Catalog for Bucket {
     fn key_hash(&self, id: &TenantId) -> Result<Option<String>, RemoteError> {
         let (store, path) = (self.shared.store.clone(), self.shared.key_path(id));
         self.shared.run(async move {
-            match store.get(&path).await {
-                Ok(got) => {
-                    let bytes = got.bytes().await.map_err(unavailable)?;
-                    Ok(Some(String::from_utf8_lossy(&bytes).trim().to_owned()))
-                }
+            match get_bytes(&store, &path).await {
+                Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).trim().to_owned())),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(unavailable(e)),
             }
@@ -766,7 +752,17 @@ impl Catalog for Bucket {
     }
 
     fn held(&self) -> Vec<HeldTenant> {
-        self.held_now()
+        let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.retain(|(_, _, owned)| owned.upgrade().is_some_and(|o| !o.fenced.load(Ordering::Acquire)));
+        let mut out: Vec<HeldTenant> = held
+            .iter()
+            .map(|(id, epoch, _)| HeldTenant {
+                tenant: id.to_string(),
+                epoch: *epoch,
+            })
+            .collect();
+        out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        out
     }
 }
 
@@ -818,27 +814,9 @@ impl TenantLog for OwnedTenant {
         body.extend_from_slice(lines);
         let (store, path) = (self.shared.store.clone(), self.shared.wal_path(&self.id, number));
         let payload = PutPayload::from(body);
-        let created = self.shared.run(async move {
-            let options = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
-            match store.put_opts(&path, payload, options).await {
-                Ok(_) => Ok(None),
-                Err(object_store::Error::AlreadyExists { .. }) => {
-                    // Either a retry of this very create whose first answer was lost, or a fence.
-                    let found = store
-                        .get(&path)
-                        .await
-                        .map_err(unavailable)?
-                        .bytes()
-                        .await
-                        .map_err(unavailable)?;
-                    Ok(Some(found))
-                }
-                Err(e) => Err(unavailable(e)),
-            }
-        })?;
+        let created = self
+            .shared
+            .run(async move { create_or_read(&store, &path, payload).await })?;
         if let Some(found) = created {
             let (header, _) = parse_wal(number, &found)?;
             if header.tvs != "wal" || header.nonce != nonce {
@@ -887,6 +865,10 @@ impl TenantLog for OwnedTenant {
         self.epoch
     }
 
+    fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
     fn wants_snapshot(&self) -> bool {
         let state = self.lock();
         let settings = &self.shared.settings;
@@ -904,7 +886,7 @@ impl TenantLog for OwnedTenant {
         let dir = self.shared.snapshot_dir(&self.id, &sid);
         let uploaded = cache::upload_snapshot(&self.shared, &dir, files);
         if let Err(e) = uploaded {
-            self.cleanup_snapshot(&dir);
+            self.shared.delete_under(dir.clone());
             return Err(e);
         }
         let mut manifest = state.manifest.clone();
@@ -922,7 +904,7 @@ impl TenantLog for OwnedTenant {
         let tag = match written {
             Ok(Some(tag)) => tag,
             Ok(None) => {
-                self.cleanup_snapshot(&dir);
+                self.shared.delete_under(dir.clone());
                 return Err(self.fenced("the manifest changed under a snapshot publish".into()));
             }
             Err(e) => {
@@ -938,43 +920,19 @@ impl TenantLog for OwnedTenant {
         state.tail_bytes = 0;
         drop(state);
         cache::write_marker(&self.dir, Some(&sid), files).map_err(|e| RemoteError::Unavailable(e.to_string()))?;
-        let mut garbage: Vec<Path> = old_wal
+        let garbage: Vec<Path> = old_wal
             .filter(|n| !old.fences.contains(n))
             .map(|n| self.shared.wal_path(&self.id, n))
             .collect();
+        self.shared.delete_objects(garbage);
         if let Some(old) = old_snapshot {
-            match self.list_snapshot(&old) {
-                Ok(paths) => garbage.extend(paths),
-                Err(e) => tracing::warn!(tenant = %self.id, error = %e, "cannot list an old snapshot to remove it"),
-            }
+            self.shared.delete_under(self.shared.snapshot_dir(&self.id, &old));
         }
-        Bucket {
-            shared: self.shared.clone(),
-        }
-        .delete_objects(garbage);
         tracing::info!(tenant = %self.id, snapshot = %sid, log_bytes = files.log_len, ms = started.elapsed().as_millis() as u64, "published a snapshot to object storage");
         Ok(())
     }
 
     fn cache_diverged(&self) {
         cache::remove_marker(&self.dir);
-    }
-}
-
-impl OwnedTenant {
-    fn list_snapshot(&self, sid: &str) -> Result<Vec<Path>, RemoteError> {
-        Bucket {
-            shared: self.shared.clone(),
-        }
-        .list_paths(self.shared.snapshot_dir(&self.id, sid))
-    }
-
-    fn cleanup_snapshot(&self, dir: &Path) {
-        let bucket = Bucket {
-            shared: self.shared.clone(),
-        };
-        if let Ok(paths) = bucket.list_paths(dir.clone()) {
-            bucket.delete_objects(paths);
-        }
     }
 }

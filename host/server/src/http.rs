@@ -316,15 +316,12 @@ pub(crate) async fn with_store<T: Send + 'static>(
     blocking(app, move || {
         let store = shared.pool.get(&tenant).map_err(from_open)?;
         // A node that lost the tenant while paused or partitioned must not answer from its
-        // cache: at most `TVS_OWNER_CHECK_MS` after a takeover it finds out here.
-        if let Err(e) = store.check_owner() {
-            shared.pool.forget(&tenant);
-            return Err(from_remote(e));
-        }
+        // cache: at most `TVS_OWNER_CHECK_MS` after a takeover it finds out here. Either way
+        // the store then counts as poisoned, and the pool opens the tenant afresh next time.
+        store.check_owner().map_err(from_remote)?;
         let result = work(&shared, store.clone());
         if result.is_err() && store.remote().is_some() {
             if store.is_fenced() {
-                shared.pool.forget(&tenant);
                 return Err(tenant_moved("a write found the tenant taken over"));
             }
             if store.is_poisoned() {

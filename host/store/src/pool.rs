@@ -142,10 +142,11 @@ impl Pool {
             }
             if let Some(slot) = inner.lru.get_mut(tenant) {
                 if slot.store.is_poisoned() {
-                    // A failed fsync: reopen from the log rather than refuse writes until the
-                    // entry expires. The old store refuses every write, so it is no second writer.
+                    // A failed fsync (or a takeover by another node): reopen from the log rather
+                    // than refuse writes until the entry expires. The old store refuses every
+                    // write, so it is no second writer.
                     let slot = inner.lru.pop(tenant).expect("present");
-                    tracing::warn!(tenant = %tenant, "reopening a store whose log failed to sync");
+                    tracing::warn!(tenant = %tenant, "reopening a store that could not make a write durable or was taken over");
                     drop(slot);
                     break;
                 }
@@ -211,6 +212,8 @@ impl Pool {
         held_lock: Option<Arc<StoreLock>>,
     ) -> Result<(Arc<TenantStore>, Arc<StoreLock>), OpenError> {
         let dir = self.data.store_dir(tenant);
+        // Only a new cache adds to the caches on disk, so only then are they trimmed.
+        let new_cache = self.data.catalog().is_some() && std::fs::symlink_metadata(dir.root()).is_err();
         match self.data.catalog() {
             // A cache directory: made here when this node has not held the tenant before.
             Some(_) => crate::storage::create_real_dir(dir.storage(), dir.root()).map_err(|source| OpenError::Io {
@@ -258,7 +261,9 @@ impl Pool {
                 {
                     tracing::debug!(tenant = %tenant, error = %e, "cannot mark the cache as used");
                 }
-                self.trim_caches();
+                if new_cache {
+                    self.trim_caches();
+                }
                 store
             }
             None => TenantStore::open_locked(&dir, lock.clone())?,
@@ -401,13 +406,6 @@ impl Pool {
         let result = self.data.delete_tenant(tenant);
         self.lock().deleting.remove(tenant);
         result
-    }
-
-    /// Drops `tenant` from the pool without flushing it (another node took it over); the next
-    /// request for it opens it afresh. The directory lock stays shared with the next store, as
-    /// for a poisoned one: the old store refuses every write and is no second writer.
-    pub fn forget(&self, tenant: &TenantId) {
-        self.lock().lru.pop(tenant);
     }
 
     /// Flushes every store open in the process (shutdown).

@@ -57,6 +57,9 @@ pub trait TenantLog: Send + Sync + fmt::Debug {
     fn check_owner(&self) -> Result<(), RemoteError>;
     /// The writer epoch this node holds the tenant under.
     fn epoch(&self) -> u64;
+    /// Whether this node found out (on a write or an ownership check) that another node took
+    /// the tenant over.
+    fn is_fenced(&self) -> bool;
     /// Whether the log persisted since the last published snapshot is large enough that opening
     /// the tenant elsewhere would be faster from a new snapshot.
     fn wants_snapshot(&self) -> bool;

@@ -464,13 +464,15 @@ impl TenantStore {
 
     /// Whether an fsync of the log failed: the store refuses writes until it is reopened, and
     /// the pool reopens it on the next request (replaying what the disk really holds).
+    /// A store another node took over counts as poisoned too, so the pool opens the tenant
+    /// afresh (taking it back) when it is asked for here again.
     pub fn is_poisoned(&self) -> bool {
-        self.read().log.is_poisoned()
+        self.read().log.is_poisoned() || self.is_fenced()
     }
 
     /// Whether another node took this (remote) tenant over: this store must not answer for it.
     pub fn is_fenced(&self) -> bool {
-        self.read().log.is_fenced()
+        self.remote.as_ref().is_some_and(|r| r.is_fenced()) || self.read().log.is_fenced()
     }
 
     /// This node's hold on the tenant when it lives remotely.
@@ -744,6 +746,8 @@ impl TenantStore {
     pub fn info(&self) -> StoreInfo {
         let state = self.read();
         let count = state.docs.len() as u64;
+        let graph = state.docs.vectors.graph();
+        let calibration = graph.and_then(Graph::calibration);
         StoreInfo {
             count,
             dims: self.config.dims,
@@ -763,19 +767,9 @@ impl TenantStore {
             dead_records: state.docs.dead_records,
             pending_vectors: state.docs.vectors.pending_len() as u64,
             log_syncs: state.log.syncs(),
-            ef_search: state.docs.vectors.graph().map(Graph::ef_search),
-            recall_estimate: state
-                .docs
-                .vectors
-                .graph()
-                .and_then(|g| g.calibration())
-                .map(|c| c.recall),
-            calibrated_at_nodes: state
-                .docs
-                .vectors
-                .graph()
-                .and_then(|g| g.calibration())
-                .map(|c| c.nodes),
+            ef_search: graph.map(Graph::ef_search),
+            recall_estimate: calibration.map(|c| c.recall),
+            calibrated_at_nodes: calibration.map(|c| c.nodes),
         }
     }
 

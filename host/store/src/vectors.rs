@@ -69,13 +69,22 @@ pub mod wide {
         *ARCH.get_or_init(Arch::new)
     }
 
-    struct L2<'a>(&'a [f32], &'a [f32]);
+    /// Σ (a−b)² when `DIFFERENCE`, else Σ a·b: one loop, the choice made at compile time.
+    struct Sum<'a, const DIFFERENCE: bool>(&'a [f32], &'a [f32]);
 
-    impl WithSimd for L2<'_> {
+    impl<const DIFFERENCE: bool> WithSimd for Sum<'_, DIFFERENCE> {
         type Output = f32;
 
         #[inline(always)]
         fn with_simd<S: Simd>(self, simd: S) -> f32 {
+            let term = |x: S::f32s, y: S::f32s| {
+                if DIFFERENCE {
+                    let d = simd.sub_f32s(x, y);
+                    (d, d)
+                } else {
+                    (x, y)
+                }
+            };
             let (a, a_tail) = S::as_simd_f32s(self.0);
             let (b, b_tail) = S::as_simd_f32s(self.1);
             let mut acc = [simd.splat_f32s(0.0); 4];
@@ -83,58 +92,34 @@ pub mod wide {
             let (b4, b_rest) = b.as_chunks::<4>();
             for (x, y) in a4.iter().zip(b4) {
                 for i in 0..4 {
-                    let d = simd.sub_f32s(x[i], y[i]);
-                    acc[i] = simd.mul_add_e_f32s(d, d, acc[i]);
+                    let (p, q) = term(x[i], y[i]);
+                    acc[i] = simd.mul_add_e_f32s(p, q, acc[i]);
                 }
             }
             for (x, y) in a_rest.iter().zip(b_rest) {
-                let d = simd.sub_f32s(*x, *y);
-                acc[0] = simd.mul_add_e_f32s(d, d, acc[0]);
+                let (p, q) = term(*x, *y);
+                acc[0] = simd.mul_add_e_f32s(p, q, acc[0]);
             }
             let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
-            let mut total = simd.reduce_sum_f32s(sum);
-            for (x, y) in a_tail.iter().zip(b_tail) {
-                total += (x - y) * (x - y);
-            }
-            total
-        }
-    }
-
-    struct Dot<'a>(&'a [f32], &'a [f32]);
-
-    impl WithSimd for Dot<'_> {
-        type Output = f32;
-
-        #[inline(always)]
-        fn with_simd<S: Simd>(self, simd: S) -> f32 {
-            let (a, a_tail) = S::as_simd_f32s(self.0);
-            let (b, b_tail) = S::as_simd_f32s(self.1);
-            let mut acc = [simd.splat_f32s(0.0); 4];
-            let (a4, a_rest) = a.as_chunks::<4>();
-            let (b4, b_rest) = b.as_chunks::<4>();
-            for (x, y) in a4.iter().zip(b4) {
-                for i in 0..4 {
-                    acc[i] = simd.mul_add_e_f32s(x[i], y[i], acc[i]);
-                }
-            }
-            for (x, y) in a_rest.iter().zip(b_rest) {
-                acc[0] = simd.mul_add_e_f32s(*x, *y, acc[0]);
-            }
-            let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
-            simd.reduce_sum_f32s(sum) + a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum::<f32>()
+            let tail: f32 = a_tail
+                .iter()
+                .zip(b_tail)
+                .map(|(x, y)| if DIFFERENCE { (x - y) * (x - y) } else { x * y })
+                .sum();
+            simd.reduce_sum_f32s(sum) + tail
         }
     }
 
     /// Squared L2 distance (slices of equal length).
     pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
         debug_assert_eq!(a.len(), b.len());
-        arch().dispatch(L2(a, b))
+        arch().dispatch(Sum::<true>(a, b))
     }
 
     /// Inner product (slices of equal length).
     pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         debug_assert_eq!(a.len(), b.len());
-        arch().dispatch(Dot(a, b))
+        arch().dispatch(Sum::<false>(a, b))
     }
 }
 
