@@ -103,7 +103,7 @@ fn apply(tenants: &mut Tenants, plugin_versions: &mut PluginVersions, change: &C
 }
 
 fn config(hnsw_threshold: usize) -> StoreConfig {
-    let mut config = StoreConfig::new(DIMS, Metric::L2, ScalarKind::F32, "none");
+    let mut config = StoreConfig::new(DIMS, Metric::L2, ScalarKind::default(), "none");
     config.hnsw_threshold = hnsw_threshold;
     config
 }

@@ -134,7 +134,7 @@ fn faulty_tenant(root: &Path, hnsw_threshold: usize) -> (Arc<Faulty>, StoreDir, 
     let faults = Arc::new(Faulty::default());
     let data = DataDir::open_with_storage(root, Arc::new(Shared(faults.clone()))).expect("data dir");
     let id = TenantId::new("t").expect("id");
-    let mut config = StoreConfig::new(4, Metric::L2, ScalarKind::F32, "none");
+    let mut config = StoreConfig::new(4, Metric::L2, ScalarKind::default(), "none");
     config.hnsw_threshold = hnsw_threshold;
     let dir = data.create_tenant(&id, &config).expect("create");
     let store = TenantStore::open(&dir).expect("open");
@@ -288,7 +288,7 @@ fn the_pool_reopens_a_store_whose_fsync_failed_so_the_next_request_can_write() {
         },
     );
     let id = TenantId::new("t").expect("id");
-    pool.create_tenant(&id, &StoreConfig::new(4, Metric::L2, ScalarKind::F32, "none"))
+    pool.create_tenant(&id, &StoreConfig::new(4, Metric::L2, ScalarKind::default(), "none"))
         .expect("create");
     let store = pool.get(&id).expect("open");
     store.upsert(vec![doc("a", 0.1)]).expect("acknowledged");

@@ -155,7 +155,7 @@ impl Subject {
         let root = tmp.path().canonicalize().expect("root");
         let recorder = Recorder::new();
         let data = DataDir::open_with_storage(&root, recorder.clone()).expect("data dir");
-        let mut config = StoreConfig::new(DIMS, Metric::L2, ScalarKind::F32, "none");
+        let mut config = StoreConfig::new(DIMS, Metric::L2, ScalarKind::default(), "none");
         config.hnsw_threshold = hnsw_threshold;
         let initial = Disk::scan(&root, &|_| false);
         data.create_tenant(&TenantId::new("t").expect("id"), &config)

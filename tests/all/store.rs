@@ -388,6 +388,61 @@ fn a_damaged_graph_snapshot_is_ignored_and_the_log_replayed() {
 }
 
 #[test]
+fn a_damaged_row_beside_the_graph_is_caught_when_first_used_and_the_log_answers_instead() {
+    // The f32 rows beside an i8 graph are checked a block at a time as queries use them, so an
+    // open does not read them all; a damaged block must still never feed an answer.
+    let mut cfg = config(32, Metric::L2);
+    cfg.hnsw_threshold = 1000;
+    let (_tmp, dir, store) = temp_store(&cfg);
+    let docs = documents(3000, 32, 12);
+    store.upsert(docs.clone()).expect("upsert");
+    store.wait_for_index();
+    store.flush().expect("snapshot");
+    drop(store);
+    let slab_file = std::fs::read_dir(dir.vector_store())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "slab"))
+        .expect("the rows beside the graph");
+    let target = 1500;
+    let mut bytes = std::fs::read(&slab_file).expect("read");
+    bytes[target * 32 * 4 + 5] ^= 0x40; // slot 1500 holds doc-1500: slots follow the first upsert
+    std::fs::write(&slab_file, &bytes).expect("flip a bit");
+
+    let store = TenantStore::open(&dir).expect("the open checks only the table of block CRCs");
+    let near = store
+        .search(&query(docs[10].vector.clone(), 1))
+        .expect("an intact block answers");
+    assert_eq!(near[0].id, "doc-10");
+    assert!(!store.is_poisoned());
+    let got = store.get(&[format!("doc-{target}")], true);
+    assert_eq!(
+        got[0].vector.as_ref(),
+        Some(&docs[target].vector),
+        "get reads the log instead"
+    );
+    let refused = store.search(&query(docs[target].vector.clone(), 1));
+    assert!(
+        matches!(&refused, Err(StoreError::Index(m)) if m.contains("checksum")),
+        "a search that met the damaged row fails instead of answering without it: {refused:?}"
+    );
+    assert!(
+        store.is_poisoned(),
+        "the pool reopens a store whose snapshot is damaged"
+    );
+    drop(store);
+    let reopened = TenantStore::open(&dir).expect("reopen");
+    assert_eq!(reopened.count(), 3000);
+    reopened.wait_for_index();
+    let hits = reopened.search(&query(docs[target].vector.clone(), 1)).expect("search");
+    assert_eq!(
+        (hits[0].id.as_str(), hits[0].distance),
+        ("doc-1500", 0.0),
+        "rebuilt from the log"
+    );
+}
+
+#[test]
 fn a_flush_after_the_indexer_drains_snapshots_the_finished_graph() {
     // Regression: the graph build snapshots at once, with the rows written during the build
     // still pending; the indexer then moves them into the graph without a log record, and a
@@ -543,8 +598,99 @@ fn quotas_refuse_documents_beyond_the_limit() {
 }
 
 #[test]
+fn an_i8_graph_answers_with_exact_distances_over_vectors_of_any_length_and_keeps_them_across_reopens() {
+    // L2 over vectors whose lengths differ: usearch's own i8 cast divides each vector by its
+    // norm, which would lose this order; tvs's scaled codes plus the f32 re-rank keep it.
+    let mut cfg = config(48, Metric::L2);
+    assert_eq!(cfg.scalar, ScalarKind::I8, "i8 is the default");
+    cfg.hnsw_threshold = 2500;
+    let (_tmp, dir, store) = temp_store(&cfg);
+    let mut generator = EmbeddingLike::new(48, 21);
+    let mut lengths = Rng::new(5);
+    let docs: Vec<NewDocument> = (0..3000)
+        .map(|i| {
+            let length = 0.25 + lengths.below(1000) as f32 / 250.0;
+            NewDocument {
+                id: Some(format!("doc-{i}")),
+                text: format!("text {i}"),
+                metadata: obj(json!({})),
+                vector: generator.next_vector().iter().map(|x| x * length).collect(),
+            }
+        })
+        .collect();
+    let reference: Vec<(String, Vec<f32>)> = docs
+        .iter()
+        .map(|d| (d.id.clone().expect("id"), d.vector.clone()))
+        .collect();
+    store.upsert(docs).expect("upsert");
+    store.wait_for_index();
+    assert_eq!(store.info().index, IndexKind::Hnsw);
+    let queries: Vec<Vec<f32>> = {
+        let mut fresh = EmbeddingLike::new(48, 77);
+        (0..60)
+            .map(|i| {
+                fresh
+                    .next_vector()
+                    .iter()
+                    .map(|x| x * (0.5 + i as f32 / 30.0))
+                    .collect()
+            })
+            .collect()
+    };
+    let answers = |store: &TenantStore| -> Vec<Vec<(String, f32)>> {
+        queries
+            .iter()
+            .map(|q| {
+                let hits = store.search(&query(q.clone(), 10)).expect("search");
+                hits.into_iter().map(|h| (h.id, h.distance)).collect()
+            })
+            .collect()
+    };
+    let before = answers(&store);
+    let mut found = 0;
+    for (q, hits) in queries.iter().zip(&before) {
+        let truth = brute_force(&reference, q, Metric::L2, 10);
+        found += hits.iter().filter(|(id, _)| truth.contains(id)).count();
+        for (id, d) in hits {
+            let (_, v) = reference.iter().find(|(r, _)| r == id).expect("a stored id");
+            let exact = tvs_store::vectors::distance(Metric::L2, q, v);
+            assert!(
+                (d - exact).abs() <= 1e-4 * exact.max(1.0),
+                "{id}: {d} reported, {exact} exact"
+            );
+        }
+    }
+    let recall = found as f64 / (queries.len() * 10) as f64;
+    assert!(recall >= 0.93, "recall@10 {recall}");
+    store.flush().expect("flush");
+    drop(store);
+    let reopened = TenantStore::open(&dir).expect("reopen");
+    assert_eq!(answers(&reopened), before, "same answers from the snapshot");
+    drop(reopened);
+
+    // A snapshot written before the f32 rows were kept beside the graph: they come from the log.
+    let manifest_path = dir.vector_store().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).expect("manifest")).expect("json");
+    let slab = manifest["slab_file"]
+        .as_str()
+        .expect("a slab beside the i8 graph")
+        .to_owned();
+    std::fs::remove_file(dir.vector_store().join(slab)).expect("remove the slab");
+    manifest.as_object_mut().expect("object").remove("slab_file");
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).expect("json")).expect("write");
+    let reopened = TenantStore::open(&dir).expect("reopen without a slab");
+    assert_eq!(reopened.info().index, IndexKind::Hnsw, "the graph is kept");
+    assert_eq!(
+        answers(&reopened),
+        before,
+        "same answers with the rows read back from the log"
+    );
+}
+
+#[test]
 fn quantised_graphs_still_find_near_duplicates() {
-    for scalar in [ScalarKind::F16, ScalarKind::I8] {
+    for scalar in [ScalarKind::F32, ScalarKind::F16, ScalarKind::I8] {
         let cfg = StoreConfig {
             hnsw_threshold: 100,
             ..StoreConfig::new(32, Metric::Cos, scalar, "none")
@@ -636,9 +782,10 @@ fn vectors_still_waiting_for_the_graph_survive_a_snapshot_and_reopen() {
     store.wait_for_index();
     let info = store.info();
     assert_eq!(info.pending_vectors, 0, "the indexer drained the buffer");
-    // 384-d f32 nodes cost about 1.1x their raw vectors; an unreleased buffer would add ~0.9x.
+    // The f32 rows beside the i8 graph cost 1x the raw vectors and its nodes (codes and 32
+    // links) about 0.45x; an unreleased buffer would add ~0.9x.
     assert!(
-        info.memory_bytes * 10 < info.raw_vector_bytes * 16,
+        info.memory_bytes * 10 < info.raw_vector_bytes * 19,
         "the drained buffer's memory was given back: {info:?}"
     );
     for doc in docs.iter().step_by(101) {

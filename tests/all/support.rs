@@ -10,8 +10,9 @@ use tvs_store::store::{NewDocument, TenantStore};
 use tvs_store::tenant::StoreDir;
 use tvs_synth::EmbeddingLike;
 
+/// A store config with the defaults a new tenant gets.
 pub fn config(dims: usize, metric: Metric) -> StoreConfig {
-    StoreConfig::new(dims, metric, ScalarKind::F32, "none")
+    StoreConfig::new(dims, metric, ScalarKind::default(), "none")
 }
 
 /// A fresh store in a temp dir; keep the `TempDir` alive as long as the store.

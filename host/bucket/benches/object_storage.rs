@@ -76,7 +76,7 @@ impl Backend {
 }
 
 fn config() -> StoreConfig {
-    StoreConfig::new(DIMS, Metric::Cos, ScalarKind::F32, "none")
+    StoreConfig::new(DIMS, Metric::Cos, ScalarKind::default(), "none")
 }
 
 fn tenant(id: &str) -> TenantId {

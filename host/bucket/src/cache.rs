@@ -148,7 +148,7 @@ fn download_snapshot(bucket: &Bucket, id: &TenantId, sid: &str, dir: &StoreDir) 
     let manifest_bytes = download_to_memory(shared, remote.clone().join(snapshot::MANIFEST))?;
     let manifest: snapshot::Manifest = serde_json::from_slice(&manifest_bytes).map_err(io::Error::other)?;
     let mut files = vec![(remote.clone().join(layout::DOCS_LOG), dir.docs_log())];
-    for name in [&manifest.docs_file, &manifest.vectors_file] {
+    for name in manifest.files() {
         check_file_name(name)?;
         files.push((remote.clone().join(name.as_str()), dir.vector_store().join(name)));
     }

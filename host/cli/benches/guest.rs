@@ -25,7 +25,7 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let store = TenantStore::create(
         &StoreDir::new(tmp.path().join("t")),
-        &StoreConfig::new(384, Metric::Cos, ScalarKind::F32, "none"),
+        &StoreConfig::new(384, Metric::Cos, ScalarKind::default(), "none"),
     )
     .unwrap();
     let mut vectors = EmbeddingLike::new(384, 1);

@@ -34,7 +34,7 @@ fn us(d: (Duration, Duration)) -> String {
 fn store(root: &Path, name: &str, vectors: &mut EmbeddingLike) -> Arc<TenantStore> {
     let store = TenantStore::create(
         &StoreDir::new(root.join(name)),
-        &StoreConfig::new(384, Metric::Cos, ScalarKind::F32, "none"),
+        &StoreConfig::new(384, Metric::Cos, ScalarKind::default(), "none"),
     )
     .unwrap();
     let docs = (0..1000)

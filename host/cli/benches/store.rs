@@ -145,7 +145,7 @@ fn main() {
         .unwrap_or(200_000);
     let tmp = tempfile::tempdir().unwrap();
     let mut rows = Vec::new();
-    let config = StoreConfig::new(DIMS, Metric::Cos, ScalarKind::F32, "none");
+    let config = StoreConfig::new(DIMS, Metric::Cos, ScalarKind::default(), "none");
 
     // Small tenant: 2,000 documents, exact scan.
     let small_dir = StoreDir::new(tmp.path().join("small"));

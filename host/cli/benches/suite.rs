@@ -386,12 +386,12 @@ impl Baseline {
     }
 }
 
-/// tvs's store settings: L2 like the baseline, f32 vectors unless `TVS_BENCH_SCALAR` (f16, i8)
-/// asks for a narrower graph to compare against.
+/// tvs's store settings: L2 like the baseline, a new tenant's defaults unless `TVS_BENCH_SCALAR`
+/// (f32, f16, i8) asks for another graph to compare against.
 fn config() -> StoreConfig {
     let scalar: ScalarKind = std::env::var("TVS_BENCH_SCALAR")
         .map(|s| s.parse().unwrap_or_else(|e| panic!("TVS_BENCH_SCALAR: {e}")))
-        .unwrap_or(ScalarKind::F32);
+        .unwrap_or_default();
     StoreConfig::new(DIMS, Metric::L2, scalar, "none")
 }
 

@@ -239,8 +239,8 @@ struct StoreShape {
     /// Distance metric: cos, ip or l2
     #[arg(long, default_value = "cos")]
     metric: Metric,
-    /// Storage of vectors in the HNSW graph: f32, f16 or i8
-    #[arg(long, default_value = "f32")]
+    /// Storage of vectors in the HNSW graph: i8, f16 (both re-ranked with exact f32) or f32
+    #[arg(long, default_value = "i8")]
     scalar: ScalarKind,
     /// Embedding model (default: EMBEDDING_MODEL, else all-MiniLM-L6-v2; "none" for client vectors)
     #[arg(long)]
@@ -556,7 +556,7 @@ fn import_folder(
                 }
                 None => "none".into(),
             };
-            let config = StoreConfig::new(dims, metric, ScalarKind::F32, &model);
+            let config = StoreConfig::new(dims, metric, ScalarKind::default(), &model);
             data.create_tenant(tenant, &config)?;
             (TenantStore::open(&dir)?, true)
         }
@@ -954,7 +954,7 @@ fn ingest(settings: &Settings, args: IngestArgs) -> Result<Outcome> {
             let dims = vector_dims
                 .or_else(|| model_dims(&model))
                 .context("the single-tenant store's dimensions are unknown: give at least one record a vector")?;
-            let config = StoreConfig::new(dims, args.metric, ScalarKind::F32, &model);
+            let config = StoreConfig::new(dims, args.metric, ScalarKind::default(), &model);
             TenantStore::create(&dir, &config)
                 .with_context(|| format!("creating the single-tenant store at {}", dir.root().display()))?
         }

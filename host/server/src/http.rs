@@ -346,7 +346,8 @@ struct CreateTenant {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     metric: Option<Metric>,
-    /// `f32` (default), `f16` or `i8`: how the HNSW graph stores vectors.
+    /// `i8` (default), `f16` or `f32`: how the HNSW graph stores vectors (a quantised graph's
+    /// candidates are re-ranked with the exact f32 vectors).
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     scalar: Option<ScalarKind>,
@@ -368,7 +369,7 @@ async fn create_tenant(
     let mut config = StoreConfig::new(
         body.dims.unwrap_or(384),
         body.metric.unwrap_or(Metric::Cos),
-        body.scalar.unwrap_or(ScalarKind::F32),
+        body.scalar.unwrap_or_default(),
         body.embedding_model.as_deref().unwrap_or(&app.settings.embedding_model),
     );
     config.max_documents = body.max_documents;

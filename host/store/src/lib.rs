@@ -22,6 +22,7 @@ pub mod fsutil;
 pub mod packed;
 pub mod pool;
 pub mod remote;
+pub mod slab;
 pub mod snapshot;
 pub mod storage;
 pub mod store;

@@ -3,7 +3,8 @@
 //! Files: `manifest.json` names the snapshot files and the log generation and offset they
 //! cover; `snap-{generation}-{offset}.docs` holds every live document except its vector;
 //! `.vectors` holds the exact-mode slab as raw little-endian f32 rows, or `.usearch` the HNSW
-//! graph. Every data file ends with a CRC-32 of its contents.
+//! graph and, for a graph that quantises, `.slab` the f32 rows beside it (same format as
+//! `.vectors`). Every data file ends with a CRC-32 of its contents.
 //!
 //! Commit protocol: data files are written and fsynced under fresh names, then the manifest is
 //! replaced atomically (temp, fsync, rename, fsync dir), then files of older snapshots are
@@ -17,6 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::packed::PackedDoc;
+use crate::slab::{self, Slab};
 use crate::storage::{self, FileReader, FileWriter, OpenMode, Storage};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -42,6 +44,22 @@ pub struct Manifest {
     /// How the graph's search breadth was calibrated (graph snapshots of calibrated graphs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<crate::vectors::Calibration>,
+    /// The scale of an i8 graph's codes ([`crate::vectors::Codes::Scaled`]); absent: usearch
+    /// cast the vectors itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_scale: Option<f32>,
+    /// The f32 slab kept beside a quantising graph (same format as a `vectors` file). A
+    /// quantising graph's snapshot without one (written by an older tvs) has its rows read back
+    /// from the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slab_file: Option<String>,
+}
+
+impl Manifest {
+    /// The data files the manifest names.
+    pub fn files(&self) -> impl Iterator<Item = &String> {
+        [&self.docs_file, &self.vectors_file].into_iter().chain(&self.slab_file)
+    }
 }
 
 /// One document of a snapshot.
@@ -241,6 +259,169 @@ pub fn read_f32_file(storage: &dyn Storage, path: &Path) -> io::Result<Vec<f32>>
     Ok(values)
 }
 
+/// CRC-32 of `bytes`, the halves of a big input on two threads (combined as crc32fast allows):
+/// checking a mapped snapshot is most of what opening a big tenant costs.
+pub fn crc_of(bytes: &[u8]) -> u32 {
+    const PARALLEL_FROM: usize = 16 << 20;
+    if bytes.len() < PARALLEL_FROM {
+        return crc32fast::hash(bytes);
+    }
+    let hash = |part: &[u8]| {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(part);
+        hasher
+    };
+    let (first, second) = bytes.split_at(bytes.len() / 2);
+    let (mut head, tail) = std::thread::scope(|scope| {
+        let tail = scope.spawn(|| hash(second));
+        let head = hash(first);
+        (head, tail.join())
+    });
+    match tail {
+        Ok(tail) => {
+            head.combine(&tail);
+            head.finalize()
+        }
+        Err(_) => crc32fast::hash(bytes),
+    }
+}
+
+/// A data file mapped copy-on-write with its CRC checked: the mapping (trailer included) and
+/// the body's length. `None` where the storage cannot map files.
+pub fn map_data_file(storage: &dyn Storage, path: &Path) -> io::Result<Option<(memmap2::MmapMut, usize)>> {
+    let handle = storage.open(path, OpenMode::Read)?;
+    let file_len = handle.size()?;
+    let body_len = body_len(file_len)? as usize;
+    let Some(map) = handle.map_private(file_len as usize)? else {
+        return Ok(None);
+    };
+    let stored = map[body_len..].try_into().expect("4 bytes");
+    check_crc(path, crc_of(&map[..body_len]), stored)?;
+    Ok(Some((map, body_len)))
+}
+
+/// A vector file's rows as a [`Slab`]: mapped where the storage allows, read otherwise; the
+/// CRC is checked either way before a row is used.
+pub fn read_slab(storage: &dyn Storage, path: &Path, dims: usize) -> io::Result<Slab> {
+    let row_bytes = dims * 4;
+    if let Some((map, body_len)) = map_data_file(storage, path)? {
+        if body_len % row_bytes != 0 {
+            return Err(bad("vector file length is not a whole number of rows"));
+        }
+        if let Some(slab) = Slab::from_map(dims, map, body_len / row_bytes, None) {
+            return Ok(slab);
+        }
+    }
+    let values = read_f32_file(storage, path)?;
+    if values.len() % dims != 0 {
+        return Err(bad("vector file length is not a whole number of rows"));
+    }
+    Ok(Slab::from_vec(dims, values))
+}
+
+/// Writes the rows beside a graph (`.slab`): the first `rows` rows of `slab`, a CRC per
+/// [`slab::BLOCK_BYTES`] of them, the block size and the rows' byte length (u64 LE each), a CRC
+/// of that table, and the usual trailer over everything. [`open_slab_file`] checks the table at
+/// open and each block when a row from it is first used.
+pub fn write_slab_file(storage: &dyn Storage, path: &Path, slab: &Slab, rows: usize) -> io::Result<()> {
+    struct Blocks<'a> {
+        inner: &'a mut dyn Write,
+        hasher: crc32fast::Hasher,
+        in_block: usize,
+        crcs: Vec<u32>,
+        total: u64,
+    }
+    impl Write for Blocks<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(slab::BLOCK_BYTES - self.in_block);
+            self.inner.write_all(&buf[..n])?;
+            self.hasher.update(&buf[..n]);
+            self.in_block += n;
+            self.total += n as u64;
+            if self.in_block == slab::BLOCK_BYTES {
+                let full = std::mem::take(&mut self.hasher);
+                self.crcs.push(full.finalize());
+                self.in_block = 0;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    write_data_file(storage, path, |out| {
+        let mut blocks = Blocks {
+            inner: out,
+            hasher: crc32fast::Hasher::new(),
+            in_block: 0,
+            crcs: Vec::new(),
+            total: 0,
+        };
+        slab.write_rows(&mut blocks, rows)?;
+        let Blocks {
+            inner,
+            hasher,
+            in_block,
+            mut crcs,
+            total,
+        } = blocks;
+        if in_block > 0 {
+            crcs.push(hasher.finalize());
+        }
+        let mut table: Vec<u8> = crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
+        table.extend_from_slice(&(slab::BLOCK_BYTES as u64).to_le_bytes());
+        table.extend_from_slice(&total.to_le_bytes());
+        table.extend_from_slice(&crc32fast::hash(&table).to_le_bytes());
+        inner.write_all(&table)
+    })
+}
+
+/// Opens a `.slab` file ([`write_slab_file`]): mapped with its block CRCs checked lazily where
+/// the storage maps files, else read whole and checked.
+pub fn open_slab_file(storage: &dyn Storage, path: &Path, dims: usize) -> io::Result<Slab> {
+    let damaged = || io::Error::new(io::ErrorKind::InvalidData, format!("{} is damaged", path.display()));
+    // (rows' byte length, block CRCs) from the end of the body.
+    let table_of = |body: &[u8]| -> io::Result<(usize, Vec<u32>)> {
+        let tail = body.len().checked_sub(20).ok_or_else(damaged)?;
+        let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+        let (block_bytes, rows_bytes) = (u64_at(tail), u64_at(tail + 8));
+        let stored_crc = u32::from_le_bytes(body[tail + 16..].try_into().expect("4 bytes"));
+        let blocks = usize::try_from(rows_bytes.div_ceil(slab::BLOCK_BYTES as u64)).map_err(|_| damaged())?;
+        let rows_bytes = usize::try_from(rows_bytes).map_err(|_| damaged())?;
+        let table_start = tail
+            .checked_sub(blocks.checked_mul(4).ok_or_else(damaged)?)
+            .ok_or_else(damaged)?;
+        if block_bytes != slab::BLOCK_BYTES as u64
+            || table_start != rows_bytes
+            || rows_bytes % (dims * 4) != 0
+            || crc32fast::hash(&body[table_start..tail + 16]) != stored_crc
+        {
+            return Err(damaged());
+        }
+        let crcs = body[table_start..tail]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        Ok((rows_bytes, crcs))
+    };
+    let handle = storage.open(path, OpenMode::Read)?;
+    let file_len = handle.size()?;
+    let body_len = body_len(file_len)? as usize;
+    if let Some(map) = handle.map_private(file_len as usize)? {
+        let (rows_bytes, crcs) = table_of(&map[..body_len])?;
+        if let Some(slab) = Slab::from_map(dims, map, rows_bytes / (dims * 4), Some(crcs)) {
+            return Ok(slab);
+        }
+    }
+    let body = read_data_file(storage, path)?;
+    let (rows_bytes, _) = table_of(&body)?;
+    let values = body[..rows_bytes]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect();
+    Ok(Slab::from_vec(dims, values))
+}
+
 /// Reads the manifest, if any.
 pub fn read_manifest(storage: &dyn Storage, dir: &Path) -> io::Result<Option<Manifest>> {
     match storage::read_all(storage, &dir.join(MANIFEST)) {
@@ -260,7 +441,7 @@ pub fn commit_manifest(storage: &dyn Storage, dir: &Path, manifest: &Manifest) -
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let stale_snapshot = name.starts_with("snap-") && name != manifest.docs_file && name != manifest.vectors_file;
+        let stale_snapshot = name.starts_with("snap-") && manifest.files().all(|f| f != name);
         // Leftovers of an interrupted write_atomic.
         let stale_temp = name.starts_with('.') && name.contains(".tmp-");
         if stale_snapshot || stale_temp {

@@ -11,6 +11,10 @@
 //! metadata reads (`symlink_metadata`, `read_dir`), and usearch reading a graph snapshot by path
 //! after tvs has checked its CRC through the seam.
 //!
+//! Snapshot files may be memory-mapped ([`StorageFile::map_private`]): they are written once
+//! under fresh names and never modified, only removed (which leaves a mapping intact). A file
+//! truncated behind tvs's back would fault the process, as with any mapped database file.
+//!
 //! Assumptions about the disk, which the crash images model: data written to a file is durable
 //! only after that file's `fsync`/`fdatasync`; a created, renamed or removed name is durable only
 //! after its directory's `fsync`; unsynced writes may be lost, kept, or kept in part.
@@ -63,6 +67,12 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn sync_all(&self) -> io::Result<()>;
     /// `fdatasync`: data and what is needed to read it back (the length).
     fn sync_data(&self) -> io::Result<()>;
+    /// The file's first `len` bytes mapped copy-on-write (writes to the map stay in memory),
+    /// or `None` where files cannot be mapped and must be read.
+    fn map_private(&self, len: usize) -> io::Result<Option<memmap2::MmapMut>> {
+        let _ = len;
+        Ok(None)
+    }
 }
 
 /// The production storage: `std::fs`, never following a symlink in the last path component.
@@ -167,6 +177,16 @@ impl StorageFile for StdFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
+    }
+    #[allow(unsafe_code)]
+    fn map_private(&self, len: usize) -> io::Result<Option<memmap2::MmapMut>> {
+        if len == 0 {
+            return Ok(None);
+        }
+        // SAFETY: only immutable snapshot files are mapped (see the module's note); the map is
+        // private, so nothing written to it reaches the file.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map_copy(&self.0)? };
+        Ok(Some(map))
     }
 }
 

@@ -31,10 +31,11 @@ use crate::doclog::{self, DocLog, LogError, Record};
 use crate::fsutil;
 use crate::packed::{IdIndex, PackedDoc};
 use crate::remote::{RemoteError, SnapshotFiles, TenantLog};
-use crate::snapshot::{self, Manifest};
+use crate::slab::Slab;
+use crate::snapshot::{self, Manifest, SnapDoc};
 use crate::storage::OpenMode;
 use crate::tenant::StoreDir;
-use crate::vectors::{self, Graph, Neighbor, Vectors};
+use crate::vectors::{self, Calibration, Codes, Graph, GraphIndex, Neighbor, Vectors};
 use tvs_guest_core::documents;
 use tvs_guest_core::filter::{Filter, FilterError};
 
@@ -465,9 +466,44 @@ impl TenantStore {
     /// Whether an fsync of the log failed: the store refuses writes until it is reopened, and
     /// the pool reopens it on the next request (replaying what the disk really holds).
     /// A store another node took over counts as poisoned too, so the pool opens the tenant
-    /// afresh (taking it back) when it is asked for here again.
+    /// afresh (taking it back) when it is asked for here again; so does one whose snapshot
+    /// turned out damaged after the open (its manifest is gone: the reopen replays the log).
     pub fn is_poisoned(&self) -> bool {
-        self.read().log.is_poisoned() || self.is_fenced()
+        let state = self.read();
+        state.log.is_poisoned() || state.docs.vectors.is_damaged() || self.is_fenced()
+    }
+
+    /// After a snapshot's rows failed their CRC: forgets the snapshot (its manifest), so the
+    /// reopen the pool makes of this poisoned store rebuilds everything from the log.
+    fn forget_damaged_snapshot(&self) -> StoreError {
+        let storage = self.dir.storage();
+        let dir = self.dir.vector_store();
+        let removed = match storage.remove_file(&dir.join(snapshot::MANIFEST)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => storage.sync_dir(&dir),
+        };
+        match removed {
+            Ok(()) => {
+                tracing::error!(store = %self.dir.root().display(), "snapshot vectors fail their checksum; the snapshot is dropped and the store reopens from its log")
+            }
+            Err(e) => {
+                tracing::error!(store = %self.dir.root().display(), error = %e, "snapshot vectors fail their checksum and dropping the snapshot failed")
+            }
+        }
+        StoreError::Index(
+            "the snapshot's vectors fail their checksum; the store reopens from its log on the next request".into(),
+        )
+    }
+
+    /// A document's vector read back from its log record.
+    fn vector_from_log(state: &State, slot: u64) -> Option<Vec<f32>> {
+        let entry = state.docs.entries.get(slot as usize)?.as_ref()?;
+        let mut line = Vec::new();
+        state.log.read_line_at(entry.offset, &mut line).ok()?;
+        match serde_json::from_slice(&line) {
+            Ok(Record::Upsert { id, vector, .. }) if id == entry.doc.id() => Some(vector),
+            _ => None,
+        }
     }
 
     /// Whether another node took this (remote) tenant over: this store must not answer for it.
@@ -625,7 +661,14 @@ impl TenantStore {
             .filter_map(|id| {
                 let slot = state.docs.slot_of(id)?;
                 let entry = state.docs.entries[slot as usize].as_ref()?;
-                let vector = (include_vectors && state.docs.vectors.get(slot, &mut buf)).then(|| buf.clone());
+                let vector = if !include_vectors {
+                    None
+                } else if state.docs.vectors.get(slot, &mut buf) {
+                    Some(buf.clone())
+                } else {
+                    // A row withheld by a damaged snapshot: the log has the vector.
+                    Self::vector_from_log(&state, slot)
+                };
                 Some(Document {
                     id: entry.doc.id().to_owned(),
                     text: entry.doc.text().to_owned(),
@@ -698,6 +741,9 @@ impl TenantStore {
                 .vectors
                 .exact_search(&query.vector, wanted, all_slots, accept),
         };
+        if state.docs.vectors.is_damaged() {
+            return Err(self.forget_damaged_snapshot());
+        }
         let mut vectors_of: HashMap<u64, Vec<f32>> = HashMap::new();
         if query.mmr.is_some() || query.include_vectors {
             for n in &neighbors {
@@ -822,7 +868,7 @@ impl TenantStore {
             log: self.dir.docs_log(),
             log_len: manifest.log_offset,
             dir: self.dir.vector_store(),
-            files: vec![manifest.docs_file.clone(), manifest.vectors_file.clone()],
+            files: manifest.files().cloned().collect(),
             manifest: serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Snapshot(io::Error::other(e)))?,
         };
         remote.publish_snapshot(&files)?;
@@ -854,6 +900,23 @@ impl TenantStore {
         })
         .map_err(StoreError::Snapshot)?;
         let next_node = state.docs.vectors.graph().map_or(0, Graph::next_node);
+        let write_slab = |file: &str| {
+            let rows = state.docs.entries.len();
+            snapshot::write_data_file(storage, &dir.join(file), |out| match state.docs.vectors.slab() {
+                Some(slab) => slab.write_rows(out, rows),
+                None => Ok(()),
+            })
+            .map_err(StoreError::Snapshot)
+        };
+        let slab_file = match (state.docs.vectors.graph(), state.docs.vectors.slab()) {
+            (Some(graph), Some(slab)) if graph.reranks() => {
+                let file = format!("{stem}.slab");
+                snapshot::write_slab_file(storage, &dir.join(&file), slab, state.docs.entries.len())
+                    .map_err(StoreError::Snapshot)?;
+                Some(file)
+            }
+            _ => None,
+        };
         let (vectors_kind, vectors_file) =
             match (state.docs.vectors.graph().map(Graph::index), state.docs.vectors.slab()) {
                 (Some(graph), _) => {
@@ -866,14 +929,9 @@ impl TenantStore {
                         .map_err(StoreError::Snapshot)?;
                     ("usearch", file)
                 }
-                (None, slab) => {
+                (None, _) => {
                     let file = format!("{stem}.vectors");
-                    let rows = state.docs.entries.len() * self.config.dims;
-                    let slab = slab.unwrap_or(&[]);
-                    snapshot::write_data_file(storage, &dir.join(&file), |out| {
-                        snapshot::encode_f32s(out, &slab[..rows.min(slab.len())])
-                    })
-                    .map_err(StoreError::Snapshot)?;
+                    write_slab(&file)?;
                     ("vectors", file)
                 }
             };
@@ -889,6 +947,8 @@ impl TenantStore {
             next_node,
             documents: live,
             calibration: state.docs.vectors.graph().and_then(|g| g.calibration().copied()),
+            graph_scale: state.docs.vectors.graph().and_then(|g| g.codes().scale()),
+            slab_file,
         };
         snapshot::commit_manifest(storage, &dir, &manifest).map_err(StoreError::Snapshot)?;
         Ok(manifest)
@@ -1035,6 +1095,14 @@ impl TenantStore {
         let spawned = std::thread::Builder::new().name("tvs-hnsw-index".into()).spawn(move || {
             loop {
                 let Some(store) = weak.upgrade() else { return };
+                // A graph viewed from its snapshot cannot grow: copy it first, without the lock.
+                let viewed = store.read().docs.vectors.viewed_graph();
+                if let Some((epoch, viewed)) = viewed {
+                    match viewed.to_owned_index() {
+                        Ok(index) => store.write().docs.vectors.adopt_owned_index(epoch, index),
+                        Err(e) => tracing::warn!(store = %store.dir.root().display(), error = %e, "copying the viewed graph failed"),
+                    }
+                }
                 let batch = match store.write().docs.vectors.begin_indexing(BATCH) {
                     Ok(Some(batch)) => batch,
                     Ok(None) => return,
@@ -1046,7 +1114,9 @@ impl TenantStore {
                 };
                 // The batch's vectors are not in the graph yet: the held-out queries a growing
                 // graph re-calibrates its search breadth on.
-                let calibration = batch.calibrate();
+                let calibration = batch
+                    .calibration_queries()
+                    .and_then(|queries| store.calibrate_graph(batch.epoch(), &queries));
                 // Snapshots serialise the graph; they must not run while nodes are added.
                 let added = {
                     let _snapshot = store.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -1060,7 +1130,7 @@ impl TenantStore {
                 }
                 if let Some(calibration) = calibration {
                     tracing::info!(store = %store.dir.root().display(), nodes = calibration.nodes, ef_search = calibration.ef_search, recall = calibration.recall, "re-calibrated the graph's search breadth");
-                    state.docs.vectors.recalibrated(&batch, calibration);
+                    state.docs.vectors.recalibrated(batch.epoch(), calibration);
                 }
                 state.docs.vectors.finish_indexing(batch);
             }
@@ -1074,6 +1144,20 @@ impl TenantStore {
                 tracing::error!(error = %e, "cannot spawn the graph indexer thread");
             }
         }
+    }
+
+    /// Measures the breadth the graph of `epoch` needs on `queries` (vectors not in it). Takes
+    /// the read lock once per query and breadth, so writers wait for one search at most.
+    fn calibrate_graph(&self, epoch: u64, queries: &[&[f32]]) -> Option<Calibration> {
+        let k = vectors::CALIBRATION_K;
+        let truths: Vec<Vec<u64>> = queries
+            .iter()
+            .map(|q| self.read().docs.vectors.calibration_truth(epoch, q, k))
+            .collect::<Option<_>>()?;
+        let nodes = self.read().docs.vectors.graph_nodes(epoch)?;
+        vectors::climb_ladder(&truths, nodes, |i, ef| {
+            self.read().docs.vectors.calibration_answer(epoch, queries[i], k, ef)
+        })
     }
 
     /// Waits until no graph build or indexing runs (tests, benchmarks, shutdown).
@@ -1197,57 +1281,81 @@ impl Loader {
         let vectors = match manifest.vectors_kind.as_str() {
             "vectors" => {
                 let mut v = Vectors::exact(dims, self.config.metric);
-                v.set_slab(snapshot::read_f32_file(storage, &vectors_path)?);
+                v.set_slab(snapshot::read_slab(storage, &vectors_path, dims)?);
                 v
             }
             "usearch" => {
                 let index = vectors::new_graph(&self.config).map_err(io::Error::other)?;
-                // usearch reads the file itself (it stops before the CRC trailer), after the CRC
-                // is checked by streaming: no second in-memory copy of the graph.
-                match vectors_path.to_str() {
-                    Some(path) => {
-                        snapshot::verify_data_file(storage, &vectors_path)?;
-                        index.load(path)
+                let index = match snapshot::map_data_file(storage, &vectors_path)? {
+                    // Mapped and checked: usearch views the file in place.
+                    Some((map, len)) => GraphIndex::viewed(index, map, len).map_err(io::Error::other)?,
+                    None => {
+                        // usearch reads the file itself (it stops before the CRC trailer), after
+                        // the CRC is checked by streaming: no second in-memory copy of the graph.
+                        match vectors_path.to_str() {
+                            Some(path) => {
+                                snapshot::verify_data_file(storage, &vectors_path)?;
+                                index.load(path)
+                            }
+                            None => index.load_from_buffer(&snapshot::read_data_file(storage, &vectors_path)?),
+                        }
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                        GraphIndex::owned(index)
                     }
-                    None => index.load_from_buffer(&snapshot::read_data_file(storage, &vectors_path)?),
-                }
-                .map_err(|e| io::Error::other(e.to_string()))?;
+                };
                 if index.dimensions() != dims {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "graph dims differ from the config",
                     ));
                 }
-                // Searches pass their breadth as the result count (see `vectors::new_graph`).
-                index.change_expansion_search(1);
-                // load() adopts the file's limits; thread contexts must be reserved again.
-                index
-                    .reserve_capacity_and_threads(index.capacity().max(index.size()), vectors::graph_threads())
-                    .map_err(|e| io::Error::other(e.to_string()))?;
+                vectors::prepare_loaded(&index).map_err(io::Error::other)?;
                 let nodes = snap_docs
                     .iter()
                     .filter(|d| d.node != vectors::NONE)
                     .map(|d| (d.slot, d.node));
-                let mut graph = Graph::restore(index, nodes, manifest.next_node)
+                let codes = manifest.graph_scale.map_or(Codes::Usearch, Codes::Scaled);
+                let mut graph = Graph::restore(index, self.config.metric, codes, nodes, manifest.next_node)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 graph.set_calibration(&self.config, manifest.calibration);
+                let reranks = graph.reranks();
                 let mut vectors = Vectors::with_graph(dims, self.config.metric, graph);
-                // Vectors the indexer had not added yet are read back from their log records.
+                let slab = match &manifest.slab_file {
+                    Some(file) if reranks => Some(snapshot::open_slab_file(storage, &vs.join(file), dims)?),
+                    Some(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "a slab is recorded beside an f32 graph",
+                        ));
+                    }
+                    None => None,
+                };
+                // Vectors the indexer had not added yet are read back from their log records,
+                // and all of them beside a quantising graph whose snapshot has no slab.
+                let from_log = |doc: &&SnapDoc| doc.node == vectors::NONE || (reranks && slab.is_none());
+                let mut rebuilt_slab = (reranks && slab.is_none()).then(|| Slab::new(dims));
                 let log = storage.open(&dir.docs_log(), OpenMode::Read)?;
                 let mut line = Vec::new();
-                for doc in snap_docs.iter().filter(|d| d.node == vectors::NONE) {
+                for doc in snap_docs.iter().filter(from_log) {
                     doclog::read_line_at(&*log, doc.offset, &mut line)?;
-                    match serde_json::from_slice(&line) {
-                        Ok(Record::Upsert { id, vector, .. }) if id == doc.doc.id() && vector.len() == dims => {
-                            vectors.restore_pending(doc.slot, &vector);
-                        }
+                    let vector = match serde_json::from_slice(&line) {
+                        Ok(Record::Upsert { id, vector, .. }) if id == doc.doc.id() && vector.len() == dims => vector,
                         _ => {
                             return Err(io::Error::new(
                                 io::ErrorKind::InvalidData,
                                 format!("log record at {} is not the upsert of {:?}", doc.offset, doc.doc.id()),
                             ));
                         }
+                    };
+                    if doc.node == vectors::NONE {
+                        vectors.restore_pending(doc.slot, &vector);
                     }
+                    if let Some(rows) = &mut rebuilt_slab {
+                        rows.set(doc.slot, &vector);
+                    }
+                }
+                if let Some(slab) = slab.or(rebuilt_slab) {
+                    vectors.set_slab(slab);
                 }
                 vectors
             }
@@ -1258,7 +1366,7 @@ impl Loader {
                 ));
             }
         };
-        let slab_rows = vectors.slab().map(|s| s.len() / dims);
+        let slab_rows = vectors.slab().map(Slab::rows);
         let docs = &mut self.docs;
         docs.vectors = vectors;
         let Docs { by_id, entries, .. } = docs;
