@@ -116,12 +116,15 @@ def ingest(meta, vectors, root):
     return {"measure": "ingest", "docs": total, "docs_per_s": total / seconds}
 
 
-def cold_open(meta, root, limit=20):
+def cold_open(meta, vectors, root, k, limit=20):
+    """Load + the first query, as a request to a tenant not in the pool costs."""
     times = []
     for t in meta["tenants"][:limit]:
         path = root / t["id"] / "vector_store" / "faiss_index"
+        query = vectors(f"{t['id']}.queries.f32")[0].tolist()
         start = time.perf_counter()
-        FAISS.load_local(str(path), EMBEDDINGS, allow_dangerous_deserialization=True)
+        store = FAISS.load_local(str(path), EMBEDDINGS, allow_dangerous_deserialization=True)
+        store.similarity_search_with_score_by_vector(query, k=k)
         times.append(time.perf_counter() - start)
     return {"measure": "cold_open", "p50_ms": float(np.median(times)) * 1e3, "opens": len(times)}
 
@@ -150,6 +153,30 @@ def warm_search(meta, vectors, root, k, limit=20):
         "recall": found / wanted,
         "queries": len(lat),
     }
+
+
+def warm_search_2(meta, vectors, root, k, limit=20):
+    """QPS of two client threads sharing the queries of the warm search (FAISS releases the
+    GIL inside its search)."""
+    manager = VectorStoreManager(root)
+    work = []
+    for t in meta["tenants"][:limit]:
+        store = manager.get(t["id"])
+        queries = vectors(f"{t['id']}.queries.f32")
+        store.similarity_search_with_score_by_vector(queries[0].tolist(), k=k)  # warm
+        work.extend((store, q.tolist()) for q in queries)
+
+    def client(part):
+        for store, q in part:
+            store.similarity_search_with_score_by_vector(q, k=k)
+
+    threads = [threading.Thread(target=client, args=(work[i::2],)) for i in range(2)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"measure": "warm_search_2", "qps": len(work) / (time.perf_counter() - start)}
 
 
 def writes(meta, vectors, root, count=200):
@@ -202,7 +229,9 @@ def main():
         if measure == "ingest":
             result = ingest(meta, vectors, root)
         elif measure == "cold_open":
-            result = cold_open(meta, root)
+            result = cold_open(meta, vectors, root, k)
+        elif measure == "warm_search_2":
+            result = warm_search_2(meta, vectors, root, k)
         elif measure == "warm_search":
             result = warm_search(meta, vectors, root, k)
         elif measure == "writes":

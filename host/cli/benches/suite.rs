@@ -454,12 +454,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Open + the first query, as a request to a tenant not in the pool costs.
 fn tvs_cold_open_ms(data: &DataDir, set: &Dataset) -> f64 {
     let times = (0..set.preset.tenants.min(SAMPLE_TENANTS))
         .map(|t| {
             let dir = data.store_dir(&TenantId::new(&tenant_name(t)).unwrap());
+            let query = SearchQuery {
+                vector: set.queries[t][0].clone(),
+                k: K,
+                ..Default::default()
+            };
             let start = Instant::now();
             let store = TenantStore::open(&dir).unwrap();
+            store.search(&query).unwrap();
             let elapsed = start.elapsed().as_secs_f64() * 1e3;
             drop(store);
             elapsed
@@ -501,6 +508,35 @@ fn tvs_warm_search(data: &DataDir, set: &Dataset) -> (f64, f64, f64, f64) {
         percentile(&latencies, 0.99) * 1e3,
         found as f64 / wanted as f64,
     )
+}
+
+/// QPS of two client threads sharing the warm search's queries.
+fn tvs_warm_search_2(data: &DataDir, set: &Dataset) -> f64 {
+    let mut work = Vec::new();
+    for t in 0..set.preset.tenants.min(SAMPLE_TENANTS) {
+        let store = TenantStore::open(&data.store_dir(&TenantId::new(&tenant_name(t)).unwrap())).unwrap();
+        for q in &set.queries[t] {
+            work.push((store.clone(), q.clone()));
+        }
+    }
+    let search = |(store, q): &(Arc<TenantStore>, Vec<f32>)| {
+        store
+            .search(&SearchQuery {
+                vector: q.clone(),
+                k: K,
+                ..Default::default()
+            })
+            .unwrap();
+    };
+    work.iter().step_by(work.len().div_ceil(20).max(1)).for_each(search);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for client in 0..2 {
+            let work = &work;
+            scope.spawn(move || work.iter().skip(client).step_by(2).for_each(search));
+        }
+    });
+    work.len() as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Durable single-document writes per second on the first tenant, one writer.
@@ -880,7 +916,7 @@ fn main() {
     println!("cold opens, memory…");
     let base = baseline.run(&["cold_open"]);
     rows.push(row(
-        "cold open of a tenant, p50",
+        "cold open of a tenant + first query, p50",
         "ms",
         tvs_cold_open_ms(&data, &set),
         base["cold_open"]["p50_ms"].as_f64(),
@@ -907,6 +943,15 @@ fn main() {
         let base = base_search.as_ref().expect("the baseline's warm search");
         let qps_target = (preset.name == "big").then_some(Target::Ratio(50.0));
         search_rows(&mut rows, "", (qps, p50, Some(p99), recall), base, qps_target);
+        let base_2 = baseline.run(&["warm_search_2"]);
+        rows.push(row(
+            "warm search, 2 concurrent clients",
+            "QPS",
+            tvs_warm_search_2(&data, &set),
+            base_2["warm_search_2"]["qps"].as_f64(),
+            true,
+            None,
+        ));
         if preset.name == "big" {
             // Narrower searches trade recall for speed; the target asks for recall ≥ 0.95.
             for ef in [256, 192, 96, 64] {

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::thread::JoinHandle;
 
@@ -33,7 +33,7 @@ use crate::packed::{IdIndex, PackedDoc};
 use crate::remote::{RemoteError, SnapshotFiles, TenantLog};
 use crate::slab::Slab;
 use crate::snapshot::{self, Manifest, SnapDoc};
-use crate::storage::OpenMode;
+use crate::storage::{OpenMode, Storage};
 use crate::tenant::StoreDir;
 use crate::vectors::{self, Calibration, Codes, Graph, GraphIndex, Neighbor, Vectors};
 use tvs_guest_core::documents;
@@ -1272,12 +1272,56 @@ impl Loader {
         }
     }
 
+    /// The graph of a snapshot, viewed in place where the storage maps files.
+    fn open_graph(&self, storage: &dyn Storage, path: &Path) -> io::Result<GraphIndex> {
+        let index = vectors::new_graph(&self.config).map_err(io::Error::other)?;
+        let index = match snapshot::map_data_file(storage, path)? {
+            // Mapped and checked: usearch views the file in place.
+            Some((map, len)) => GraphIndex::viewed(index, map, len).map_err(io::Error::other)?,
+            None => {
+                // usearch reads the file itself (it stops before the CRC trailer), after the CRC
+                // is checked by streaming: no second in-memory copy of the graph.
+                match path.to_str() {
+                    Some(path_text) => {
+                        snapshot::verify_data_file(storage, path)?;
+                        index.load(path_text)
+                    }
+                    None => index.load_from_buffer(&snapshot::read_data_file(storage, path)?),
+                }
+                .map_err(|e| io::Error::other(e.to_string()))?;
+                GraphIndex::owned(index)
+            }
+        };
+        if index.dimensions() != self.config.dims {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "graph dims differ from the config",
+            ));
+        }
+        vectors::prepare_loaded(&index).map_err(io::Error::other)?;
+        Ok(index)
+    }
+
     fn load_snapshot(&mut self, dir: &StoreDir, manifest: &Manifest) -> io::Result<()> {
         let dims = self.config.dims;
         let storage = dir.storage();
         let vs = dir.vector_store();
-        let snap_docs = snapshot::decode_docs(&snapshot::read_data_file(storage, &vs.join(&manifest.docs_file))?)?;
         let vectors_path = vs.join(&manifest.vectors_file);
+        // The graph (checked, then indexed by usearch) on a second thread while this one decodes
+        // the documents: each is about half of a big tenant's open.
+        let (snap_docs, graph) = std::thread::scope(|scope| {
+            let graph =
+                (manifest.vectors_kind == "usearch").then(|| scope.spawn(|| self.open_graph(storage, &vectors_path)));
+            let docs = snapshot::read_data_file(storage, &vs.join(&manifest.docs_file))
+                .and_then(|bytes| snapshot::decode_docs(&bytes));
+            let graph = graph.map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("opening the graph panicked")))
+            });
+            (docs, graph)
+        });
+        let snap_docs = snap_docs?;
         let vectors = match manifest.vectors_kind.as_str() {
             "vectors" => {
                 let mut v = Vectors::exact(dims, self.config.metric);
@@ -1285,31 +1329,7 @@ impl Loader {
                 v
             }
             "usearch" => {
-                let index = vectors::new_graph(&self.config).map_err(io::Error::other)?;
-                let index = match snapshot::map_data_file(storage, &vectors_path)? {
-                    // Mapped and checked: usearch views the file in place.
-                    Some((map, len)) => GraphIndex::viewed(index, map, len).map_err(io::Error::other)?,
-                    None => {
-                        // usearch reads the file itself (it stops before the CRC trailer), after
-                        // the CRC is checked by streaming: no second in-memory copy of the graph.
-                        match vectors_path.to_str() {
-                            Some(path) => {
-                                snapshot::verify_data_file(storage, &vectors_path)?;
-                                index.load(path)
-                            }
-                            None => index.load_from_buffer(&snapshot::read_data_file(storage, &vectors_path)?),
-                        }
-                        .map_err(|e| io::Error::other(e.to_string()))?;
-                        GraphIndex::owned(index)
-                    }
-                };
-                if index.dimensions() != dims {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "graph dims differ from the config",
-                    ));
-                }
-                vectors::prepare_loaded(&index).map_err(io::Error::other)?;
+                let index = graph.unwrap_or_else(|| Err(io::Error::other("no graph was opened")))?;
                 let nodes = snap_docs
                     .iter()
                     .filter(|d| d.node != vectors::NONE)
