@@ -159,6 +159,14 @@ impl Slab {
         }
     }
 
+    /// The mapped and the owned rows as two runs of values, for scans that visit many rows;
+    /// `None` when rows must be checked as they are used (use [`Slab::row`]).
+    pub fn runs(&self) -> Option<(&[f32], &[f32])> {
+        self.checks
+            .is_none()
+            .then(|| (self.mapped_values(), self.owned.as_slice()))
+    }
+
     /// Rows held, including zeroed ones of free slots.
     pub fn rows(&self) -> usize {
         self.mapped_rows + self.owned.len() / self.dims.max(1)

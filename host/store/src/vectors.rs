@@ -1150,8 +1150,24 @@ impl Vectors {
         let mut top = TopK::new(k);
         if let Some(slab) = &self.slab {
             let query_inverse_norm = inverse_norm(query);
+            // Rows straight from the two runs where no lazy check applies: the scan costs a
+            // distance a row, not a lookup.
+            let runs = slab.runs();
+            let dims = self.dims;
+            let row_of = |slot: u64| -> Option<&[f32]> {
+                match runs {
+                    Some((mapped, owned)) => {
+                        let start = (slot as usize).checked_mul(dims)?;
+                        match mapped.get(start..start + dims) {
+                            Some(row) => Some(row),
+                            None => owned.get(start - mapped.len()..start - mapped.len() + dims),
+                        }
+                    }
+                    None => slab.row(slot),
+                }
+            };
             for slot in slots {
-                let Some(row) = slab.row(slot) else { continue };
+                let Some(row) = row_of(slot) else { continue };
                 let d = match (self.metric, self.inverse_norms.get(slot as usize)) {
                     (Metric::Cos, Some(row_inverse_norm)) => {
                         1.0 - dot(query, row) * query_inverse_norm * row_inverse_norm
