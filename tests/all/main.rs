@@ -21,3 +21,4 @@ mod spin_storage;
 mod store;
 mod support;
 mod tenants;
+mod tokens;

@@ -8,8 +8,12 @@
 //! works on every node at once (a key that does not match is checked against the bucket
 //! again), and a rotated one stops working everywhere within that time.
 //!
+//! A request may instead carry a tenant token ([`crate::tokens`]): a JWT an app minted for one
+//! tenant with a signing secret, scoped to read, write and/or plugins. A key allows everything.
+//!
 //! Invariant: the tenant of a request is the one named in its key *and* whose stored hash the
-//! key's secret matches; nothing else (URL, body, filter) can choose a tenant.
+//! key's secret matches, or the one a verified token's claim names; nothing else (URL, body,
+//! filter) can choose a tenant.
 
 use std::collections::HashMap;
 use std::io;
@@ -24,6 +28,8 @@ use tvs_store::fsutil;
 use tvs_store::remote::Catalog;
 use tvs_store::storage::{self, StdStorage};
 use tvs_store::tenant::{DataDir, TenantId};
+
+use crate::tokens::{Grant, Scopes, SigningKeys, TokenError};
 
 /// File holding the hash of a tenant's key, in its config directory.
 pub const KEY_HASH_FILE: &str = "api_key.sha256";
@@ -67,8 +73,18 @@ pub const REMOTE_KEY_RECHECK: Duration = Duration::from_millis(100);
 pub struct Keys {
     data: DataDir,
     admin: [u8; 32],
+    signing: SigningKeys,
     /// Key hashes read from object storage, and when (`None`: no key was issued).
     remote_hashes: Mutex<HashMap<TenantId, CachedHash>>,
+}
+
+/// Why a bearer credential was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("the key is not valid (revoked or unknown)")]
+    Key,
+    #[error(transparent)]
+    Token(TokenError),
 }
 
 /// When a key hash was read, and what it was (`None`: the tenant has no key).
@@ -81,6 +97,7 @@ impl Keys {
         if let Some(key) = env_key.filter(|k| !k.trim().is_empty()) {
             return Ok((
                 Keys {
+                    signing: SigningKeys::open(&data)?,
                     data,
                     admin: digest(key.trim()),
                     remote_hashes: Mutex::default(),
@@ -94,6 +111,7 @@ impl Keys {
                 let key = String::from_utf8_lossy(&bytes).trim().to_owned();
                 Ok((
                     Keys {
+                        signing: SigningKeys::open(&data)?,
                         data,
                         admin: digest(&key),
                         remote_hashes: Mutex::default(),
@@ -107,6 +125,7 @@ impl Keys {
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
                 Ok((
                     Keys {
+                        signing: SigningKeys::open(&data)?,
                         data,
                         admin: digest(&key),
                         remote_hashes: Mutex::default(),
@@ -121,6 +140,32 @@ impl Keys {
     /// Whether `key` is the admin key.
     pub fn is_admin(&self, key: &str) -> bool {
         constant_time_eq(&digest(key), &self.admin)
+    }
+
+    /// The signing keys tenant tokens are verified with.
+    pub fn signing(&self) -> &SigningKeys {
+        &self.signing
+    }
+
+    /// What a bearer credential grants: a tenant key everything for its tenant, a token what
+    /// its claims say.
+    pub fn grant(&self, bearer: &str) -> Result<Grant, AuthError> {
+        // A token is a JWT (three segments, the first a JSON header: `eyJ…`), bare or after
+        // `tvs.{tenant}.`; anything else is judged as a key, `tvs.{tenant}.{secret}`.
+        let jwt = bearer
+            .strip_prefix("tvs.")
+            .and_then(|rest| rest.split_once('.'))
+            .map_or(bearer, |(_, after)| after);
+        let is_token = jwt.starts_with("eyJ") && jwt.split('.').count() == 3;
+        if is_token {
+            return self.signing.verify(bearer).map_err(AuthError::Token);
+        }
+        self.tenant_of(bearer)
+            .map(|tenant| Grant {
+                tenant,
+                scopes: Scopes::ALL,
+            })
+            .ok_or(AuthError::Key)
     }
 
     /// The tenant a key belongs to, if it is a valid, current tenant key.

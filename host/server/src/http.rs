@@ -20,8 +20,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa::{OpenApi, ToSchema};
 
-use crate::auth::Keys;
+use crate::auth::{AuthError, Keys};
 use crate::metrics::Metrics;
+use crate::tokens::{Scope, SigningKeyError};
 use tvs_guest_core::filter::Filter;
 use tvs_guest_core::openai::Input;
 use tvs_runtime::{Chunking, GuestError, IngestDocument, IngestRequest, Mmr, RequestErrorKind, Runtime, SearchRequest};
@@ -268,14 +269,24 @@ fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-pub(crate) fn tenant_of(app: &App, headers: &HeaderMap) -> Result<TenantId, ApiError> {
-    app.keys.tenant_of(bearer(headers)?).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the key is not valid (revoked or unknown)",
-        )
-    })
+/// The tenant a request's key or token is for, when it allows `scope` there.
+pub(crate) fn tenant_for(app: &App, headers: &HeaderMap, scope: Scope) -> Result<TenantId, ApiError> {
+    let grant = app.keys.grant(bearer(headers)?).map_err(|e| {
+        app.metrics.auth_refused(match &e {
+            AuthError::Key => "key",
+            AuthError::Token(_) => "token",
+        });
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+    })?;
+    if !grant.scopes.allows(scope) {
+        app.metrics.auth_refused("scope");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("this route needs a token with the {} scope", scope.name()),
+        ));
+    }
+    Ok(grant.tenant)
 }
 
 /// Runs blocking work off the async threads, under the request timeout.
@@ -468,6 +479,60 @@ async fn rotate_key(
     .await
 }
 
+fn signing_key_failed(e: SigningKeyError) -> ApiError {
+    match e {
+        SigningKeyError::Unavailable => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "signing_keys_unavailable",
+            e.to_string(),
+        ),
+        SigningKeyError::Io(e) => {
+            tracing::error!(error = %e, "storing the signing keys failed");
+            ApiError::internal()
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/admin/signing-keys", responses((status = 201, description = "a new signing key for tenant tokens; `secret` (`tvs_sk.{kid}.{key}`) is shown once"), (status = 503, description = "not available with tenants in object storage")), security(("admin" = [])))]
+async fn create_signing_key(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&app, &headers)?;
+    let app2 = app.clone();
+    blocking(&app, move || {
+        let (info, secret) = app2.keys.signing().create().map_err(signing_key_failed)?;
+        Ok((
+            StatusCode::CREATED,
+            Json(json!({"id": info.id, "created_at": info.created_at, "secret": secret})),
+        ))
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/admin/signing-keys", responses((status = 200, description = "every signing key (id, created_at, revoked_at), never a secret")), security(("admin" = [])))]
+async fn list_signing_keys(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    Ok(Json(json!({"signing_keys": app.keys.signing().list()})))
+}
+
+#[utoipa::path(delete, path = "/v1/admin/signing-keys/{id}", params(("id" = String, Path)), responses((status = 200, description = "revoked: tokens it signed are refused from now on"), (status = 404, description = "no such key")), security(("admin" = [])))]
+async fn revoke_signing_key(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let app2 = app.clone();
+    blocking(&app, move || {
+        match app2.keys.signing().revoke(&id).map_err(signing_key_failed)? {
+            Some(info) => Ok(Json(json!(info))),
+            None => Err(ApiError::not_found(format!("signing key {id} does not exist"))),
+        }
+    })
+    .await
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DocumentIn {
@@ -557,7 +622,7 @@ async fn upsert_documents(
     headers: HeaderMap,
     body: Result<Json<UpsertBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Write)?;
     let Json(body) = body.map_err(from_json_rejection)?;
     if body.documents.is_empty() {
         return Err(ApiError::bad_request("documents is empty"));
@@ -638,7 +703,7 @@ async fn search(
     headers: HeaderMap,
     body: Result<Json<SearchBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Read)?;
     let Json(body) = body.map_err(from_json_rejection)?;
     let top_k = body.top_k.unwrap_or(app.settings.default_top_k as u32);
     if top_k == 0 || top_k > app.limits.max_top_k {
@@ -684,7 +749,7 @@ async fn get_document(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Read)?;
     with_store(&app, tenant, move |app2, store| {
         let doc = app2
             .runtime
@@ -704,7 +769,7 @@ async fn delete_document(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Write)?;
     with_store(&app, tenant, move |app2, store| {
         match app2
             .runtime
@@ -735,7 +800,7 @@ async fn delete_documents(
     headers: HeaderMap,
     body: Result<Json<DeleteBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Write)?;
     let Json(body) = body.map_err(from_json_rejection)?;
     let filter = checked_filter(body.filter.as_ref())?;
     if body.ids.is_none() && filter.is_none() {
@@ -754,7 +819,7 @@ async fn delete_documents(
 
 #[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "count, dims, metric, bytes, embedding model")), security(("tenant" = [])))]
 async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Read)?;
     with_store(&app, tenant, move |app2, store| {
         let info = app2.runtime.stats(store).map_err(|e| guest_failed(app2, e))?;
         let metric = match info.metric {
@@ -847,7 +912,7 @@ async fn embeddings(
     headers: HeaderMap,
     body: Result<Json<EmbeddingsBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Read)?;
     let Json(body) = body.map_err(from_json_rejection)?;
     let format = EncodingFormat::parse(body.encoding_format.as_deref())?;
     with_store(&app, tenant, move |_, store| {
@@ -984,9 +1049,10 @@ fn name_node(app: &App, response: &mut Response) {
 /// The OpenAPI description, generated from the handlers' annotations.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "tvs", description = "Multi-tenant vector store. Data routes take a tenant key, admin routes the admin key, both as `Authorization: Bearer`. Errors are {\"error\": {\"code\", \"message\"}}."),
+    info(title = "tvs", description = "Multi-tenant vector store. Data routes take a tenant key or a tenant token (an HS256 JWT minted with a signing key from `/v1/admin/signing-keys`: header `kid`, claims `tenant`, `scope` = space-separated `read`/`write`/`plugins`, `exp`; 403 `insufficient_scope` when the route needs another scope), admin routes the admin key, both as `Authorization: Bearer`. Errors are {\"error\": {\"code\", \"message\"}}."),
     paths(
-        create_tenant, list_tenants, delete_tenant, rotate_key, upsert_documents, search, get_document,
+        create_tenant, list_tenants, delete_tenant, rotate_key, create_signing_key, list_signing_keys,
+        revoke_signing_key, upsert_documents, search, get_document,
         delete_document, delete_documents, stats, embeddings, pool_stats, pool_cleanup, node_info, healthz, metrics
     ),
     modifiers(&BearerAuth)
@@ -1022,6 +1088,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/tenants", post(create_tenant).get(list_tenants))
         .route("/v1/tenants/{id}", delete(delete_tenant))
         .route("/v1/tenants/{id}/keys", post(rotate_key))
+        .route(
+            "/v1/admin/signing-keys",
+            post(create_signing_key).get(list_signing_keys),
+        )
+        .route("/v1/admin/signing-keys/{id}", delete(revoke_signing_key))
         .route("/v1/documents", post(upsert_documents))
         .route("/v1/documents/delete", post(delete_documents))
         .route("/v1/documents/{id}", get(get_document).delete(delete_document))

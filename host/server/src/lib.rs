@@ -8,3 +8,4 @@ pub mod auth;
 pub mod http;
 pub mod metrics;
 mod plugin_routes;
+pub mod tokens;

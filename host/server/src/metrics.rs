@@ -24,6 +24,7 @@ struct Inner {
     requests: BTreeMap<(String, u16), u64>,
     latency: BTreeMap<String, Histogram>,
     guest_failures: BTreeMap<&'static str, u64>,
+    auth_refused: BTreeMap<&'static str, u64>,
     rejected_busy: u64,
 }
 
@@ -60,6 +61,12 @@ impl Metrics {
     /// Records a guest failure: `deadline`, `memory`, `trap` or `busy`.
     pub fn guest_failure(&self, kind: &'static str) {
         *self.lock().guest_failures.entry(kind).or_default() += 1;
+    }
+
+    /// Records a tenant credential refused: `key`, `token` (not valid) or `scope` (valid, not
+    /// allowed on the route).
+    pub fn auth_refused(&self, reason: &'static str) {
+        *self.lock().auth_refused.entry(reason).or_default() += 1;
     }
 
     /// Prometheus text exposition.
@@ -114,6 +121,15 @@ impl Metrics {
         for kind in ["deadline", "memory", "trap", "busy"] {
             let n = inner.guest_failures.get(kind).copied().unwrap_or(0);
             let _ = writeln!(w, "tvs_guest_failures_total{{kind=\"{kind}\"}} {n}");
+        }
+        let _ = writeln!(
+            w,
+            "# HELP tvs_auth_refused_total Tenant credentials refused, by reason."
+        );
+        let _ = writeln!(w, "# TYPE tvs_auth_refused_total counter");
+        for reason in ["key", "token", "scope"] {
+            let n = inner.auth_refused.get(reason).copied().unwrap_or(0);
+            let _ = writeln!(w, "tvs_auth_refused_total{{reason=\"{reason}\"}} {n}");
         }
         for (name, kind, help, value) in [
             (

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tvs_runtime::plugins::{CallReport, PluginError, PluginKind, Plugins};
 
-use crate::http::{ApiError, App, from_json_rejection, tenant_of, with_store};
+use crate::http::{ApiError, App, from_json_rejection, tenant_for, with_store};
+use crate::tokens::Scope;
 
 pub(crate) fn routes(app: &Arc<App>) -> Router<Arc<App>> {
     let upload_limit = app
@@ -82,7 +83,7 @@ async fn upload(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Plugins)?;
     let plugins = plugins(&app)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -114,7 +115,7 @@ async fn upload(
 
 /// `GET /v1/plugins`.
 async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Read)?;
     let plugins = plugins(&app)?;
     with_store(&app, tenant, move |_, store| {
         let all = plugins.list(store.dir()).map_err(plugin_error)?;
@@ -129,7 +130,7 @@ async fn describe(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Read)?;
     let plugins = plugins(&app)?;
     with_store(&app, tenant, move |_, store| {
         Ok(Json(info_json(
@@ -152,7 +153,7 @@ async fn activate(
     Path(name): Path<String>,
     body: Result<Json<Activate>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Plugins)?;
     let plugins = plugins(&app)?;
     let Json(body) = body.map_err(from_json_rejection)?;
     with_store(&app, tenant, move |_, store| {
@@ -172,7 +173,7 @@ async fn enable(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Plugins)?;
     let plugins = plugins(&app)?;
     with_store(&app, tenant, move |_, store| {
         Ok(Json(info_json(
@@ -188,7 +189,7 @@ async fn disable(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Plugins)?;
     let plugins = plugins(&app)?;
     with_store(&app, tenant, move |_, store| {
         Ok(Json(info_json(
@@ -204,7 +205,7 @@ async fn remove(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Plugins)?;
     let plugins = plugins(&app)?;
     with_store(&app, tenant, move |_, store| {
         plugins.delete(store.dir(), &name).map_err(plugin_error)?;
@@ -221,7 +222,7 @@ async fn call(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Write)?;
     let plugins = plugins(&app)?;
     let request = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the request body must be UTF-8 text (JSON)"))?;
@@ -241,7 +242,7 @@ async fn test(
     Path(name): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&app, &headers)?;
+    let tenant = tenant_for(&app, &headers, Scope::Plugins)?;
     let plugins = plugins(&app)?;
     let Json(body) = body.map_err(from_json_rejection)?;
     let input = body.get("input").cloned().unwrap_or(Value::Null);

@@ -1,0 +1,421 @@
+//! Tenant tokens: short-lived JWTs an app mints for its users with a signing secret the admin
+//! created (`POST /v1/admin/signing-keys`), so the app keeps one secret instead of a key per
+//! user, as Qdrant's JWT access does.
+//!
+//! A token is an HS256 JWT whose header names its signing key (`kid`) and whose claims are
+//! `tenant` (the tenant id), `scope` (space-separated: `read`, `write`, `plugins`), `exp`
+//! (required), and optionally `nbf` and `iat`. It may be sent bare or as `tvs.{tenant}.{jwt}`,
+//! which lets a proxy route it by tenant like a key; the prefix must then name the claim's tenant.
+//! The signing secret the admin is shown once is `tvs_sk.{kid}.{base64url of 32 bytes}`: the key
+//! id and the HMAC key in one string. Rotation: create a new key, mint with it, revoke the old one
+//! once the tokens it signed have expired (revoking refuses them at once).
+//!
+//! Signing keys live in `{data}/.signing_keys.json` (mode 0600, written atomically), which a
+//! tenant id can never name (ids start with a letter or digit). With tenants in object storage
+//! there is no node-local place every node shares yet, so signing keys cannot be created there.
+//!
+//! Invariant: a token grants exactly the scopes of its verified claims, for the tenant its claim
+//! names; an unknown or revoked key, any algorithm but HS256 (`none` included), a bad signature,
+//! an expired or not-yet-valid token, or a claim that fails the tenant grammar grants nothing.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use tvs_store::storage::{self, StdStorage};
+use tvs_store::tenant::{DataDir, TenantId};
+
+/// File holding the signing keys, in the data directory.
+pub const SIGNING_KEYS_FILE: &str = ".signing_keys.json";
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
+/// Longest lifetime a token may claim (`exp - iat`, or `exp - now` without `iat`): tokens are
+/// meant to be short-lived; a longer-lived credential is a tenant key.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const SECRET_PREFIX: &str = "tvs_sk";
+
+/// What a credential allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Search, get, stats, embeddings, listing plugins.
+    Read,
+    /// Upserts, deletes, calling tenant functions.
+    Write,
+    /// Uploading, activating and removing plugins.
+    Plugins,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Plugins => "plugins",
+        }
+    }
+}
+
+/// A set of scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    /// What a tenant key allows: everything.
+    pub const ALL: Scopes = Scopes(0b111);
+
+    fn bit(scope: Scope) -> u8 {
+        match scope {
+            Scope::Read => 1,
+            Scope::Write => 2,
+            Scope::Plugins => 4,
+        }
+    }
+
+    pub fn allows(self, scope: Scope) -> bool {
+        self.0 & Self::bit(scope) != 0
+    }
+
+    /// Parses a space-separated `scope` claim; an unknown scope or an empty claim is an error.
+    pub fn parse(text: &str) -> Result<Scopes, TokenError> {
+        let mut scopes = Scopes::default();
+        for word in text.split_whitespace() {
+            let scope = match word {
+                "read" => Scope::Read,
+                "write" => Scope::Write,
+                "plugins" => Scope::Plugins,
+                other => return Err(TokenError::Scope(format!("unknown scope {other:?}"))),
+            };
+            scopes.0 |= Self::bit(scope);
+        }
+        if scopes.0 == 0 {
+            return Err(TokenError::Scope("the scope claim names no scope".into()));
+        }
+        Ok(scopes)
+    }
+}
+
+/// Why a token grants nothing; the message is what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is not a well-formed JWT: {0}")]
+    Malformed(String),
+    #[error("the token's algorithm must be HS256")]
+    Algorithm,
+    #[error("the token names no signing key (kid) or one this server does not know")]
+    UnknownKey,
+    #[error("the token's signing key was revoked")]
+    RevokedKey,
+    #[error("the token's signature does not match its signing key")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("the token lives longer than the longest allowed ({} days)", MAX_TTL.as_secs() / 86_400)]
+    TooLong,
+    #[error("the token's tenant claim is not a valid tenant id: {0}")]
+    Tenant(String),
+    #[error("the token's scope claim is invalid: {0}")]
+    Scope(String),
+    #[error("the token's routing prefix names another tenant than its claim")]
+    PrefixMismatch,
+}
+
+/// A verified token: whose it is and what it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub tenant: TenantId,
+    pub scopes: Scopes,
+}
+
+/// The claims tvs reads and writes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    tenant: String,
+    scope: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+}
+
+/// A signing key as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredKey {
+    id: String,
+    /// The HMAC key, base64url.
+    secret: String,
+    created_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<u64>,
+}
+
+/// A signing key as the admin API shows it (never its secret, except once at creation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SigningKeyInfo {
+    pub id: String,
+    pub created_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+}
+
+/// Why a signing key could not be created or revoked.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningKeyError {
+    #[error("signing keys are kept in the data directory, which nodes on object storage do not share")]
+    Unavailable,
+    #[error("storing the signing keys failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The server's signing keys.
+#[derive(Debug)]
+pub struct SigningKeys {
+    /// `None` with tenants in object storage.
+    path: Option<PathBuf>,
+    keys: RwLock<Vec<StoredKey>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn random_bytes(n: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(buf)
+}
+
+impl SigningKeys {
+    /// Loads the data directory's signing keys (none yet is fine).
+    pub fn open(data: &DataDir) -> io::Result<SigningKeys> {
+        if data.catalog().is_some() {
+            return Ok(SigningKeys {
+                path: None,
+                keys: RwLock::default(),
+            });
+        }
+        let path = data.root().join(SIGNING_KEYS_FILE);
+        let keys = match storage::read_all(&StdStorage, &path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is not a list of signing keys: {e}", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(SigningKeys {
+            path: Some(path),
+            keys: RwLock::new(keys),
+        })
+    }
+
+    fn persist(&self, keys: &[StoredKey]) -> Result<(), SigningKeyError> {
+        let path = self.path.as_ref().ok_or(SigningKeyError::Unavailable)?;
+        let dir = path.parent().ok_or(SigningKeyError::Unavailable)?;
+        let json = serde_json::to_vec_pretty(keys).map_err(io::Error::other)?;
+        storage::write_atomic(&StdStorage, dir, SIGNING_KEYS_FILE, &json)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(())
+    }
+
+    /// Creates a signing key; returns it and its secret text (`tvs_sk.{kid}.{key}`), which is
+    /// not kept anywhere the API can show again.
+    pub fn create(&self) -> Result<(SigningKeyInfo, String), SigningKeyError> {
+        if self.path.is_none() {
+            return Err(SigningKeyError::Unavailable);
+        }
+        let id: String = random_bytes(8)?.iter().map(|b| format!("{b:02x}")).collect();
+        let secret = URL_SAFE_NO_PAD.encode(random_bytes(32)?);
+        let stored = StoredKey {
+            id: id.clone(),
+            secret: secret.clone(),
+            created_at: now_secs(),
+            revoked_at: None,
+        };
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = keys.clone();
+        next.push(stored.clone());
+        self.persist(&next)?;
+        *keys = next;
+        Ok((info(&stored), format!("{SECRET_PREFIX}.{id}.{secret}")))
+    }
+
+    /// Every signing key, oldest first.
+    pub fn list(&self) -> Vec<SigningKeyInfo> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(info)
+            .collect()
+    }
+
+    /// Revokes a key: tokens it signed are refused from now on. `Ok(None)` when there is no
+    /// such key; revoking twice keeps the first time.
+    pub fn revoke(&self, id: &str) -> Result<Option<SigningKeyInfo>, SigningKeyError> {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let Some(at) = keys.iter().position(|k| k.id == id) else {
+            return Ok(None);
+        };
+        let mut next = keys.clone();
+        next[at].revoked_at.get_or_insert_with(now_secs);
+        self.persist(&next)?;
+        *keys = next;
+        Ok(Some(info(&keys[at])))
+    }
+
+    /// Verifies `token` (bare or `tvs.{tenant}.{jwt}`).
+    pub fn verify(&self, token: &str) -> Result<Grant, TokenError> {
+        let (hint, jwt) = match token.strip_prefix("tvs.").and_then(|rest| rest.split_once('.')) {
+            Some((hint, jwt)) => (Some(hint), jwt),
+            None => (None, token),
+        };
+        let header = jsonwebtoken::decode_header(jwt).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithmName | ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+                TokenError::Algorithm
+            }
+            _ => TokenError::Malformed(e.to_string()),
+        })?;
+        if header.alg != Algorithm::HS256 {
+            return Err(TokenError::Algorithm);
+        }
+        let key = {
+            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            let stored = header
+                .kid
+                .as_deref()
+                .and_then(|kid| keys.iter().find(|k| k.id == kid))
+                .ok_or(TokenError::UnknownKey)?;
+            if stored.revoked_at.is_some() {
+                return Err(TokenError::RevokedKey);
+            }
+            URL_SAFE_NO_PAD
+                .decode(&stored.secret)
+                .map_err(|_| TokenError::UnknownKey)?
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = ["exp".to_owned()].into();
+        let data = jsonwebtoken::decode::<Claims>(jwt, &DecodingKey::from_secret(&key), &validation).map_err(|e| {
+            match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::Signature,
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidAlgorithm => TokenError::Algorithm,
+                _ => TokenError::Malformed(e.to_string()),
+            }
+        })?;
+        let claims = data.claims;
+        let issued = claims.iat.unwrap_or_else(now_secs).max(claims.nbf.unwrap_or(0));
+        if claims.exp.saturating_sub(issued) > MAX_TTL.as_secs() {
+            return Err(TokenError::TooLong);
+        }
+        let tenant = TenantId::new(&claims.tenant).map_err(|e| TokenError::Tenant(e.to_string()))?;
+        if hint.is_some_and(|h| h != tenant.as_str()) {
+            return Err(TokenError::PrefixMismatch);
+        }
+        Ok(Grant {
+            tenant,
+            scopes: Scopes::parse(&claims.scope)?,
+        })
+    }
+}
+
+fn info(key: &StoredKey) -> SigningKeyInfo {
+    SigningKeyInfo {
+        id: key.id.clone(),
+        created_at: key.created_at,
+        revoked_at: key.revoked_at,
+    }
+}
+
+/// Mints a token with a signing secret as [`SigningKeys::create`] returned it: what an app does
+/// (the Python client has the same function), here for the CLI and tests.
+pub fn mint(secret: &str, tenant: &TenantId, scope: &str, ttl: Duration) -> Result<String, TokenError> {
+    let mut parts = secret.trim().splitn(3, '.');
+    let (Some(SECRET_PREFIX), Some(kid), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(TokenError::Malformed(
+            "a signing secret looks like tvs_sk.{kid}.{key}".into(),
+        ));
+    };
+    let key = URL_SAFE_NO_PAD
+        .decode(key)
+        .map_err(|_| TokenError::Malformed("the signing secret's key is not base64url".into()))?;
+    Scopes::parse(scope)?;
+    let now = now_secs();
+    let claims = Claims {
+        tenant: tenant.as_str().to_owned(),
+        scope: scope.to_owned(),
+        exp: now + ttl.as_secs(),
+        nbf: None,
+        iat: Some(now),
+    };
+    let header = Header {
+        kid: Some(kid.to_owned()),
+        ..Header::new(Algorithm::HS256)
+    };
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&key))
+        .map_err(|e| TokenError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_parse_strictly() {
+        let both = Scopes::parse("read write").expect("valid");
+        assert!(both.allows(Scope::Read) && both.allows(Scope::Write) && !both.allows(Scope::Plugins));
+        assert!(Scopes::parse("read admin").is_err());
+        assert!(Scopes::parse("  ").is_err());
+        assert!(Scopes::ALL.allows(Scope::Plugins));
+    }
+
+    #[test]
+    fn a_minted_token_verifies_until_its_key_is_revoked() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = DataDir::open(tmp.path()).expect("data dir");
+        let keys = SigningKeys::open(&data).expect("open");
+        let (info, secret) = keys.create().expect("create");
+        let alice = TenantId::new("alice").expect("id");
+        let token = mint(&secret, &alice, "read", Duration::from_secs(60)).expect("mint");
+        let grant = keys.verify(&token).expect("valid");
+        assert_eq!(grant.tenant, alice);
+        assert!(grant.scopes.allows(Scope::Read) && !grant.scopes.allows(Scope::Write));
+        assert_eq!(
+            keys.verify(&format!("tvs.alice.{token}")).map(|g| g.tenant),
+            Ok(alice.clone())
+        );
+        assert_eq!(
+            keys.verify(&format!("tvs.bob.{token}")),
+            Err(TokenError::PrefixMismatch)
+        );
+        // Kept on disk, private to the server's user.
+        let reopened = SigningKeys::open(&data).expect("reopen");
+        assert!(reopened.verify(&token).is_ok());
+        let mode = std::fs::metadata(tmp.path().join(SIGNING_KEYS_FILE))
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        keys.revoke(&info.id).expect("revoke");
+        assert_eq!(keys.verify(&token), Err(TokenError::RevokedKey));
+        assert_eq!(
+            SigningKeys::open(&data).expect("reopen").verify(&token),
+            Err(TokenError::RevokedKey)
+        );
+    }
+}
