@@ -52,9 +52,11 @@ class TvsVectorStore(VectorStore):
 
     Args:
         url: tvs's base URL (default `TVS_URL`, else http://127.0.0.1:8080).
-        api_key: the tenant's key (default `TVS_API_KEY`).
+        api_key: the tenant's key or a tenant token (default `TVS_API_KEY`).
         embedding: embed on the client with this model instead of on the server.
         timeout: seconds per HTTP request.
+        auth: an `httpx.Auth` that sets each request's credential instead of `api_key` (what
+            `create_vector_store` passes: tokens minted afresh before they expire).
     """
 
     def __init__(
@@ -64,20 +66,24 @@ class TvsVectorStore(VectorStore):
         embedding: Embeddings | None = None,
         *,
         timeout: float = 60.0,
+        auth: httpx.Auth | None = None,
     ) -> None:
         self.url = (url or os.environ.get("TVS_URL") or "http://127.0.0.1:8080").rstrip("/")
-        key = api_key or os.environ.get("TVS_API_KEY")
-        if not key:
-            raise ValueError("a tenant API key is needed: pass api_key= or set TVS_API_KEY")
-        self._headers = {"Authorization": f"Bearer {key}"}
+        self._headers: dict[str, str] = {}
+        if auth is None:
+            key = api_key or os.environ.get("TVS_API_KEY")
+            if not key:
+                raise ValueError("a tenant API key is needed: pass api_key= or set TVS_API_KEY")
+            self._headers = {"Authorization": f"Bearer {key}"}
+        self._auth = auth
         self._embedding = embedding
         self._timeout = timeout
-        self._client = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout)
+        self._client = httpx.Client(base_url=self.url, headers=self._headers, auth=auth, timeout=timeout)
         self._metric: str | None = None
 
     def _aclient(self) -> httpx.AsyncClient:
         # A client per call: an AsyncClient is bound to the event loop that created it.
-        return httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self._timeout)
+        return httpx.AsyncClient(base_url=self.url, headers=self._headers, auth=self._auth, timeout=self._timeout)
 
     @property
     def embeddings(self) -> Embeddings | None:
