@@ -15,6 +15,7 @@ mod model_based;
 mod object_storage;
 mod plugins;
 mod pool;
+mod rates;
 mod seaweed;
 mod spin_host;
 mod spin_storage;

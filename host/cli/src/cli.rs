@@ -92,6 +92,13 @@ struct ServeArgs {
     /// This node's name in the X-Tvs-Node response header [default: the listen address]
     #[arg(long, env = "TVS_NODE_ID")]
     node_id: Option<String>,
+    /// Requests per second a new tenant may make (then 429 with Retry-After; PATCH
+    /// /v1/tenants/{id} changes it) [default: unlimited]
+    #[arg(long, env = "TVS_DEFAULT_REQUESTS_PER_SECOND")]
+    default_requests_per_second: Option<f64>,
+    /// Ingest request bytes per second a new tenant may send [default: unlimited]
+    #[arg(long, env = "TVS_DEFAULT_INGEST_BYTES_PER_SECOND")]
+    default_ingest_bytes_per_second: Option<f64>,
     #[command(flatten)]
     plugins: PluginArgs,
 }
@@ -494,7 +501,16 @@ fn serve(settings: Settings, args: ServeArgs, file: &ServeFile) -> Result<Outcom
     let compiler = tvs_runtime::plugins::Compiler::Subprocess {
         program: std::env::current_exe().context("finding this binary to compile plugins with")?,
     };
-    let mut app = tvs_server::http::App::new(pool, runtime, keys, settings, server_limits).with_node(&node);
+    let default_rates = tvs_server::rates::RateLimits {
+        requests_per_second: args.default_requests_per_second,
+        ingest_bytes_per_second: args.default_ingest_bytes_per_second,
+    };
+    default_rates
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--default-requests-per-second / --default-ingest-bytes-per-second: {e}"))?;
+    let mut app = tvs_server::http::App::new(pool, runtime, keys, settings, server_limits)
+        .with_node(&node)
+        .with_default_rates(default_rates);
     // Plugins are files in a tenant's directory, which is only a cache with object storage.
     if !remote {
         let plugins = tvs_runtime::plugins::Plugins::new(args.plugins.limits(), compiler)

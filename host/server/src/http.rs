@@ -22,6 +22,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::auth::{AuthError, Keys};
 use crate::metrics::Metrics;
+use crate::rates::{RateLimits, Rates};
 use crate::tokens::{Scope, SigningKeyError};
 use tvs_guest_core::filter::Filter;
 use tvs_guest_core::openai::Input;
@@ -72,6 +73,8 @@ pub struct App {
     pub plugins: Option<Arc<tvs_runtime::plugins::Plugins>>,
     /// This node's name, sent as `X-Tvs-Node` on every response (to see where a proxy routed).
     pub node: Option<HeaderValue>,
+    /// Per-tenant request and ingest rates.
+    pub rates: Rates,
     metrics: Metrics,
     in_flight: tokio::sync::Semaphore,
 }
@@ -79,6 +82,7 @@ pub struct App {
 impl App {
     pub fn new(pool: Arc<Pool>, runtime: Arc<Runtime>, keys: Keys, settings: Settings, limits: ServerLimits) -> Self {
         App {
+            rates: Rates::new(pool.data_dir().clone(), RateLimits::default()),
             pool,
             runtime,
             keys,
@@ -97,6 +101,12 @@ impl App {
         self
     }
 
+    /// The rate limits new tenants get.
+    pub fn with_default_rates(mut self, defaults: RateLimits) -> Self {
+        self.rates = Rates::new(self.pool.data_dir().clone(), defaults);
+        self
+    }
+
     /// Offers tenant plugins (`/v1/plugins`, `/v1/fn`).
     pub fn with_plugins(mut self, plugins: Arc<tvs_runtime::plugins::Plugins>) -> Self {
         self.plugins = Some(plugins);
@@ -110,6 +120,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After` (503 and 429 default to 1).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -118,6 +130,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -145,7 +158,7 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after.unwrap_or(1)));
         }
         response
     }
@@ -323,8 +336,39 @@ pub(crate) async fn with_store<T: Send + 'static>(
     tenant: TenantId,
     work: impl FnOnce(&App, Arc<TenantStore>) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    with_store_metered(app, tenant, 0, work).await
+}
+
+/// [`with_store`] for a request carrying `ingest_bytes` of documents, counted against the
+/// tenant's ingest rate.
+pub(crate) async fn with_store_metered<T: Send + 'static>(
+    app: &Arc<App>,
+    tenant: TenantId,
+    ingest_bytes: u64,
+    work: impl FnOnce(&App, Arc<TenantStore>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     let shared = app.clone();
     blocking(app, move || {
+        shared.rates.admit(&tenant, ingest_bytes).map_err(|refusal| {
+            shared.metrics.rate_limited(refusal.limit);
+            let unit = match refusal.limit {
+                "requests_per_second" => "requests",
+                _ => "ingest bytes",
+            };
+            ApiError {
+                retry_after: Some(refusal.retry_after.as_secs_f64().ceil().max(1.0) as u64),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "tenant {tenant} is limited to {} {unit} per second ({}); retry after {:.2} s",
+                        refusal.per_second,
+                        refusal.limit,
+                        refusal.retry_after.as_secs_f64()
+                    ),
+                )
+            }
+        })?;
         let store = shared.pool.get(&tenant).map_err(from_open)?;
         // A node that lost the tenant while paused or partitioned must not answer from its
         // cache: at most `TVS_OWNER_CHECK_MS` after a takeover it finds out here. Either way
@@ -395,6 +439,13 @@ async fn create_tenant(
                 ApiError::internal()
             }
         })?;
+        let defaults = app2.rates.defaults();
+        if defaults != RateLimits::default() {
+            app2.rates.set(&id, defaults).map_err(|e| {
+                tracing::error!(error = %e, "writing a new tenant's rate limits failed");
+                ApiError::internal()
+            })?;
+        }
         let key = app2.keys.issue(&id).map_err(|e| {
             tracing::error!(error = %e, "issuing a key failed");
             ApiError::internal()
@@ -446,6 +497,7 @@ async fn delete_tenant(
     let id = TenantId::new(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let app2 = app.clone();
     blocking(&app, move || {
+        app2.rates.forget(&id);
         app2.pool.delete_tenant(&id).map_err(|e| match e {
             TenantError::NotFound(_) => ApiError::not_found(e.to_string()),
             TenantError::Busy(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
@@ -458,6 +510,85 @@ async fn delete_tenant(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PATCH /v1/tenants/{id}`: fields present are set (`null` removes the limit), others kept.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TenantPatch {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>)]
+    requests_per_second: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>)]
+    ingest_bytes_per_second: Option<Option<f64>>,
+}
+
+/// A field that is present, `null` or not: `Some(None)` for `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
+}
+
+fn tenant_view(app: &App, id: &TenantId) -> Result<Value, ApiError> {
+    let store = app.pool.get(id).map_err(from_open)?;
+    let info = store.info();
+    Ok(json!({
+        "id": id.as_str(),
+        "rate_limits": app.rates.limits(id),
+        "max_documents": store.config().max_documents,
+        "usage": {"documents": info.count, "vector_bytes": info.raw_vector_bytes, "memory_bytes": info.memory_bytes},
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{id}", params(("id" = String, Path)), responses((status = 200, description = "the tenant's limits and usage"), (status = 404, description = "no such tenant")), security(("admin" = [])))]
+async fn get_tenant(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let id = TenantId::new(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let app2 = app.clone();
+    blocking(&app, move || tenant_view(&app2, &id).map(Json)).await
+}
+
+#[utoipa::path(patch, path = "/v1/tenants/{id}", params(("id" = String, Path)), request_body = TenantPatch, responses((status = 200, description = "the tenant's limits and usage after the change"), (status = 404, description = "no such tenant")), security(("admin" = [])))]
+async fn patch_tenant(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<TenantPatch>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let id = TenantId::new(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let Json(patch) = body.map_err(from_json_rejection)?;
+    if app.pool.data_dir().catalog().is_some() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rate_limits_unavailable",
+            "rate limits are kept in the data directory, which nodes on object storage do not share",
+        ));
+    }
+    let app2 = app.clone();
+    blocking(&app, move || {
+        if !app2.pool.data_dir().tenant_exists(&id) {
+            return Err(ApiError::not_found(format!("tenant {id} does not exist")));
+        }
+        let mut limits = app2.rates.limits(&id);
+        if let Some(v) = patch.requests_per_second {
+            limits.requests_per_second = v;
+        }
+        if let Some(v) = patch.ingest_bytes_per_second {
+            limits.ingest_bytes_per_second = v;
+        }
+        limits.validate().map_err(ApiError::bad_request)?;
+        app2.rates.set(&id, limits).map_err(|e| {
+            tracing::error!(error = %e, "writing rate limits failed");
+            ApiError::internal()
+        })?;
+        tenant_view(&app2, &id).map(Json)
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{id}/keys", params(("id" = String, Path)), responses((status = 200, description = "a new key; the old one is revoked")), security(("admin" = [])))]
@@ -623,6 +754,12 @@ async fn upsert_documents(
     body: Result<Json<UpsertBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_for(&app, &headers, Scope::Write)?;
+    // The request body's size is what the ingest rate counts (the body is bounded by
+    // `max_body_bytes`, so a missing length counts as that bound).
+    let ingest_bytes = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(app.limits.max_body_bytes as u64);
     let Json(body) = body.map_err(from_json_rejection)?;
     if body.documents.is_empty() {
         return Err(ApiError::bad_request("documents is empty"));
@@ -640,7 +777,7 @@ async fn upsert_documents(
             overlap: c.overlap,
         }),
     };
-    with_store(&app, tenant, move |app2, store| {
+    with_store_metered(&app, tenant, ingest_bytes, move |app2, store| {
         let mut request = request;
         if let Some(plugins) = &app2.plugins {
             request.documents = plugins
@@ -820,6 +957,7 @@ async fn delete_documents(
 #[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "count, dims, metric, bytes, embedding model")), security(("tenant" = [])))]
 async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_for(&app, &headers, Scope::Read)?;
+    let store_tenant = tenant.clone();
     with_store(&app, tenant, move |app2, store| {
         let info = app2.runtime.stats(store).map_err(|e| guest_failed(app2, e))?;
         let metric = match info.metric {
@@ -830,6 +968,7 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
         Ok(Json(json!({
             "count": info.count, "dims": info.dims, "metric": metric, "bytes": info.bytes,
             "embedding_model": info.embedding_model,
+            "rate_limits": app2.rates.limits(&store_tenant),
         })))
     })
     .await
@@ -1051,7 +1190,7 @@ fn name_node(app: &App, response: &mut Response) {
 #[openapi(
     info(title = "tvs", description = "Multi-tenant vector store. Data routes take a tenant key or a tenant token (an HS256 JWT minted with a signing key from `/v1/admin/signing-keys`: header `kid`, claims `tenant`, `scope` = space-separated `read`/`write`/`plugins`, `exp`; 403 `insufficient_scope` when the route needs another scope), admin routes the admin key, both as `Authorization: Bearer`. Errors are {\"error\": {\"code\", \"message\"}}."),
     paths(
-        create_tenant, list_tenants, delete_tenant, rotate_key, create_signing_key, list_signing_keys,
+        create_tenant, list_tenants, delete_tenant, get_tenant, patch_tenant, rotate_key, create_signing_key, list_signing_keys,
         revoke_signing_key, upsert_documents, search, get_document,
         delete_document, delete_documents, stats, embeddings, pool_stats, pool_cleanup, node_info, healthz, metrics
     ),
@@ -1086,7 +1225,10 @@ async fn fallback() -> ApiError {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/tenants", post(create_tenant).get(list_tenants))
-        .route("/v1/tenants/{id}", delete(delete_tenant))
+        .route(
+            "/v1/tenants/{id}",
+            delete(delete_tenant).get(get_tenant).patch(patch_tenant),
+        )
         .route("/v1/tenants/{id}/keys", post(rotate_key))
         .route(
             "/v1/admin/signing-keys",

@@ -8,4 +8,5 @@ pub mod auth;
 pub mod http;
 pub mod metrics;
 mod plugin_routes;
+pub mod rates;
 pub mod tokens;

@@ -25,6 +25,7 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     guest_failures: BTreeMap<&'static str, u64>,
     auth_refused: BTreeMap<&'static str, u64>,
+    rate_limited: BTreeMap<&'static str, u64>,
     rejected_busy: u64,
 }
 
@@ -67,6 +68,12 @@ impl Metrics {
     /// allowed on the route).
     pub fn auth_refused(&self, reason: &'static str) {
         *self.lock().auth_refused.entry(reason).or_default() += 1;
+    }
+
+    /// Records a request refused by a tenant's rate limit (`requests_per_second`,
+    /// `ingest_bytes_per_second`).
+    pub fn rate_limited(&self, limit: &'static str) {
+        *self.lock().rate_limited.entry(limit).or_default() += 1;
     }
 
     /// Prometheus text exposition.
@@ -130,6 +137,15 @@ impl Metrics {
         for reason in ["key", "token", "scope"] {
             let n = inner.auth_refused.get(reason).copied().unwrap_or(0);
             let _ = writeln!(w, "tvs_auth_refused_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            w,
+            "# HELP tvs_rate_limited_total Requests refused 429 by a tenant's rate limit, by limit."
+        );
+        let _ = writeln!(w, "# TYPE tvs_rate_limited_total counter");
+        for limit in ["requests_per_second", "ingest_bytes_per_second"] {
+            let n = inner.rate_limited.get(limit).copied().unwrap_or(0);
+            let _ = writeln!(w, "tvs_rate_limited_total{{limit=\"{limit}\"}} {n}");
         }
         for (name, kind, help, value) in [
             (

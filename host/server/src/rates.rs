@@ -1,0 +1,245 @@
+//! Per-tenant rate limits: requests per second and ingest bytes per second, each a token bucket
+//! holding one second of its rate (a burst of that size passes at once, then requests pass at
+//! the rate). Set by the admin (`PATCH /v1/tenants/{id}`) and kept in the tenant's
+//! `config/rate_limits.json`; a server's defaults (`--default-requests-per-second`,
+//! `--default-ingest-bytes-per-second`) are written there when a tenant is created, so changing
+//! a default later leaves existing tenants as they were. No file: no limit.
+//!
+//! Invariant: a refused request did nothing (it is refused before its store is touched) and its
+//! refusal says which limit and when to retry.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use tvs_store::storage::{self, StdStorage};
+use tvs_store::tenant::{DataDir, TenantId};
+
+/// File holding a tenant's rate limits, in its config directory.
+pub const RATE_LIMITS_FILE: &str = "rate_limits.json";
+
+/// A tenant's rate limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_bytes_per_second: Option<f64>,
+}
+
+impl RateLimits {
+    /// Checks the values an admin sent.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("requests_per_second", self.requests_per_second),
+            ("ingest_bytes_per_second", self.ingest_bytes_per_second),
+        ] {
+            if let Some(v) = value
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err(format!("{name} must be a positive number, got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which limit refused a request, and when a retry can pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub limit: &'static str,
+    pub per_second: f64,
+    pub retry_after: Duration,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn full(rate: f64) -> Self {
+        Bucket {
+            tokens: rate,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes `cost` tokens at `rate` a second (capacity: one second of it). A cost above the
+    /// capacity passes when the bucket is full and leaves it in debt, so a big request is
+    /// delayed, never refused forever. Returns the wait when it cannot pass.
+    fn take(&mut self, rate: f64, cost: f64, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.last = now;
+        let needed = cost.min(rate);
+        if self.tokens >= needed {
+            self.tokens -= cost;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((needed - self.tokens) / rate))
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TenantRates {
+    limits: RateLimits,
+    requests: Bucket,
+    ingest: Bucket,
+}
+
+impl TenantRates {
+    fn new(limits: RateLimits) -> Self {
+        TenantRates {
+            limits,
+            requests: Bucket::full(limits.requests_per_second.unwrap_or(0.0)),
+            ingest: Bucket::full(limits.ingest_bytes_per_second.unwrap_or(0.0)),
+        }
+    }
+}
+
+/// The rate limits of every tenant this server has served.
+#[derive(Debug)]
+pub struct Rates {
+    data: DataDir,
+    defaults: RateLimits,
+    tenants: Mutex<HashMap<TenantId, TenantRates>>,
+}
+
+impl Rates {
+    pub fn new(data: DataDir, defaults: RateLimits) -> Self {
+        Rates {
+            data,
+            defaults,
+            tenants: Mutex::default(),
+        }
+    }
+
+    /// The limits new tenants get.
+    pub fn defaults(&self) -> RateLimits {
+        self.defaults
+    }
+
+    fn path(&self, tenant: &TenantId) -> std::path::PathBuf {
+        self.data
+            .store_dir(tenant)
+            .config_file()
+            .with_file_name(RATE_LIMITS_FILE)
+    }
+
+    fn read(&self, tenant: &TenantId) -> RateLimits {
+        match storage::read_all(&StdStorage, &self.path(tenant)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                // A damaged file must not lift the limits silently, nor stop the tenant: it
+                // counts as the server's defaults until the admin sets them again.
+                tracing::error!(tenant = %tenant, error = %e, "unreadable rate limits; using the defaults");
+                self.defaults
+            }),
+            Err(_) => RateLimits::default(),
+        }
+    }
+
+    /// A tenant's limits.
+    pub fn limits(&self, tenant: &TenantId) -> RateLimits {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rates) = tenants.get(tenant) {
+            return rates.limits;
+        }
+        let limits = self.read(tenant);
+        tenants.insert(tenant.clone(), TenantRates::new(limits));
+        limits
+    }
+
+    /// Sets a tenant's limits (durably: the file is written atomically first).
+    pub fn set(&self, tenant: &TenantId, limits: RateLimits) -> io::Result<()> {
+        let path = self.path(tenant);
+        let dir = path
+            .parent()
+            .ok_or_else(|| io::Error::other("a config file has a directory"))?;
+        let json = serde_json::to_vec_pretty(&limits).map_err(io::Error::other)?;
+        storage::write_atomic(&StdStorage, dir, RATE_LIMITS_FILE, &json)?;
+        self.tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.clone(), TenantRates::new(limits));
+        Ok(())
+    }
+
+    /// Forgets a deleted tenant.
+    pub fn forget(&self, tenant: &TenantId) {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant);
+    }
+
+    /// Admits one request of `tenant` carrying `ingest_bytes` of documents, or says which limit
+    /// refuses it. A refused request takes no tokens.
+    pub fn admit(&self, tenant: &TenantId, ingest_bytes: u64) -> Result<(), Refusal> {
+        self.limits(tenant);
+        let now = Instant::now();
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rates) = tenants.get_mut(tenant) else {
+            return Ok(());
+        };
+        let TenantRates {
+            limits,
+            requests,
+            ingest,
+        } = rates;
+        if let Some(rate) = limits.requests_per_second {
+            // Checked without taking first, so a request refused by the ingest rate costs nothing.
+            let mut trial = Bucket {
+                tokens: requests.tokens,
+                last: requests.last,
+            };
+            trial.take(rate, 1.0, now).map_err(|wait| Refusal {
+                limit: "requests_per_second",
+                per_second: rate,
+                retry_after: wait,
+            })?;
+        }
+        if let Some(rate) = limits.ingest_bytes_per_second
+            && ingest_bytes > 0
+        {
+            ingest.take(rate, ingest_bytes as f64, now).map_err(|wait| Refusal {
+                limit: "ingest_bytes_per_second",
+                per_second: rate,
+                retry_after: wait,
+            })?;
+        }
+        if let Some(rate) = limits.requests_per_second {
+            // Passed the trial above at the same instant, so this succeeds.
+            let _ = requests.take(rate, 1.0, now);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_passes_a_second_of_its_rate_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = Bucket::full(5.0);
+        bucket.last = start;
+        for _ in 0..5 {
+            assert!(bucket.take(5.0, 1.0, start).is_ok());
+        }
+        let wait = bucket.take(5.0, 1.0, start).expect_err("the sixth at once waits");
+        assert!((wait.as_secs_f64() - 0.2).abs() < 1e-9, "{wait:?}");
+        assert!(bucket.take(5.0, 1.0, start + Duration::from_millis(200)).is_ok());
+        // A request bigger than a second's worth passes from a full bucket and leaves a debt.
+        let mut bytes = Bucket::full(100.0);
+        bytes.last = start;
+        assert!(bytes.take(100.0, 250.0, start).is_ok());
+        let wait = bytes.take(100.0, 10.0, start).expect_err("in debt");
+        assert!((wait.as_secs_f64() - 1.6).abs() < 1e-9, "{wait:?}");
+    }
+}

@@ -1,0 +1,165 @@
+//! Per-tenant rate limits against a real `tvs serve`: the admin sets requests/s and ingest
+//! bytes/s (`PATCH /v1/tenants/{id}`), a server's defaults reach new tenants, a request over a
+//! limit gets 429 naming the limit with `Retry-After` and changes nothing, and it passes once
+//! that time has gone by; limits outlive a restart and refusals are counted in /metrics.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::http::{ADMIN, Server, call, create_tenant, ingest};
+
+/// Status, `Retry-After` and JSON body of one request.
+fn send(addr: SocketAddr, method: &str, path: &str, key: &str, body: &str) -> (u16, Option<u64>, Value) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: tvs\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("head");
+    stream.write_all(body.as_bytes()).expect("body");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("response");
+    let (head, payload) = raw.split_once("\r\n\r\n").expect("a response");
+    let status = head.split_whitespace().nth(1).expect("status").parse().expect("number");
+    let retry_after = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after:")
+                .map(|v| v.trim().to_owned())
+        })
+        .map(|v| v.parse().expect("seconds"));
+    let payload = if head.to_ascii_lowercase().contains("chunked") {
+        crate::http::dechunk(payload)
+    } else {
+        payload.to_owned()
+    };
+    (
+        status,
+        retry_after,
+        serde_json::from_str(&payload).unwrap_or(Value::Null),
+    )
+}
+
+fn search(addr: SocketAddr, key: &str) -> (u16, Option<u64>, Value) {
+    send(
+        addr,
+        "POST",
+        "/v1/search",
+        key,
+        &json!({"vector": [1, 0, 0, 0], "top_k": 1}).to_string(),
+    )
+}
+
+fn patch(addr: SocketAddr, tenant: &str, body: Value) -> (u16, Value) {
+    call(
+        addr,
+        "PATCH",
+        &format!("/v1/tenants/{tenant}"),
+        Some(ADMIN),
+        Some(&body.to_string()),
+    )
+}
+
+#[test]
+fn rate_limits_refuse_with_429_and_retry_after_change_nothing_and_persist() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &[], &[("TVS_DEFAULT_INGEST_BYTES_PER_SECOND", "1000000")]);
+    let addr = server.addr;
+    let key = create_tenant(addr, "alice", 4);
+    let (status, view) = call(addr, "GET", "/v1/tenants/alice", Some(ADMIN), None);
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        view["rate_limits"],
+        json!({"ingest_bytes_per_second": 1e6}),
+        "the default reached the new tenant"
+    );
+    assert_eq!(call(addr, "PATCH", "/v1/tenants/alice", Some(&key), Some("{}")).0, 403);
+    assert_eq!(patch(addr, "nobody", json!({"requests_per_second": 1})).0, 404);
+    let (status, body) = patch(addr, "alice", json!({"requests_per_second": -2}));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("requests_per_second")
+    );
+
+    // Requests per second: a second's burst passes, the next waits.
+    let (status, view) = patch(
+        addr,
+        "alice",
+        json!({"requests_per_second": 4, "ingest_bytes_per_second": null}),
+    );
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["rate_limits"], json!({"requests_per_second": 4.0}));
+    let answers: Vec<_> = (0..12).map(|_| search(addr, &key)).collect();
+    let passed = answers.iter().filter(|(s, _, _)| *s == 200).count();
+    assert!((4..=6).contains(&passed), "{passed} of 12 passed at 4/s");
+    let (_, retry_after, refusal) = answers.iter().find(|(s, _, _)| *s == 429).expect("a refusal");
+    assert_eq!(refusal["error"]["code"], "rate_limited");
+    let message = refusal["error"]["message"].as_str().expect("message");
+    assert!(message.contains("4 requests per second"), "{message}");
+    assert_eq!(*retry_after, Some(1));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(search(addr, &key).0, 200, "after Retry-After it passes");
+
+    // Ingest bytes per second: the second big request waits, and wrote nothing.
+    patch(
+        addr,
+        "alice",
+        json!({"requests_per_second": null, "ingest_bytes_per_second": 600}),
+    );
+    let big = |id: &str| json!([{"id": id, "text": "x".repeat(400), "vector": [1, 0, 0, 0]}]);
+    assert_eq!(ingest(addr, &key, big("first")).0, 200);
+    let body = json!({"documents": big("second")}).to_string();
+    let (status, retry_after, refusal) = send(addr, "POST", "/v1/documents", &key, &body);
+    assert_eq!(status, 429, "{refusal}");
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("600 ingest bytes per second")
+    );
+    assert!(retry_after.is_some_and(|s| s >= 1));
+    assert_eq!(
+        call(addr, "GET", "/v1/documents/second", Some(&key), None).0,
+        404,
+        "nothing half-applied"
+    );
+    std::thread::sleep(Duration::from_secs(retry_after.expect("retry after")));
+    assert_eq!(send(addr, "POST", "/v1/documents", &key, &body).0, 200);
+    let (_, stats) = call(addr, "GET", "/v1/stats", Some(&key), None);
+    assert_eq!(
+        stats["rate_limits"],
+        json!({"ingest_bytes_per_second": 600.0}),
+        "{stats}"
+    );
+
+    let (_, metrics) = call(addr, "GET", "/metrics", None, None);
+    let metrics = metrics.as_str().expect("text");
+    assert!(
+        metrics.contains("tvs_rate_limited_total{limit=\"ingest_bytes_per_second\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("tvs_rate_limited_total{limit=\"requests_per_second\"} 0"),
+        "{metrics}"
+    );
+
+    drop(server);
+    let server = Server::start(tmp.path(), &[], &[]);
+    let (_, view) = call(server.addr, "GET", "/v1/tenants/alice", Some(ADMIN), None);
+    assert_eq!(
+        view["rate_limits"],
+        json!({"ingest_bytes_per_second": 600.0}),
+        "kept across a restart"
+    );
+    let created = create_tenant(server.addr, "bob", 4);
+    let (_, view) = call(server.addr, "GET", "/v1/tenants/bob", Some(ADMIN), None);
+    assert_eq!(view["rate_limits"], json!({}), "no default on this server: unlimited");
+    assert_eq!(search(server.addr, &created).0, 200);
+}
