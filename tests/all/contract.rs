@@ -218,7 +218,7 @@ fn steps() -> Vec<Step> {
             "/v1/documents",
             vec,
             json!({"documents": [{"id": "x", "vector": [0.0, 0.0, 0.0, 1.0]}, {"id": "y", "vector": [0.0, 0.0, 0.0, 1.0]}, {"id": "z", "vector": [0.0, 0.0, 0.0, 1.0]}]}),
-            403,
+            413,
         ),
         raw(
             "POST",
@@ -752,7 +752,7 @@ fn spin_caps_tenants_by_its_variable_and_needs_an_admin_key() {
     let (status, answer) = upsert(&["d"]);
     assert_eq!(
         (status, &answer["error"]["code"]),
-        (403, &json!("quota_exceeded")),
+        (413, &json!("quota_exceeded")),
         "{answer}"
     );
     assert_eq!(upsert(&["a"]).0, 200, "replacing a document needs no room");

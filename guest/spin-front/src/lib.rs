@@ -224,7 +224,7 @@ fn guest_error(error: GuestError) -> ApiError {
             ApiError::bad_request("this tenant has no embedding model; send vectors instead of text")
         }
         GuestError::QuotaExceeded(limit) => ApiError::new(
-            403,
+            413,
             "quota_exceeded",
             format!("quota exceeded: this tenant is limited to {limit} documents"),
         ),

@@ -228,7 +228,8 @@ fn from_guest(error: GuestError) -> ApiError {
     match error {
         GuestError::Request { kind, message } => match kind {
             RequestErrorKind::InvalidInput | RequestErrorKind::NoEmbedder => ApiError::bad_request(message),
-            RequestErrorKind::QuotaExceeded => ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", message),
+            // A storage quota: the request is too large for what the tenant may still hold.
+            RequestErrorKind::QuotaExceeded => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", message),
             RequestErrorKind::TenantDeleted => ApiError::not_found(message),
             RequestErrorKind::Internal => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         },
@@ -965,11 +966,16 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
             tvs_runtime::GuestMetric::Ip => "ip",
             tvs_runtime::GuestMetric::L2 => "l2",
         };
-        Ok(Json(json!({
+        let mut stats = json!({
             "count": info.count, "dims": info.dims, "metric": metric, "bytes": info.bytes,
             "embedding_model": info.embedding_model,
-            "rate_limits": app2.rates.limits(&store_tenant),
-        })))
+        });
+        // Shown when set, so a tenant without limits answers as on Spin (which has none).
+        let rates = app2.rates.limits(&store_tenant);
+        if rates != RateLimits::default() {
+            stats["rate_limits"] = json!(rates);
+        }
+        Ok(Json(stats))
     })
     .await
 }
