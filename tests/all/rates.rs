@@ -150,8 +150,44 @@ fn rate_limits_refuse_with_429_and_retry_after_change_nothing_and_persist() {
         "{metrics}"
     );
 
+    // The documents quota: set, enforced with 413 naming it, nothing of the batch written.
+    let (status, view) = patch(addr, "alice", json!({"max_documents": 3}));
+    assert_eq!((status, &view["max_documents"]), (200, &json!(3)), "{view}");
+    assert_eq!(view["usage"]["documents"], 2);
+    let doc = |id: &str| json!({"id": id, "text": "t", "vector": [0, 1, 0, 0]});
+    let (status, refusal) = ingest(addr, &key, json!([doc("q1"), doc("q2")]));
+    assert_eq!(
+        (status, refusal["error"]["code"].as_str()),
+        (413, Some("quota_exceeded")),
+        "{refusal}"
+    );
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("3 documents")
+    );
+    assert_eq!(
+        call(addr, "GET", "/v1/documents/q1", Some(&key), None).0,
+        404,
+        "nothing half-applied"
+    );
+    assert_eq!(ingest(addr, &key, json!([doc("q1")])).0, 200, "one more fits");
+    assert_eq!(patch(addr, "alice", json!({"max_documents": 0})).0, 400);
+
     drop(server);
     let server = Server::start(tmp.path(), &[], &[]);
+    let (_, view) = call(server.addr, "GET", "/v1/tenants/alice", Some(ADMIN), None);
+    assert_eq!(view["max_documents"], 3, "the quota is kept across a restart");
+    let (status, _) = ingest(server.addr, &key, json!([doc("q2")]));
+    assert_eq!(status, 413);
+    let (status, view) = patch(server.addr, "alice", json!({"max_documents": null}));
+    assert_eq!((status, &view["max_documents"]), (200, &Value::Null));
+    assert_eq!(
+        ingest(server.addr, &key, json!([doc("q2")])).0,
+        200,
+        "no quota: it fits"
+    );
     let (_, view) = call(server.addr, "GET", "/v1/tenants/alice", Some(ADMIN), None);
     assert_eq!(
         view["rate_limits"],

@@ -523,11 +523,15 @@ struct TenantPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<f64>)]
     ingest_bytes_per_second: Option<Option<f64>>,
+    /// The most live documents the tenant may hold (new ones past it get 413).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    max_documents: Option<Option<u64>>,
 }
 
 /// A field that is present, `null` or not: `Some(None)` for `null`.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
-    Option::<f64>::deserialize(d).map(Some)
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 fn tenant_view(app: &App, id: &TenantId) -> Result<Value, ApiError> {
@@ -536,7 +540,7 @@ fn tenant_view(app: &App, id: &TenantId) -> Result<Value, ApiError> {
     Ok(json!({
         "id": id.as_str(),
         "rate_limits": app.rates.limits(id),
-        "max_documents": store.config().max_documents,
+        "max_documents": store.max_documents(),
         "usage": {"documents": info.count, "vector_bytes": info.raw_vector_bytes, "memory_bytes": info.memory_bytes},
     }))
 }
@@ -583,10 +587,22 @@ async fn patch_tenant(
             limits.ingest_bytes_per_second = v;
         }
         limits.validate().map_err(ApiError::bad_request)?;
+        if patch.max_documents == Some(Some(0)) {
+            return Err(ApiError::bad_request(
+                "max_documents must be at least 1 (null removes it)",
+            ));
+        }
         app2.rates.set(&id, limits).map_err(|e| {
             tracing::error!(error = %e, "writing rate limits failed");
             ApiError::internal()
         })?;
+        if let Some(limit) = patch.max_documents {
+            let store = app2.pool.get(&id).map_err(from_open)?;
+            store.set_max_documents(limit).map_err(|e| {
+                tracing::error!(error = %e, "writing the documents quota failed");
+                ApiError::internal()
+            })?;
+        }
         tenant_view(&app2, &id).map(Json)
     })
     .await

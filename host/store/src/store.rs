@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::thread::JoinHandle;
 
@@ -33,7 +34,7 @@ use crate::packed::{IdIndex, PackedDoc};
 use crate::remote::{RemoteError, SnapshotFiles, TenantLog};
 use crate::slab::Slab;
 use crate::snapshot::{self, Manifest, SnapDoc};
-use crate::storage::{OpenMode, Storage};
+use crate::storage::{self, OpenMode, Storage};
 use crate::tenant::StoreDir;
 use crate::vectors::{self, Calibration, Codes, Graph, GraphIndex, Neighbor, Vectors};
 use tvs_guest_core::documents;
@@ -301,6 +302,9 @@ pub struct TenantStore {
     snapshot_lock: Mutex<()>,
     /// The tenant's remote log when it lives in object storage (the directory is then a cache).
     remote: Option<Arc<dyn TenantLog>>,
+    /// The quota on live documents (`u64::MAX`: none); starts as the config's and may be
+    /// changed while the store is open ([`TenantStore::set_max_documents`]).
+    max_documents: AtomicU64,
     this: Weak<TenantStore>,
 }
 
@@ -418,6 +422,7 @@ impl TenantStore {
         let mut state = loader.finish(Arc::new(log), snapshot_at);
         let needs_graph = state.docs.vectors.wants_build(state.docs.len(), config.hnsw_threshold);
         let needs_indexer = state.docs.vectors.claim_indexer();
+        let max_documents = AtomicU64::new(config.max_documents.unwrap_or(u64::MAX));
         let store = Arc::new_cyclic(|this| TenantStore {
             dir: dir.clone(),
             config,
@@ -426,6 +431,7 @@ impl TenantStore {
             builder: Mutex::new(None),
             indexer: Mutex::new(None),
             snapshot_lock: Mutex::new(()),
+            max_documents,
             remote,
             this: this.clone(),
         });
@@ -463,14 +469,48 @@ impl TenantStore {
         Ok(())
     }
 
+    /// The quota on live documents, if any.
+    pub fn max_documents(&self) -> Option<u64> {
+        Some(self.max_documents.load(Ordering::Acquire)).filter(|n| *n != u64::MAX)
+    }
+
+    /// Changes the quota on live documents: written to the config file (atomically) first, then
+    /// enforced. Documents beyond a lowered quota stay; only new ones are refused. Not for
+    /// tenants in object storage (their config lives in the bucket's manifest).
+    pub fn set_max_documents(&self, limit: Option<u64>) -> io::Result<()> {
+        if self.remote.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "quotas of tenants in object storage cannot be changed yet",
+            ));
+        }
+        // Snapshot writers and this never interleave on the store's files.
+        let _files = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut config = self.dir.read_config()?;
+        config.max_documents = limit;
+        let path = self.dir.config_file();
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+            return Err(io::Error::other("the config file has no directory"));
+        };
+        let json = serde_json::to_vec_pretty(&config).map_err(io::Error::other)?;
+        storage::write_atomic(self.dir.storage(), dir, name, &json)?;
+        self.max_documents.store(limit.unwrap_or(u64::MAX), Ordering::Release);
+        Ok(())
+    }
+
     /// Whether an fsync of the log failed: the store refuses writes until it is reopened, and
     /// the pool reopens it on the next request (replaying what the disk really holds).
     /// A store another node took over counts as poisoned too, so the pool opens the tenant
     /// afresh (taking it back) when it is asked for here again; so does one whose snapshot
     /// turned out damaged after the open (its manifest is gone: the reopen replays the log).
     pub fn is_poisoned(&self) -> bool {
-        let state = self.read();
-        state.log.is_poisoned() || state.docs.vectors.is_damaged() || self.is_fenced()
+        // One read guard at a time: a second `read()` while holding one can wait behind a
+        // queued writer that waits for the first (std's lock prefers writers).
+        let poisoned = {
+            let state = self.read();
+            state.log.is_poisoned() || state.docs.vectors.is_damaged()
+        };
+        poisoned || self.is_fenced()
     }
 
     /// After a snapshot's rows failed their CRC: forgets the snapshot (its manifest), so the
@@ -572,7 +612,7 @@ impl TenantStore {
 
         let mut state = self.write();
         Self::check_writable(&state)?;
-        if let Some(limit) = self.config.max_documents {
+        if let Some(limit) = self.max_documents() {
             let mut fresh: Vec<&str> = ids
                 .iter()
                 .map(String::as_str)
