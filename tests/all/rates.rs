@@ -139,6 +139,20 @@ fn rate_limits_refuse_with_429_and_retry_after_change_nothing_and_persist() {
         "{stats}"
     );
 
+    let (_, spec) = call(addr, "GET", "/openapi.json", None, None);
+    assert!(
+        spec["paths"]["/v1/tenants/{id}"]["patch"].is_object(),
+        "the spec describes PATCH"
+    );
+    assert!(spec["paths"]["/v1/tenants/{id}"]["get"].is_object());
+    let patch_schema = &spec["components"]["schemas"]["TenantPatch"]["properties"];
+    for field in ["requests_per_second", "ingest_bytes_per_second", "max_documents"] {
+        assert!(
+            patch_schema[field].is_object(),
+            "TenantPatch documents {field}: {patch_schema}"
+        );
+    }
+
     let (_, metrics) = call(addr, "GET", "/metrics", None, None);
     let metrics = metrics.as_str().expect("text");
     assert!(
