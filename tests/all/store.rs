@@ -443,6 +443,48 @@ fn a_damaged_row_beside_the_graph_is_caught_when_first_used_and_the_log_answers_
 }
 
 #[test]
+fn a_graph_viewed_from_its_snapshot_takes_deletes_snapshots_again_and_then_grows() {
+    // After an open the graph is a read-only view of the snapshot file: deletes only mark its
+    // nodes dead, a snapshot serialises the view, and the first add copies it into memory.
+    let mut cfg = config(32, Metric::L2);
+    cfg.hnsw_threshold = 1000;
+    let (_tmp, dir, store) = temp_store(&cfg);
+    let docs = documents(3000, 32, 14);
+    store.upsert(docs.clone()).expect("upsert");
+    store.wait_for_index();
+    store.flush().expect("snapshot");
+    drop(store);
+    let viewed = TenantStore::open(&dir).expect("open");
+    let gone: Vec<String> = (0..10).map(|i| format!("doc-{i}")).collect();
+    assert_eq!(viewed.delete(&gone).expect("delete"), 10);
+    viewed.flush().expect("a snapshot of the viewed graph");
+    drop(viewed);
+    let reopened = TenantStore::open(&dir).expect("reopen");
+    assert_eq!(reopened.count(), 2990);
+    assert!(reopened.get(&gone, false).is_empty());
+    let more = documents(3100, 32, 15).split_off(3000);
+    let renamed: Vec<NewDocument> = more
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| NewDocument {
+            id: Some(format!("new-{i}")),
+            ..d
+        })
+        .collect();
+    reopened.upsert(renamed.clone()).expect("writes after the open");
+    reopened.wait_for_index();
+    assert_eq!(
+        reopened.info().pending_vectors,
+        0,
+        "the indexer added them to its own copy"
+    );
+    for doc in renamed.iter().step_by(9).chain(docs.iter().skip(10).step_by(301)) {
+        let hits = reopened.search(&query(doc.vector.clone(), 1)).expect("search");
+        assert_eq!(Some(&hits[0].id), doc.id.as_ref());
+    }
+}
+
+#[test]
 fn a_flush_after_the_indexer_drains_snapshots_the_finished_graph() {
     // Regression: the graph build snapshots at once, with the rows written during the build
     // still pending; the indexer then moves them into the graph without a log record, and a
