@@ -87,6 +87,19 @@ pub(crate) fn request(
     content_type: Option<&str>,
     body: &[u8],
 ) -> (u16, Value) {
+    let (status, _, value) = request_with_head(addr, method, path, key, content_type, body);
+    (status, value)
+}
+
+/// [`request`], also returning the response head (status line and headers).
+pub(crate) fn request_with_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> (u16, String, Value) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: tvs\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -110,7 +123,7 @@ pub(crate) fn request(
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     let payload = if chunked { dechunk(payload) } else { payload.to_owned() };
     let value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
-    (status, value)
+    (status, head.to_owned(), value)
 }
 
 /// A `Transfer-Encoding: chunked` body's bytes (hyper sends bodies of unknown length so).

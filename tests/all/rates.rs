@@ -3,27 +3,17 @@
 //! limit gets 429 naming the limit with `Retry-After` and changes nothing, and it passes once
 //! that time has gone by; limits outlive a restart and refusals are counted in /metrics.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::http::{ADMIN, Server, call, create_tenant, ingest};
+use crate::http::{ADMIN, Server, call, create_tenant, ingest, request_with_head};
 
 /// Status, `Retry-After` and JSON body of one request.
 fn send(addr: SocketAddr, method: &str, path: &str, key: &str, body: &str) -> (u16, Option<u64>, Value) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: tvs\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).expect("head");
-    stream.write_all(body.as_bytes()).expect("body");
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("response");
-    let (head, payload) = raw.split_once("\r\n\r\n").expect("a response");
-    let status = head.split_whitespace().nth(1).expect("status").parse().expect("number");
+    let (status, head, value) =
+        request_with_head(addr, method, path, Some(key), Some("application/json"), body.as_bytes());
     let retry_after = head
         .lines()
         .find_map(|l| {
@@ -32,16 +22,7 @@ fn send(addr: SocketAddr, method: &str, path: &str, key: &str, body: &str) -> (u
                 .map(|v| v.trim().to_owned())
         })
         .map(|v| v.parse().expect("seconds"));
-    let payload = if head.to_ascii_lowercase().contains("chunked") {
-        crate::http::dechunk(payload)
-    } else {
-        payload.to_owned()
-    };
-    (
-        status,
-        retry_after,
-        serde_json::from_str(&payload).unwrap_or(Value::Null),
-    )
+    (status, retry_after, value)
 }
 
 fn search(addr: SocketAddr, key: &str) -> (u16, Option<u64>, Value) {

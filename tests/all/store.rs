@@ -359,6 +359,22 @@ fn writes_during_the_background_graph_build_are_not_lost() {
     );
 }
 
+/// The current snapshot's file with extension `ext`.
+fn snapshot_file(dir: &tvs_store::tenant::StoreDir, ext: &str) -> std::path::PathBuf {
+    std::fs::read_dir(dir.vector_store())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == ext))
+        .unwrap_or_else(|| panic!("a snapshot file .{ext}"))
+}
+
+/// Flips one bit of the byte at `at` in `path`.
+fn flip_bit(path: &std::path::Path, at: usize) {
+    let mut bytes = std::fs::read(path).expect("read");
+    bytes[at] ^= 0x40;
+    std::fs::write(path, &bytes).expect("flip a bit");
+}
+
 #[test]
 fn a_damaged_graph_snapshot_is_ignored_and_the_log_replayed() {
     let mut cfg = config(32, Metric::L2);
@@ -369,15 +385,9 @@ fn a_damaged_graph_snapshot_is_ignored_and_the_log_replayed() {
     store.wait_for_index();
     store.flush().expect("snapshot");
     drop(store);
-    let graph_file = std::fs::read_dir(dir.vector_store())
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.extension().is_some_and(|x| x == "usearch"))
-        .expect("a graph snapshot");
-    let mut bytes = std::fs::read(&graph_file).expect("read");
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x40;
-    std::fs::write(&graph_file, &bytes).expect("flip a bit");
+    let graph_file = snapshot_file(&dir, "usearch");
+    let middle = std::fs::metadata(&graph_file).expect("size").len() as usize / 2;
+    flip_bit(&graph_file, middle);
     let reopened = TenantStore::open(&dir).expect("a damaged snapshot does not stop the open");
     assert_eq!(reopened.count(), 3000);
     reopened.wait_for_index();
@@ -399,15 +409,9 @@ fn a_damaged_row_beside_the_graph_is_caught_when_first_used_and_the_log_answers_
     store.wait_for_index();
     store.flush().expect("snapshot");
     drop(store);
-    let slab_file = std::fs::read_dir(dir.vector_store())
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.extension().is_some_and(|x| x == "slab"))
-        .expect("the rows beside the graph");
     let target = 1500;
-    let mut bytes = std::fs::read(&slab_file).expect("read");
-    bytes[target * 32 * 4 + 5] ^= 0x40; // slot 1500 holds doc-1500: slots follow the first upsert
-    std::fs::write(&slab_file, &bytes).expect("flip a bit");
+    // Slot 1500 holds doc-1500: slots follow the first upsert.
+    flip_bit(&snapshot_file(&dir, "slab"), target * 32 * 4 + 5);
 
     let store = TenantStore::open(&dir).expect("the open checks only the table of block CRCs");
     let near = store

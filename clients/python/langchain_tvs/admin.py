@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 from langchain_core.embeddings import Embeddings
 
-from langchain_tvs.vectorstores import TvsError, TvsVectorStore, _raise_for
+from langchain_tvs.vectorstores import TvsError, TvsVectorStore, _admin_key, _base_url, _raise_for
 
 #: Tenant ids tvs accepts.
 TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -107,10 +107,8 @@ class TvsAdmin:
     """
 
     def __init__(self, url: str | None = None, admin_key: str | None = None, *, timeout: float = 60.0) -> None:
-        self.url = (url or os.environ.get("TVS_URL") or "http://127.0.0.1:8080").rstrip("/")
-        key = admin_key or os.environ.get("TVS_ADMIN_KEY")
-        if not key:
-            raise ValueError("the admin key is needed: pass admin_key= or set TVS_ADMIN_KEY")
+        self.url = _base_url(url)
+        key = _admin_key(admin_key)
         self._client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
 
     def create_tenant(self, tenant_id: str, *, exist_ok: bool = False, **shape: Any) -> str | None:
@@ -159,10 +157,8 @@ class AsyncTvsAdmin:
     """`TvsAdmin` for asyncio; a client per call (an AsyncClient is bound to its event loop)."""
 
     def __init__(self, url: str | None = None, admin_key: str | None = None, *, timeout: float = 60.0) -> None:
-        self.url = (url or os.environ.get("TVS_URL") or "http://127.0.0.1:8080").rstrip("/")
-        key = admin_key or os.environ.get("TVS_ADMIN_KEY")
-        if not key:
-            raise ValueError("the admin key is needed: pass admin_key= or set TVS_ADMIN_KEY")
+        self.url = _base_url(url)
+        key = _admin_key(admin_key)
         self._headers = {"Authorization": f"Bearer {key}"}
         self._timeout = timeout
 
@@ -196,15 +192,10 @@ class AsyncTvsAdmin:
 
 
 def _settings(url: str | None, admin_key: str | None, signing_secret: str | None) -> tuple[str, str, str]:
-    url = (url or os.environ.get("TVS_URL") or "http://127.0.0.1:8080").rstrip("/")
-    admin_key = admin_key or os.environ.get("TVS_ADMIN_KEY") or ""
-    secret = signing_secret or os.environ.get("TVS_SIGNING_SECRET") or ""
-    if not admin_key or not secret:
-        raise ValueError(
-            "create_vector_store needs the admin key and a signing secret: pass admin_key= and "
-            "signing_secret= or set TVS_ADMIN_KEY and TVS_SIGNING_SECRET"
-        )
-    return url, admin_key, secret
+    secret = signing_secret or os.environ.get("TVS_SIGNING_SECRET")
+    if not secret:
+        raise ValueError("create_vector_store needs a signing secret: pass signing_secret= or set TVS_SIGNING_SECRET")
+    return _base_url(url), _admin_key(admin_key), secret
 
 
 def create_vector_store(

@@ -13,19 +13,19 @@ from urllib.parse import quote
 
 import httpx
 
-from langchain_tvs.vectorstores import _raise_for
+from langchain_tvs.vectorstores import _base_url, _raise_for
 
 
 class TvsPlugins:
     """Upload, inspect, roll back, enable, test, call and delete the plugins of one tenant."""
 
     def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 120.0) -> None:
-        url = url or os.environ.get("TVS_URL") or "http://127.0.0.1:8080"
+        url = _base_url(url)
         api_key = api_key or os.environ.get("TVS_API_KEY")
         if not api_key:
             raise ValueError("a tenant API key is needed: pass api_key= or set TVS_API_KEY")
         self._client = httpx.Client(
-            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout
+            base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout
         )
 
     def _path(self, name: str, suffix: str = "") -> str:

@@ -22,6 +22,19 @@ from langchain_core.vectorstores import VectorStore
 BATCH = 256
 
 
+def _base_url(url: str | None) -> str:
+    """tvs's base URL: `url`, else `TVS_URL`, else http://127.0.0.1:8080."""
+    return (url or os.environ.get("TVS_URL") or "http://127.0.0.1:8080").rstrip("/")
+
+
+def _admin_key(admin_key: str | None) -> str:
+    """The admin key: `admin_key`, else `TVS_ADMIN_KEY`."""
+    key = admin_key or os.environ.get("TVS_ADMIN_KEY")
+    if not key:
+        raise ValueError("the admin key is needed: pass admin_key= or set TVS_ADMIN_KEY")
+    return key
+
+
 class TvsError(RuntimeError):
     """An error answer from tvs: HTTP status, error code and message."""
 
@@ -68,7 +81,7 @@ class TvsVectorStore(VectorStore):
         timeout: float = 60.0,
         auth: httpx.Auth | None = None,
     ) -> None:
-        self.url = (url or os.environ.get("TVS_URL") or "http://127.0.0.1:8080").rstrip("/")
+        self.url = _base_url(url)
         self._headers: dict[str, str] = {}
         if auth is None:
             key = api_key or os.environ.get("TVS_API_KEY")

@@ -94,47 +94,27 @@ impl Keys {
     /// Loads the admin key (from `env_key`, else the key file, else a new one written there).
     /// Returns the keys and, when a key file was created, its path (to tell the operator).
     pub fn open(data: DataDir, env_key: Option<String>) -> io::Result<(Keys, Option<PathBuf>)> {
-        if let Some(key) = env_key.filter(|k| !k.trim().is_empty()) {
-            return Ok((
-                Keys {
-                    signing: SigningKeys::open(&data)?,
-                    data,
-                    admin: digest(key.trim()),
-                    remote_hashes: Mutex::default(),
-                },
-                None,
-            ));
-        }
         let path = data.root().join(ADMIN_KEY_FILE);
-        match storage::read_all(&StdStorage, &path) {
-            Ok(bytes) => {
-                let key = String::from_utf8_lossy(&bytes).trim().to_owned();
-                Ok((
-                    Keys {
-                        signing: SigningKeys::open(&data)?,
-                        data,
-                        admin: digest(&key),
-                        remote_hashes: Mutex::default(),
-                    },
-                    None,
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let key = format!("tvs-admin.{}", random_hex(32)?);
-                storage::write_atomic(&StdStorage, data.root(), ADMIN_KEY_FILE, format!("{key}\n").as_bytes())?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-                Ok((
-                    Keys {
-                        signing: SigningKeys::open(&data)?,
-                        data,
-                        admin: digest(&key),
-                        remote_hashes: Mutex::default(),
-                    },
-                    Some(path),
-                ))
-            }
-            Err(e) => Err(e),
-        }
+        let (admin, created) = match env_key.filter(|k| !k.trim().is_empty()) {
+            Some(key) => (digest(key.trim()), None),
+            None => match storage::read_all(&StdStorage, &path) {
+                Ok(bytes) => (digest(String::from_utf8_lossy(&bytes).trim()), None),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let key = format!("tvs-admin.{}", random_hex(32)?);
+                    storage::write_atomic(&StdStorage, data.root(), ADMIN_KEY_FILE, format!("{key}\n").as_bytes())?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                    (digest(&key), Some(path))
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let keys = Keys {
+            signing: SigningKeys::open(&data)?,
+            data,
+            admin,
+            remote_hashes: Mutex::default(),
+        };
+        Ok((keys, created))
     }
 
     /// Whether `key` is the admin key.

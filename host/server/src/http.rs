@@ -283,6 +283,21 @@ fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The tenant an admin route names in its path, once the caller is the admin.
+fn admin_tenant(app: &App, headers: &HeaderMap, id: &str) -> Result<TenantId, ApiError> {
+    require_admin(app, headers)?;
+    TenantId::new(id).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// 404 unless the tenant exists (checked before anything is written for it).
+fn require_tenant(app: &App, id: &TenantId) -> Result<(), ApiError> {
+    if app.pool.data_dir().tenant_exists(id) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("tenant {id} does not exist")))
+    }
+}
+
 /// The tenant a request's key or token is for, when it allows `scope` there.
 pub(crate) fn tenant_for(app: &App, headers: &HeaderMap, scope: Scope) -> Result<TenantId, ApiError> {
     let grant = app.keys.grant(bearer(headers)?).map_err(|e| {
@@ -494,8 +509,7 @@ async fn delete_tenant(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&app, &headers)?;
-    let id = TenantId::new(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let id = admin_tenant(&app, &headers, &id)?;
     let app2 = app.clone();
     blocking(&app, move || {
         app2.rates.forget(&id);
@@ -535,6 +549,7 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Resul
 }
 
 fn tenant_view(app: &App, id: &TenantId) -> Result<Value, ApiError> {
+    require_tenant(app, id)?;
     let store = app.pool.get(id).map_err(from_open)?;
     let info = store.info();
     Ok(json!({
@@ -551,8 +566,7 @@ async fn get_tenant(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&app, &headers)?;
-    let id = TenantId::new(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let id = admin_tenant(&app, &headers, &id)?;
     let app2 = app.clone();
     blocking(&app, move || tenant_view(&app2, &id).map(Json)).await
 }
@@ -564,8 +578,7 @@ async fn patch_tenant(
     Path(id): Path<String>,
     body: Result<Json<TenantPatch>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&app, &headers)?;
-    let id = TenantId::new(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let id = admin_tenant(&app, &headers, &id)?;
     let Json(patch) = body.map_err(from_json_rejection)?;
     if app.pool.data_dir().catalog().is_some() {
         return Err(ApiError::new(
@@ -576,9 +589,7 @@ async fn patch_tenant(
     }
     let app2 = app.clone();
     blocking(&app, move || {
-        if !app2.pool.data_dir().tenant_exists(&id) {
-            return Err(ApiError::not_found(format!("tenant {id} does not exist")));
-        }
+        require_tenant(&app2, &id)?;
         let mut limits = app2.rates.limits(&id);
         if let Some(v) = patch.requests_per_second {
             limits.requests_per_second = v;
@@ -614,13 +625,10 @@ async fn rotate_key(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&app, &headers)?;
-    let id = TenantId::new(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let id = admin_tenant(&app, &headers, &id)?;
     let app2 = app.clone();
     blocking(&app, move || {
-        if !app2.pool.data_dir().tenant_exists(&id) {
-            return Err(ApiError::not_found(format!("tenant {id} does not exist")));
-        }
+        require_tenant(&app2, &id)?;
         let key = app2.keys.issue(&id).map_err(|_| ApiError::internal())?;
         Ok(Json(json!({"id": id.as_str(), "api_key": key})))
     })

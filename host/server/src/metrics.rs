@@ -123,29 +123,36 @@ impl Metrics {
         );
         let _ = writeln!(w, "# TYPE tvs_http_rejected_busy_total counter");
         let _ = writeln!(w, "tvs_http_rejected_busy_total {}", inner.rejected_busy);
-        let _ = writeln!(w, "# HELP tvs_guest_failures_total Guest instances stopped, by kind.");
-        let _ = writeln!(w, "# TYPE tvs_guest_failures_total counter");
-        for kind in ["deadline", "memory", "trap", "busy"] {
-            let n = inner.guest_failures.get(kind).copied().unwrap_or(0);
-            let _ = writeln!(w, "tvs_guest_failures_total{{kind=\"{kind}\"}} {n}");
-        }
-        let _ = writeln!(
-            w,
-            "# HELP tvs_auth_refused_total Tenant credentials refused, by reason."
-        );
-        let _ = writeln!(w, "# TYPE tvs_auth_refused_total counter");
-        for reason in ["key", "token", "scope"] {
-            let n = inner.auth_refused.get(reason).copied().unwrap_or(0);
-            let _ = writeln!(w, "tvs_auth_refused_total{{reason=\"{reason}\"}} {n}");
-        }
-        let _ = writeln!(
-            w,
-            "# HELP tvs_rate_limited_total Requests refused 429 by a tenant's rate limit, by limit."
-        );
-        let _ = writeln!(w, "# TYPE tvs_rate_limited_total counter");
-        for limit in ["requests_per_second", "ingest_bytes_per_second"] {
-            let n = inner.rate_limited.get(limit).copied().unwrap_or(0);
-            let _ = writeln!(w, "tvs_rate_limited_total{{limit=\"{limit}\"}} {n}");
+        // Counters by one label, every known label value shown (0 until it happens).
+        for (name, help, label, values, counts) in [
+            (
+                "tvs_guest_failures_total",
+                "Guest instances stopped, by kind.",
+                "kind",
+                &["deadline", "memory", "trap", "busy"][..],
+                &inner.guest_failures,
+            ),
+            (
+                "tvs_auth_refused_total",
+                "Tenant credentials refused, by reason.",
+                "reason",
+                &["key", "token", "scope"][..],
+                &inner.auth_refused,
+            ),
+            (
+                "tvs_rate_limited_total",
+                "Requests refused 429 by a tenant's rate limit, by limit.",
+                "limit",
+                &["requests_per_second", "ingest_bytes_per_second"][..],
+                &inner.rate_limited,
+            ),
+        ] {
+            let _ = writeln!(w, "# HELP {name} {help}");
+            let _ = writeln!(w, "# TYPE {name} counter");
+            for value in values {
+                let n = counts.get(value).copied().unwrap_or(0);
+                let _ = writeln!(w, "{name}{{{label}=\"{value}\"}} {n}");
+            }
         }
         for (name, kind, help, value) in [
             (

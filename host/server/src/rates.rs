@@ -71,20 +71,19 @@ impl Bucket {
         }
     }
 
-    /// Takes `cost` tokens at `rate` a second (capacity: one second of it). A cost above the
-    /// capacity passes when the bucket is full and leaves it in debt, so a big request is
-    /// delayed, never refused forever. Returns the wait when it cannot pass.
-    fn take(&mut self, rate: f64, cost: f64, now: Instant) -> Result<(), Duration> {
+    /// Adds what `rate` a second earned since the last refill (capacity: one second of it).
+    fn refill(&mut self, rate: f64, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate).min(rate);
         self.last = now;
+    }
+
+    /// How long until `cost` can pass, `None` if it can now. A cost above the capacity passes
+    /// from a full bucket and leaves it in debt, so a big request is delayed, never refused
+    /// forever.
+    fn wait(&self, rate: f64, cost: f64) -> Option<Duration> {
         let needed = cost.min(rate);
-        if self.tokens >= needed {
-            self.tokens -= cost;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((needed - self.tokens) / rate))
-        }
+        (self.tokens < needed).then(|| Duration::from_secs_f64((needed - self.tokens) / rate))
     }
 }
 
@@ -146,15 +145,17 @@ impl Rates {
         }
     }
 
-    /// A tenant's limits.
+    /// A tenant's limits, read from its file the first time.
     pub fn limits(&self, tenant: &TenantId) -> RateLimits {
+        self.with_rates(tenant, |rates| rates.limits)
+    }
+
+    fn with_rates<T>(&self, tenant: &TenantId, f: impl FnOnce(&mut TenantRates) -> T) -> T {
         let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rates) = tenants.get(tenant) {
-            return rates.limits;
-        }
-        let limits = self.read(tenant);
-        tenants.insert(tenant.clone(), TenantRates::new(limits));
-        limits
+        let rates = tenants
+            .entry(tenant.clone())
+            .or_insert_with(|| TenantRates::new(self.read(tenant)));
+        f(rates)
     }
 
     /// Sets a tenant's limits (durably: the file is written atomically first).
@@ -180,43 +181,42 @@ impl Rates {
     /// Admits one request of `tenant` carrying `ingest_bytes` of documents, or says which limit
     /// refuses it. A refused request takes no tokens.
     pub fn admit(&self, tenant: &TenantId, ingest_bytes: u64) -> Result<(), Refusal> {
-        self.limits(tenant);
         let now = Instant::now();
-        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(rates) = tenants.get_mut(tenant) else {
-            return Ok(());
-        };
-        let TenantRates {
-            limits,
-            requests,
-            ingest,
-        } = rates;
-        if let Some(rate) = limits.requests_per_second {
-            // Checked without taking first, so a request refused by the ingest rate costs nothing.
-            let mut trial = Bucket {
-                tokens: requests.tokens,
-                last: requests.last,
-            };
-            trial.take(rate, 1.0, now).map_err(|wait| Refusal {
-                limit: "requests_per_second",
-                per_second: rate,
-                retry_after: wait,
-            })?;
-        }
-        if let Some(rate) = limits.ingest_bytes_per_second
-            && ingest_bytes > 0
-        {
-            ingest.take(rate, ingest_bytes as f64, now).map_err(|wait| Refusal {
-                limit: "ingest_bytes_per_second",
-                per_second: rate,
-                retry_after: wait,
-            })?;
-        }
-        if let Some(rate) = limits.requests_per_second {
-            // Passed the trial above at the same instant, so this succeeds.
-            let _ = requests.take(rate, 1.0, now);
-        }
-        Ok(())
+        self.with_rates(tenant, |rates| {
+            let charges = [
+                (
+                    "requests_per_second",
+                    rates.limits.requests_per_second,
+                    &mut rates.requests,
+                    1.0,
+                ),
+                (
+                    "ingest_bytes_per_second",
+                    rates.limits.ingest_bytes_per_second,
+                    &mut rates.ingest,
+                    ingest_bytes as f64,
+                ),
+            ];
+            let mut limited: Vec<(f64, &mut Bucket, f64)> = Vec::with_capacity(2);
+            for (limit, rate, bucket, cost) in charges {
+                let Some(rate) = rate.filter(|_| cost > 0.0) else {
+                    continue;
+                };
+                bucket.refill(rate, now);
+                if let Some(retry_after) = bucket.wait(rate, cost) {
+                    return Err(Refusal {
+                        limit,
+                        per_second: rate,
+                        retry_after,
+                    });
+                }
+                limited.push((rate, bucket, cost));
+            }
+            for (_, bucket, cost) in limited {
+                bucket.tokens -= cost;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -230,16 +230,19 @@ mod tests {
         let mut bucket = Bucket::full(5.0);
         bucket.last = start;
         for _ in 0..5 {
-            assert!(bucket.take(5.0, 1.0, start).is_ok());
+            assert_eq!(bucket.wait(5.0, 1.0), None);
+            bucket.tokens -= 1.0;
         }
-        let wait = bucket.take(5.0, 1.0, start).expect_err("the sixth at once waits");
+        let wait = bucket.wait(5.0, 1.0).expect("the sixth at once waits");
         assert!((wait.as_secs_f64() - 0.2).abs() < 1e-9, "{wait:?}");
-        assert!(bucket.take(5.0, 1.0, start + Duration::from_millis(200)).is_ok());
+        bucket.refill(5.0, start + Duration::from_millis(200));
+        assert_eq!(bucket.wait(5.0, 1.0), None);
         // A request bigger than a second's worth passes from a full bucket and leaves a debt.
         let mut bytes = Bucket::full(100.0);
         bytes.last = start;
-        assert!(bytes.take(100.0, 250.0, start).is_ok());
-        let wait = bytes.take(100.0, 10.0, start).expect_err("in debt");
+        assert_eq!(bytes.wait(100.0, 250.0), None);
+        bytes.tokens -= 250.0;
+        let wait = bytes.wait(100.0, 10.0).expect("in debt");
         assert!((wait.as_secs_f64() - 1.6).abs() < 1e-9, "{wait:?}");
     }
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use tvs_store::storage::{self, StdStorage};
@@ -342,38 +342,40 @@ fn info(key: &StoredKey) -> SigningKeyInfo {
     }
 }
 
-/// Mints a token with a signing secret as [`SigningKeys::create`] returned it: what an app does
-/// (the Python client has the same function), here for the CLI and tests.
-pub fn mint(secret: &str, tenant: &TenantId, scope: &str, ttl: Duration) -> Result<String, TokenError> {
-    let mut parts = secret.trim().splitn(3, '.');
-    let (Some(SECRET_PREFIX), Some(kid), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(TokenError::Malformed(
-            "a signing secret looks like tvs_sk.{kid}.{key}".into(),
-        ));
-    };
-    let key = URL_SAFE_NO_PAD
-        .decode(key)
-        .map_err(|_| TokenError::Malformed("the signing secret's key is not base64url".into()))?;
-    Scopes::parse(scope)?;
-    let now = now_secs();
-    let claims = Claims {
-        tenant: tenant.as_str().to_owned(),
-        scope: scope.to_owned(),
-        exp: now + ttl.as_secs(),
-        nbf: None,
-        iat: Some(now),
-    };
-    let header = Header {
-        kid: Some(kid.to_owned()),
-        ..Header::new(Algorithm::HS256)
-    };
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&key))
-        .map_err(|e| TokenError::Malformed(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
+    use jsonwebtoken::{EncodingKey, Header};
+
     use super::*;
+
+    /// Mints a token with a signing secret as [`SigningKeys::create`] returned it, as an app does
+    /// (the Python client's `mint_token`).
+    fn mint(secret: &str, tenant: &TenantId, scope: &str, ttl: Duration) -> Result<String, TokenError> {
+        let mut parts = secret.trim().splitn(3, '.');
+        let (Some(SECRET_PREFIX), Some(kid), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(TokenError::Malformed(
+                "a signing secret looks like tvs_sk.{kid}.{key}".into(),
+            ));
+        };
+        let key = URL_SAFE_NO_PAD
+            .decode(key)
+            .map_err(|_| TokenError::Malformed("the signing secret's key is not base64url".into()))?;
+        Scopes::parse(scope)?;
+        let now = now_secs();
+        let claims = Claims {
+            tenant: tenant.as_str().to_owned(),
+            scope: scope.to_owned(),
+            exp: now + ttl.as_secs(),
+            nbf: None,
+            iat: Some(now),
+        };
+        let header = Header {
+            kid: Some(kid.to_owned()),
+            ..Header::new(Algorithm::HS256)
+        };
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&key))
+            .map_err(|e| TokenError::Malformed(e.to_string()))
+    }
 
     #[test]
     fn scopes_parse_strictly() {

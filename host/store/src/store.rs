@@ -444,6 +444,8 @@ impl TenantStore {
         Ok(store)
     }
 
+    /// The config the store was opened with; the documents quota may have changed since
+    /// ([`TenantStore::max_documents`] is the one enforced).
     pub fn config(&self) -> &StoreConfig {
         &self.config
     }
@@ -940,14 +942,6 @@ impl TenantStore {
         })
         .map_err(StoreError::Snapshot)?;
         let next_node = state.docs.vectors.graph().map_or(0, Graph::next_node);
-        let write_slab = |file: &str| {
-            let rows = state.docs.entries.len();
-            snapshot::write_data_file(storage, &dir.join(file), |out| match state.docs.vectors.slab() {
-                Some(slab) => slab.write_rows(out, rows),
-                None => Ok(()),
-            })
-            .map_err(StoreError::Snapshot)
-        };
         let slab_file = match (state.docs.vectors.graph(), state.docs.vectors.slab()) {
             (Some(graph), Some(slab)) if graph.reranks() => {
                 let file = format!("{stem}.slab");
@@ -969,9 +963,14 @@ impl TenantStore {
                         .map_err(StoreError::Snapshot)?;
                     ("usearch", file)
                 }
-                (None, _) => {
+                (None, slab) => {
                     let file = format!("{stem}.vectors");
-                    write_slab(&file)?;
+                    let rows = state.docs.entries.len();
+                    snapshot::write_data_file(storage, &dir.join(&file), |out| match slab {
+                        Some(slab) => slab.write_rows(out, rows),
+                        None => Ok(()),
+                    })
+                    .map_err(StoreError::Snapshot)?;
                     ("vectors", file)
                 }
             };
