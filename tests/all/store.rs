@@ -735,6 +735,165 @@ fn an_i8_graph_answers_with_exact_distances_over_vectors_of_any_length_and_keeps
 }
 
 #[test]
+fn a_graph_in_two_parts_answers_as_one_through_writes_snapshots_reopens_and_damage() {
+    let mut cfg = config(48, Metric::L2);
+    cfg.hnsw_threshold = 2500;
+    cfg.graph_parts = 2;
+    let (_tmp, dir, store) = temp_store(&cfg);
+    let mut generator = EmbeddingLike::new(48, 31);
+    let mut reference: Vec<(String, Vec<f32>)> = (0..3000)
+        .map(|i| (format!("doc-{i}"), generator.next_vector()))
+        .collect();
+    let as_docs = |rows: &[(String, Vec<f32>)]| -> Vec<NewDocument> {
+        rows.iter()
+            .map(|(id, v)| NewDocument {
+                id: Some(id.clone()),
+                text: format!("text of {id}"),
+                metadata: obj(json!({})),
+                vector: v.clone(),
+            })
+            .collect()
+    };
+    store.upsert(as_docs(&reference)).expect("upsert");
+    store.wait_for_index();
+    assert_eq!(store.info().index, IndexKind::Hnsw);
+    let queries: Vec<Vec<f32>> = {
+        let mut fresh = EmbeddingLike::new(48, 78);
+        (0..60).map(|_| fresh.next_vector()).collect()
+    };
+    // Recall against brute force over `reference`, and every reported distance exact.
+    let check = |store: &TenantStore, reference: &[(String, Vec<f32>)], what: &str| -> Vec<Vec<String>> {
+        let mut found = 0;
+        let mut answers = Vec::new();
+        for q in &queries {
+            let hits = store.search(&query(q.clone(), 10)).expect("search");
+            let truth = brute_force(reference, q, Metric::L2, 10);
+            found += hits.iter().filter(|h| truth.contains(&h.id)).count();
+            for h in &hits {
+                let (_, v) = (reference.iter().find(|(r, _)| *r == h.id))
+                    .unwrap_or_else(|| panic!("{what}: {} is not a live document", h.id));
+                let exact = tvs_store::vectors::distance(Metric::L2, q, v);
+                assert!(
+                    (h.distance - exact).abs() <= 1e-4 * exact.max(1.0),
+                    "{what}: {} off",
+                    h.id
+                );
+            }
+            answers.push(hits.into_iter().map(|h| h.id).collect());
+        }
+        let recall = found as f64 / (queries.len() * 10) as f64;
+        assert!(recall >= 0.93, "{what}: recall@10 {recall}");
+        answers
+    };
+    check(&store, &reference, "built in two parts");
+
+    // Deletes, changes and new documents: the indexer adds to both parts.
+    let deleted: Vec<String> = (0..3000).step_by(30).map(|i| format!("doc-{i}")).collect();
+    store.delete(&deleted).expect("delete");
+    reference.retain(|(id, _)| !deleted.contains(id));
+    for row in reference.iter_mut().skip(7).step_by(40) {
+        row.1 = generator.next_vector();
+    }
+    let changed: Vec<(String, Vec<f32>)> = reference.iter().skip(7).step_by(40).cloned().collect();
+    let added: Vec<(String, Vec<f32>)> = (3000..3400)
+        .map(|i| (format!("doc-{i}"), generator.next_vector()))
+        .collect();
+    store.upsert(as_docs(&changed)).expect("change");
+    store.upsert(as_docs(&added)).expect("add");
+    reference.extend(added.iter().cloned());
+    store.wait_for_index();
+    for (id, v) in added.iter().step_by(37).chain(changed.iter().step_by(11)) {
+        let hits = store.search(&query(v.clone(), 1)).expect("search");
+        assert_eq!(&hits[0].id, id, "a vector written after the build finds itself");
+    }
+    let before = check(&store, &reference, "after writes");
+
+    store.flush().expect("snapshot");
+    drop(store);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.vector_store().join("manifest.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(manifest["vectors_kind"], "usearch-parts");
+    let second = manifest["more_graph_files"][0]
+        .as_str()
+        .expect("a second part")
+        .to_owned();
+    assert!(dir.vector_store().join(&second).exists());
+
+    let reopened = TenantStore::open(&dir).expect("reopen");
+    assert_eq!(
+        check(&reopened, &reference, "reopened"),
+        before,
+        "same answers from the snapshot"
+    );
+    // The viewed parts are copied before they grow.
+    let more: Vec<(String, Vec<f32>)> = (3400..3500)
+        .map(|i| (format!("doc-{i}"), generator.next_vector()))
+        .collect();
+    reopened.upsert(as_docs(&more)).expect("add after reopen");
+    reopened.wait_for_index();
+    reference.extend(more.iter().cloned());
+    for (id, v) in more.iter().step_by(9) {
+        assert_eq!(&reopened.search(&query(v.clone(), 1)).expect("search")[0].id, id);
+    }
+    reopened.flush().expect("snapshot again");
+    drop(reopened);
+
+    // A damaged second part: the snapshot is refused and the log answers.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.vector_store().join("manifest.json")).expect("manifest"))
+            .expect("json");
+    let second = dir
+        .vector_store()
+        .join(manifest["more_graph_files"][0].as_str().expect("a second part"));
+    flip_bit(&second, std::fs::metadata(&second).expect("size").len() as usize / 2);
+    let replayed = TenantStore::open(&dir).expect("a damaged part does not stop the open");
+    assert_eq!(replayed.count(), reference.len() as u64);
+    replayed.wait_for_index();
+    check(&replayed, &reference, "replayed from the log");
+}
+
+#[test]
+fn a_graph_with_fewer_parts_than_wanted_is_rebuilt_in_the_background_while_it_answers() {
+    // As a graph that grew past the split size by small writes: one part, two wanted.
+    let mut cfg = config(32, Metric::L2);
+    cfg.hnsw_threshold = 1000;
+    cfg.graph_parts = 1;
+    let (_tmp, dir, store) = temp_store(&cfg);
+    let docs = documents(3000, 32, 8);
+    store.upsert(docs.clone()).expect("upsert");
+    store.wait_for_index();
+    store.flush().expect("snapshot");
+    drop(store);
+    let kind = |dir: &tvs_store::tenant::StoreDir| -> String {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.vector_store().join("manifest.json")).expect("manifest"))
+                .expect("json");
+        manifest["vectors_kind"].as_str().expect("kind").to_owned()
+    };
+    assert_eq!(kind(&dir), "usearch");
+    let mut on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.config_file()).expect("config")).expect("json");
+    on_disk["graph_parts"] = json!(2);
+    std::fs::write(dir.config_file(), on_disk.to_string()).expect("config");
+
+    let reopened = TenantStore::open(&dir).expect("reopen");
+    for (i, doc) in docs.iter().enumerate().step_by(97) {
+        let hits = reopened
+            .search(&query(doc.vector.clone(), 1))
+            .expect("search during the rebuild");
+        assert_eq!(hits[0].id, format!("doc-{i}"));
+    }
+    reopened.wait_for_index();
+    reopened.flush().expect("snapshot");
+    assert_eq!(kind(&dir), "usearch-parts", "rebuilt in two parts");
+    for (i, doc) in docs.iter().enumerate().step_by(89) {
+        let hits = reopened.search(&query(doc.vector.clone(), 1)).expect("search");
+        assert_eq!(hits[0].id, format!("doc-{i}"));
+    }
+}
+
+#[test]
 fn quantised_graphs_still_find_near_duplicates() {
     for scalar in [ScalarKind::F32, ScalarKind::F16, ScalarKind::I8] {
         let cfg = StoreConfig {

@@ -1,10 +1,12 @@
-//! HNSW graphs as the store builds them, f32 against i8 codes with an exact re-rank, in one run.
-//! Each graph is built by `Graph::build` (connectivity 32, breadth calibrated on held-out
-//! vectors), then recall@10 against brute force and single-thread QPS are measured on fresh
-//! queries at the calibrated breadth and at fixed ones.
+//! HNSW graphs as the store builds them, in one run: f32, i8 codes with an exact re-rank, and
+//! i8 in two parts searched on two threads (the default from `SPLIT_FROM` rows). Each graph is
+//! built by `Graph::build_in_parts` (connectivity 32, breadth calibrated on held-out vectors),
+//! then recall@10 against brute force and QPS from one client are measured on fresh queries at
+//! the calibrated breadth and at fixed ones.
 //!
 //! `cargo bench -p tvs-store --bench graph` (`TVS_BENCH_N` documents, default 50,000; the
-//! suite's generator shape 128-d latent, 12 clusters, noise 0.2).
+//! suite's generator shape 128-d latent, 12 clusters, noise 0.2; `TVS_BENCH_GRAPHS` a comma list
+//! of `f32`, `i8`, `i8x2`, default all).
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::time::Instant;
@@ -31,12 +33,21 @@ fn main() {
         .map(|q| vectors::exact_top(Metric::L2, q, K, rows.iter().map(|(s, v)| (*s, v.as_slice()))))
         .collect();
     println!("{n} documents, 384-d, L2, 500 fresh queries, one thread");
-    println!("| graph | build s | ef_search | recall@10 | QPS |");
-    println!("|---|---:|---:|---:|---:|");
-    for scalar in [ScalarKind::F32, ScalarKind::I8] {
+    println!("| graph | parts | build s | ef_search | recall@10 | QPS |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let wanted = std::env::var("TVS_BENCH_GRAPHS").unwrap_or_else(|_| "f32,i8,i8x2".into());
+    let graphs = [
+        ("f32", ScalarKind::F32, 1),
+        ("i8", ScalarKind::I8, 1),
+        ("i8x2", ScalarKind::I8, 2),
+    ];
+    for (_, scalar, parts) in graphs
+        .into_iter()
+        .filter(|(name, ..)| wanted.split(',').any(|w| w == *name))
+    {
         let config = StoreConfig::new(DIMS, Metric::L2, scalar, "none");
         let started = Instant::now();
-        let graph = Graph::build(&config, &rows).unwrap();
+        let graph = Graph::build_in_parts(&config, &rows, parts).unwrap();
         let build = started.elapsed().as_secs_f64();
         let calibrated = graph.ef_search();
         let label = match graph.codes() {
@@ -53,7 +64,7 @@ fn main() {
         }
         let epoch = store.graph_epoch();
         let mut efs = vec![calibrated];
-        efs.extend([64, 96, 128, 192, 256].into_iter().filter(|ef| *ef != calibrated));
+        efs.extend([32, 48, 64, 96, 128, 192].into_iter().filter(|ef| *ef != calibrated));
         for ef in efs {
             let started = Instant::now();
             let mut found = 0;
@@ -68,7 +79,7 @@ fn main() {
                 ef.to_string()
             };
             println!(
-                "| {label} | {build:.1} | {ef_label} | {:.3} | {qps:.0} |",
+                "| {label} | {parts} | {build:.1} | {ef_label} | {:.3} | {qps:.0} |",
                 found as f64 / (queries.len() * K) as f64
             );
         }

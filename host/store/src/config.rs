@@ -86,6 +86,20 @@ pub struct StoreConfig {
     /// Optional quota on live documents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_documents: Option<u64>,
+    /// Parts an HNSW graph is built in, each searched on its own thread; [`GRAPH_PARTS_AUTO`]
+    /// (the default) splits graphs of `vectors::SPLIT_FROM` rows in two on machines with two
+    /// cores or more. 1 keeps every search on one core (more concurrent searches per core).
+    #[serde(default, skip_serializing_if = "is_auto_parts")]
+    pub graph_parts: usize,
+}
+
+/// `graph_parts` meaning "chosen from the graph's size and the machine".
+pub const GRAPH_PARTS_AUTO: usize = 0;
+/// Most parts a graph may be built in.
+pub const MAX_GRAPH_PARTS: usize = 8;
+
+fn is_auto_parts(parts: &usize) -> bool {
+    *parts == GRAPH_PARTS_AUTO
 }
 
 fn default_hnsw_threshold() -> usize {
@@ -117,6 +131,7 @@ impl StoreConfig {
             hnsw_threshold: DEFAULT_HNSW_THRESHOLD,
             ef_search: EF_SEARCH_CALIBRATED,
             max_documents: None,
+            graph_parts: GRAPH_PARTS_AUTO,
         }
     }
 
@@ -129,6 +144,12 @@ impl StoreConfig {
             return Err(format!(
                 "ef_search must be between 1 and 4096, or 0 to calibrate it, got {}",
                 self.ef_search
+            ));
+        }
+        if self.graph_parts > MAX_GRAPH_PARTS {
+            return Err(format!(
+                "graph_parts must be between 1 and {MAX_GRAPH_PARTS}, or 0 to choose by size, got {}",
+                self.graph_parts
             ));
         }
         if self.embedding_model.is_empty() {

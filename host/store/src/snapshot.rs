@@ -53,12 +53,36 @@ pub struct Manifest {
     /// from the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slab_file: Option<String>,
+    /// A graph's parts after the first (`vectors_file`), in order; only with the `usearch-parts`
+    /// kind, which a tvs that knows one part only refuses (it then replays its log).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_graph_files: Vec<String>,
 }
+
+/// `vectors_kind` of a graph in one file.
+pub const KIND_GRAPH: &str = "usearch";
+/// `vectors_kind` of a graph in parts: `vectors_file` then `more_graph_files`.
+pub const KIND_GRAPH_PARTS: &str = "usearch-parts";
+/// `vectors_kind` of f32 rows for an exact scan.
+pub const KIND_ROWS: &str = "vectors";
 
 impl Manifest {
     /// The data files the manifest names.
     pub fn files(&self) -> impl Iterator<Item = &String> {
-        [&self.docs_file, &self.vectors_file].into_iter().chain(&self.slab_file)
+        [&self.docs_file, &self.vectors_file]
+            .into_iter()
+            .chain(&self.more_graph_files)
+            .chain(&self.slab_file)
+    }
+
+    /// The graph's files, first part first (none for a snapshot of rows).
+    pub fn graph_files(&self) -> Vec<&String> {
+        match self.vectors_kind.as_str() {
+            KIND_GRAPH | KIND_GRAPH_PARTS => std::iter::once(&self.vectors_file)
+                .chain(&self.more_graph_files)
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 }
 

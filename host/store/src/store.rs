@@ -420,7 +420,7 @@ impl TenantStore {
             tracing::debug!(store = %dir.root().display(), records = report.records, torn = report.torn_bytes, "replayed log tail");
         }
         let mut state = loader.finish(Arc::new(log), snapshot_at);
-        let needs_graph = state.docs.vectors.wants_build(state.docs.len(), config.hnsw_threshold);
+        let needs_graph = state.docs.vectors.wants_build(state.docs.len(), &config);
         let needs_indexer = state.docs.vectors.claim_indexer();
         let max_documents = AtomicU64::new(config.max_documents.unwrap_or(u64::MAX));
         let store = Arc::new_cyclic(|this| TenantStore {
@@ -722,6 +722,14 @@ impl TenantStore {
     }
 
     /// Number of live documents.
+    /// Ids of the live documents, in slot order (for exports; `get` them in batches).
+    pub fn ids(&self) -> Vec<String> {
+        let state = self.read();
+        (state.docs.entries.iter())
+            .filter_map(|e| e.as_ref().map(|e| e.doc.id().to_owned()))
+            .collect()
+    }
+
     pub fn count(&self) -> u64 {
         self.read().docs.len() as u64
     }
@@ -951,29 +959,42 @@ impl TenantStore {
             }
             _ => None,
         };
-        let (vectors_kind, vectors_file) =
-            match (state.docs.vectors.graph().map(Graph::index), state.docs.vectors.slab()) {
-                (Some(graph), _) => {
-                    let file = format!("{stem}.usearch");
-                    let mut bytes = vec![0u8; graph.serialized_length()];
-                    graph
-                        .save_to_buffer(&mut bytes)
+        let (vectors_kind, mut graph_files) = match (state.docs.vectors.graph(), state.docs.vectors.slab()) {
+            (Some(graph), _) => {
+                let parts = graph.parts();
+                let kind = if parts.len() == 1 {
+                    snapshot::KIND_GRAPH
+                } else {
+                    snapshot::KIND_GRAPH_PARTS
+                };
+                let mut files = Vec::new();
+                for (i, part) in parts.enumerate() {
+                    let file = if i == 0 {
+                        format!("{stem}.usearch")
+                    } else {
+                        format!("{stem}.{i}.usearch")
+                    };
+                    let mut bytes = vec![0u8; part.serialized_length()];
+                    part.save_to_buffer(&mut bytes)
                         .map_err(|e| StoreError::Snapshot(io::Error::other(e.to_string())))?;
                     snapshot::write_data_file(storage, &dir.join(&file), |out| out.write_all(&bytes))
                         .map_err(StoreError::Snapshot)?;
-                    ("usearch", file)
+                    files.push(file);
                 }
-                (None, slab) => {
-                    let file = format!("{stem}.vectors");
-                    let rows = state.docs.entries.len();
-                    snapshot::write_data_file(storage, &dir.join(&file), |out| match slab {
-                        Some(slab) => slab.write_rows(out, rows),
-                        None => Ok(()),
-                    })
-                    .map_err(StoreError::Snapshot)?;
-                    ("vectors", file)
-                }
-            };
+                (kind, files)
+            }
+            (None, slab) => {
+                let file = format!("{stem}.vectors");
+                let rows = state.docs.entries.len();
+                snapshot::write_data_file(storage, &dir.join(&file), |out| match slab {
+                    Some(slab) => slab.write_rows(out, rows),
+                    None => Ok(()),
+                })
+                .map_err(StoreError::Snapshot)?;
+                (snapshot::KIND_ROWS, vec![file])
+            }
+        };
+        let vectors_file = graph_files.remove(0);
         storage.sync_dir(&dir).map_err(StoreError::Snapshot)?;
         let manifest = Manifest {
             format: "tvs-snapshot".into(),
@@ -988,6 +1009,7 @@ impl TenantStore {
             calibration: state.docs.vectors.graph().and_then(|g| g.calibration().copied()),
             graph_scale: state.docs.vectors.graph().and_then(|g| g.codes().scale()),
             slab_file,
+            more_graph_files: graph_files,
         };
         snapshot::commit_manifest(storage, &dir, &manifest).map_err(StoreError::Snapshot)?;
         Ok(manifest)
@@ -1069,10 +1091,7 @@ impl TenantStore {
     }
 
     fn should_build(&self, state: &State) -> bool {
-        state
-            .docs
-            .vectors
-            .wants_build(state.docs.len(), self.config.hnsw_threshold)
+        state.docs.vectors.wants_build(state.docs.len(), &self.config)
     }
 
     /// Builds the HNSW graph on a background thread; writers carry on meanwhile.
@@ -1135,10 +1154,10 @@ impl TenantStore {
             loop {
                 let Some(store) = weak.upgrade() else { return };
                 // A graph viewed from its snapshot cannot grow: copy it first, without the lock.
-                let viewed = store.read().docs.vectors.viewed_graph();
-                if let Some((epoch, viewed)) = viewed {
+                let viewed = store.read().docs.vectors.viewed_parts();
+                for (epoch, part, viewed) in viewed {
                     match viewed.to_owned_index() {
-                        Ok(index) => store.write().docs.vectors.adopt_owned_index(epoch, index),
+                        Ok(index) => store.write().docs.vectors.adopt_owned_part(epoch, part, index),
                         Err(e) => tracing::warn!(store = %store.dir.root().display(), error = %e, "copying the viewed graph failed"),
                     }
                 }
@@ -1348,33 +1367,45 @@ impl Loader {
         let vectors_path = vs.join(&manifest.vectors_file);
         // The graph (checked, then indexed by usearch) on a second thread while this one decodes
         // the documents: each is about half of a big tenant's open.
+        // (A graph in parts opens a part a thread.)
+        let (this, vs_dir) = (&*self, &vs);
         let (snap_docs, graph) = std::thread::scope(|scope| {
-            let graph =
-                (manifest.vectors_kind == "usearch").then(|| scope.spawn(|| self.open_graph(storage, &vectors_path)));
+            let parts: Vec<_> = (manifest.graph_files().into_iter())
+                .map(|file| scope.spawn(move || this.open_graph(storage, &vs_dir.join(file))))
+                .collect();
             let docs = snapshot::read_data_file(storage, &vs.join(&manifest.docs_file))
                 .and_then(|bytes| snapshot::decode_docs(&bytes));
-            let graph = graph.map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("opening the graph panicked")))
-            });
-            (docs, graph)
+            let parts: io::Result<Vec<GraphIndex>> = parts
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("opening the graph panicked")))
+                })
+                .collect();
+            (docs, parts)
         });
         let snap_docs = snap_docs?;
         let vectors = match manifest.vectors_kind.as_str() {
-            "vectors" => {
+            snapshot::KIND_ROWS => {
                 let mut v = Vectors::exact(dims, self.config.metric);
                 v.set_slab(snapshot::read_slab(storage, &vectors_path, dims)?);
                 v
             }
-            "usearch" => {
-                let index = graph.unwrap_or_else(|| Err(io::Error::other("no graph was opened")))?;
+            snapshot::KIND_GRAPH | snapshot::KIND_GRAPH_PARTS => {
+                let parts = graph?;
+                if manifest.vectors_kind == snapshot::KIND_GRAPH && parts.len() != 1 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a one-part graph names more parts",
+                    ));
+                }
                 let nodes = snap_docs
                     .iter()
                     .filter(|d| d.node != vectors::NONE)
                     .map(|d| (d.slot, d.node));
                 let codes = manifest.graph_scale.map_or(Codes::Usearch, Codes::Scaled);
-                let mut graph = Graph::restore(index, self.config.metric, codes, nodes, manifest.next_node)
+                let mut graph = Graph::restore(parts, self.config.metric, codes, nodes, manifest.next_node)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 graph.set_calibration(&self.config, manifest.calibration);
                 let reranks = graph.reranks();
