@@ -182,6 +182,141 @@ fn a_whole_old_user_data_tree_imports_one_tenant_per_user_and_reports_each() {
     assert_eq!(open(&data, "bob").count(), 80);
 }
 
+/// Opens `folder` with real LangChain (`tests/langchain/load_export.py`): its documents in row
+/// order and its answers to `queries` (`k` each).
+fn load_in_langchain(tmp: &Path, folder: &Path, metric: &str, queries: &[Value], k: usize) -> Value {
+    let query_file = tmp.join("queries.json");
+    let vectors: Vec<&Value> = queries.iter().map(|q| &q["vector"]).collect();
+    std::fs::write(&query_file, serde_json::to_vec(&vectors).expect("json")).expect("write queries");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/langchain/load_export.py");
+    let loaded = Command::new(langchain_python())
+        .arg(script)
+        .arg(folder)
+        .arg(metric)
+        .arg(&query_file)
+        .arg(k.to_string())
+        .output()
+        .expect("run python");
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    serde_json::from_slice(&loaded.stdout).expect("JSON from load_export.py")
+}
+
+#[test]
+fn exported_tenants_open_in_real_langchain_with_its_answers_and_import_back_whole() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let made = tmp.path().join("made");
+    let expected = make_stores(&made);
+    let runtime = Runtime::new(RuntimeLimits::default()).expect("runtime");
+    let data = tmp.path().join("user_data");
+    for (name, metric) in [("l2", "l2"), ("ip", "ip"), ("l2_deleted", "l2")] {
+        let want = &expected["stores"][name];
+        let folder = made.join(name);
+        let imported = tvs(
+            tmp.path(),
+            &["import-langchain", "--tenant", name, folder.to_str().expect("utf8")],
+            &[],
+        );
+        assert!(imported.status.success(), "{name}: {}", stderr(&imported));
+        let out = tmp.path().join("exported").join(name);
+        let exported = tvs(
+            tmp.path(),
+            &["export-langchain", "--tenant", name, out.to_str().expect("utf8")],
+            &[],
+        );
+        assert!(exported.status.success(), "{name}: {}", stderr(&exported));
+        let documents = want["documents"].as_array().expect("documents");
+        assert!(
+            stderr(&exported).contains(&format!("{name}: {} documents, 16 dims", documents.len())),
+            "{}",
+            stderr(&exported)
+        );
+
+        // Real LangChain opens it: every document whole, its id on the Document too, and
+        // LangChain's own answers (ids and scores) on the folder it saved.
+        let queries = want["queries"].as_array().expect("queries");
+        let loaded = load_in_langchain(tmp.path(), &out, metric, queries, 5);
+        assert_eq!(loaded["dims"], 16);
+        let by_id = |docs: &[Value]| -> std::collections::BTreeMap<String, Value> {
+            docs.iter()
+                .map(|d| (d["id"].as_str().expect("id").to_owned(), d.clone()))
+                .collect()
+        };
+        let got_docs = loaded["documents"].as_array().expect("documents");
+        assert_eq!(got_docs.len(), documents.len(), "{name}");
+        let got = by_id(got_docs);
+        for (id, doc) in by_id(documents) {
+            let back = &got[&id];
+            assert_eq!(back["text"], doc["text"], "{name}/{id}");
+            assert_eq!(back["metadata"], doc["metadata"], "{name}/{id}");
+            assert_eq!(back["doc_id"], doc["id"], "{name}/{id}: Document.id");
+        }
+        for (query, answer) in queries.iter().zip(loaded["answers"].as_array().expect("answers")) {
+            assert_eq!(answer["ids"], query["ids"], "{name}");
+            for (score, want) in
+                (answer["scores"].as_array().expect("scores").iter()).zip(query["scores"].as_array().expect("scores"))
+            {
+                let (score, want) = (score.as_f64().expect("score"), want.as_f64().expect("score"));
+                assert!((score - want).abs() <= 1e-5, "{name}: {score} vs {want}");
+            }
+        }
+
+        // And tvs imports the export back: the same documents, the same answers.
+        let back = format!("{name}_back");
+        let reimported = tvs(
+            tmp.path(),
+            &["import-langchain", "--tenant", &back, out.to_str().expect("utf8")],
+            &[],
+        );
+        assert!(reimported.status.success(), "{name}: {}", stderr(&reimported));
+        assert_same_as_langchain(&runtime, &data, &back, want);
+    }
+
+    // Every tenant at once, in the old app's layout, which import-langchain --all reads.
+    let tree = tmp.path().join("tree");
+    let all = tvs(
+        tmp.path(),
+        &["export-langchain", "--all", tree.to_str().expect("utf8")],
+        &[],
+    );
+    assert!(all.status.success(), "{}", stderr(&all));
+    assert!(
+        stderr(&all).contains("6 tenants exported, 0 failed"),
+        "{}",
+        stderr(&all)
+    );
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let again = tvs(
+        elsewhere.path(),
+        &["import-langchain", "--all", tree.to_str().expect("utf8")],
+        &[],
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_same_as_langchain(
+        &runtime,
+        &elsewhere.path().join("user_data"),
+        "ip",
+        &expected["stores"]["ip"],
+    );
+    assert_same_as_langchain(
+        &runtime,
+        &elsewhere.path().join("user_data"),
+        "l2_deleted_back",
+        &expected["stores"]["l2_deleted"],
+    );
+    let missing = tvs(
+        tmp.path(),
+        &[
+            "export-langchain",
+            "--tenant",
+            "nobody",
+            tmp.path().join("x").to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("nobody"), "{}", stderr(&missing));
+}
+
 #[test]
 fn hostile_or_unsupported_files_are_refused_by_name_and_nothing_is_written() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -46,6 +46,8 @@ enum Command {
     Search(SearchArgs),
     /// Import LangChain FAISS.save_local folders (one, or a whole old user_data/ tree with --all)
     ImportLangchain(ImportArgs),
+    /// Export tenants as LangChain FAISS.save_local folders (one, or every tenant with --all)
+    ExportLangchain(ExportArgs),
     /// Fetch or check the local embedding model (all-MiniLM-L6-v2)
     #[command(subcommand)]
     Model(ModelCommand),
@@ -155,6 +157,20 @@ impl PluginArgs {
 }
 
 #[derive(Debug, Args)]
+struct ExportArgs {
+    /// The folder to write index.faiss and index.pkl into (created); with --all, a user_data/
+    /// tree of DIR/{tenant}/vector_store/faiss_index/ folders, the layout import-langchain --all
+    /// and the old app read
+    dir: PathBuf,
+    /// Tenant to export; required without --all
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    tenant: Option<String>,
+    /// Export every tenant
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Args)]
 struct ImportArgs {
     /// A FAISS.save_local folder (index.faiss + index.pkl); with --all, a user_data/ tree whose
     /// user folders hold vector_store/faiss_index/
@@ -259,6 +275,10 @@ struct StoreShape {
     /// calibrates its own for recall@10 >= 0.95 when it is built]
     #[arg(long)]
     ef_search: Option<usize>,
+    /// Parts an HNSW graph is built in, each searched on its own core [default: 0, two from
+    /// 10,000 documents on machines with two cores or more; 1 keeps a search on one core]
+    #[arg(long)]
+    graph_parts: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -386,6 +406,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Search(args) => search(&settings, args),
         Command::Model(cmd) => model_command(cmd),
         Command::ImportLangchain(args) => import_langchain(&settings, args),
+        Command::ExportLangchain(args) => export_langchain(&settings, args),
         Command::Plugin(cmd) => plugin_command(&settings, cmd),
         Command::PluginCompile { input, output, limits } => {
             crate::limit_compiler_resources();
@@ -708,6 +729,123 @@ fn import_langchain(settings: &Settings, args: ImportArgs) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
+/// Writes one tenant as a `save_local` folder; returns how to load it in LangChain.
+fn export_folder(data: &DataDir, tenant: &TenantId, folder: &Path, progress: &ProgressBar) -> Result<String> {
+    let store = TenantStore::open(&data.store_dir(tenant)).with_context(|| format!("opening tenant {tenant}"))?;
+    let config = store.config().clone();
+    let ids = store.ids();
+    progress.set_length(ids.len() as u64);
+    progress.set_position(0);
+    let mut documents = Vec::with_capacity(ids.len());
+    let mut values = Vec::with_capacity(ids.len() * config.dims);
+    for batch in ids.chunks(1024) {
+        for doc in store.get(batch, true) {
+            let vector = doc
+                .vector
+                .ok_or_else(|| anyhow!("document {} came back without its vector", doc.id))?;
+            // FAISS has no cosine index: LangChain's cosine stores are unit vectors under
+            // inner product, so scores stay the cosine similarity.
+            match config.metric {
+                Metric::Cos => {
+                    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    values.extend(vector.iter().map(|x| if norm > 0.0 { x / norm } else { *x }));
+                }
+                Metric::L2 | Metric::Ip => values.extend_from_slice(&vector),
+            }
+            documents.push(tvs_langchain::StoredDocument {
+                id: doc.id,
+                text: doc.text,
+                metadata: doc.metadata,
+            });
+        }
+        progress.inc(batch.len() as u64);
+    }
+    if documents.len() != ids.len() {
+        bail!(
+            "tenant {tenant} changed during the export ({} of {} documents read); run it again",
+            documents.len(),
+            ids.len()
+        );
+    }
+    let index = tvs_langchain::FlatIndex {
+        metric: match config.metric {
+            Metric::L2 => Metric::L2,
+            Metric::Ip | Metric::Cos => Metric::Ip,
+        },
+        dims: config.dims,
+        values,
+    };
+    tvs_langchain::export::write_folder(folder, &index, &documents)
+        .with_context(|| format!("writing {}", folder.display()))?;
+    let strategy = match config.metric {
+        Metric::L2 => "the default EUCLIDEAN_DISTANCE",
+        Metric::Ip => "distance_strategy=MAX_INNER_PRODUCT",
+        Metric::Cos => "distance_strategy=MAX_INNER_PRODUCT and normalize_L2=True (unit vectors)",
+    };
+    Ok(format!(
+        "{} documents, {} dims, {:?}: FAISS.load_local with {strategy}",
+        documents.len(),
+        config.dims,
+        config.metric
+    ))
+}
+
+fn export_langchain(settings: &Settings, args: ExportArgs) -> Result<Outcome> {
+    let data = data_dir(settings)?;
+    let style =
+        ProgressStyle::with_template("{prefix:>16} {wide_bar} {pos}/{len} docs {per_sec}").expect("static template");
+    if !args.all {
+        let tenant = TenantId::new(args.tenant.as_deref().unwrap_or_default())?;
+        let progress = ProgressBar::new(0).with_style(style).with_prefix(tenant.to_string());
+        let line = export_folder(&data, &tenant, &args.dir, &progress)?;
+        progress.finish_and_clear();
+        writeln!(io::stderr(), "{tenant}: {line}")?;
+        return Ok(Outcome::Done);
+    }
+    let mut tenants = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = data.list_tenants(after.as_deref(), 1000)?;
+        tenants.extend(page.tenants);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let overall = ProgressBar::new(tenants.len() as u64)
+        .with_style(
+            ProgressStyle::with_template("{prefix:>16} {wide_bar} {pos}/{len} tenants").expect("static template"),
+        )
+        .with_prefix("all tenants");
+    let mut failed = 0usize;
+    for name in &tenants {
+        let report = (|| -> Result<String> {
+            let tenant = TenantId::new(name)?;
+            let folder = args.dir.join(name).join("vector_store").join("faiss_index");
+            export_folder(&data, &tenant, &folder, &ProgressBar::hidden())
+        })();
+        overall.inc(1);
+        let line = report.unwrap_or_else(|e| {
+            failed += 1;
+            format!("FAILED: {e:#}")
+        });
+        overall.suspend(|| writeln!(io::stderr(), "{name}: {line}"))?;
+    }
+    overall.finish_and_clear();
+    writeln!(
+        io::stderr(),
+        "{} tenants exported, {failed} failed",
+        tenants.len() - failed
+    )?;
+    if failed > 0 {
+        bail!(
+            "{failed} of {} tenants could not be exported (see above)",
+            tenants.len()
+        );
+    }
+    Ok(Outcome::Done)
+}
+
 fn model_command(cmd: ModelCommand) -> Result<Outcome> {
     let dir = tvs_embed::model::model_dir();
     let mut say = |line: &str| {
@@ -747,6 +885,9 @@ fn tenant_command(settings: &Settings, cmd: TenantCommand) -> Result<Outcome> {
             }
             if let Some(ef) = shape.ef_search {
                 config.ef_search = ef;
+            }
+            if let Some(parts) = shape.graph_parts {
+                config.graph_parts = parts;
             }
             data.create_tenant(&id, &config)?;
             writeln!(io::stdout(), "{id}")?;

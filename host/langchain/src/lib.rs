@@ -13,6 +13,7 @@
 //! Invariant: a folder reads whole or not at all: every row of the index has a docstore id and
 //! a document, every metadata value converts to JSON, else the error names the row.
 
+pub mod export;
 pub mod pickle;
 
 use std::path::Path;
@@ -246,6 +247,7 @@ fn to_json(value: &Value, depth: usize) -> Result<Json, String> {
         Value::None => Json::Null,
         Value::Bool(b) => Json::Bool(*b),
         Value::Int(i) => Json::from(*i),
+        Value::UInt(u) => Json::from(*u),
         Value::Float(f) => serde_json::Number::from_f64(*f)
             .map(Json::Number)
             .ok_or_else(|| format!("metadata holds {f}, which JSON cannot"))?,
@@ -319,6 +321,53 @@ mod tests {
             out.extend(v.to_le_bytes());
         }
         out
+    }
+
+    #[test]
+    fn what_the_writer_writes_reads_back_exactly() {
+        let index = FlatIndex {
+            metric: Metric::Ip,
+            dims: 3,
+            values: vec![1.0, -2.5, 3.25, f32::MIN_POSITIVE, 0.0, -0.0],
+        };
+        let mut faiss = Vec::new();
+        export::write_faiss(&mut faiss, &index).expect("write");
+        assert_eq!(read_faiss(&faiss).expect("read"), index);
+
+        let metadata = |v: Json| match v {
+            Json::Object(map) => map,
+            _ => Map::new(),
+        };
+        let documents = vec![
+            StoredDocument {
+                id: "a".into(),
+                text: "Grüße, 世界 🚀".into(),
+                metadata: metadata(serde_json::json!({
+                    "small": 7, "i32_edge": 2147483648_i64, "neg": -2147483649_i64,
+                    "big": 1_099_511_627_776_i64, "huge": 18_446_744_073_709_551_615_u64,
+                    "min": i64::MIN, "float": -0.5, "none": null, "yes": true, "no": false,
+                    "nested": {"tags": ["x", 1, [2.5, null]], "deep": {"k": "v"}},
+                    "long_text": "z".repeat(300),
+                })),
+            },
+            StoredDocument {
+                id: "b".repeat(260),
+                text: String::new(),
+                metadata: Map::new(),
+            },
+        ];
+        let many: Vec<StoredDocument> = (0..2500)
+            .map(|i| StoredDocument {
+                id: format!("d{i}"),
+                text: format!("text {i}"),
+                metadata: metadata(serde_json::json!({"i": i, "list": (0..i % 5).collect::<Vec<_>>()})),
+            })
+            .collect();
+        for docs in [documents, many] {
+            let mut pkl = Vec::new();
+            export::write_docstore(&mut pkl, &docs).expect("write");
+            assert_eq!(read_docstore(&pkl).expect("read"), docs);
+        }
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum Value {
     None,
     Bool(bool),
     Int(i64),
+    /// A non-negative integer beyond `i64` that still fits `u64` (JSON numbers can be).
+    UInt(u64),
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
@@ -70,7 +72,7 @@ impl Value {
         match self {
             Value::None => "None".into(),
             Value::Bool(_) => "bool".into(),
-            Value::Int(_) => "int".into(),
+            Value::Int(_) | Value::UInt(_) => "int".into(),
             Value::Float(_) => "float".into(),
             Value::Str(_) => "str".into(),
             Value::Bytes(_) => "bytes".into(),
@@ -255,6 +257,12 @@ impl Reader<'_> {
                         self.len_u32()?
                     };
                     let raw = self.take(n)?;
+                    if n == 9 && raw[8] == 0 {
+                        let mut buf = [0u8; 8];
+                        buf.copy_from_slice(&raw[..8]);
+                        self.stack.push(Value::UInt(u64::from_le_bytes(buf)));
+                        continue;
+                    }
                     if n > 8 {
                         return Err(self.malformed("an integer wider than 64 bits"));
                     }
