@@ -168,6 +168,12 @@ fn rate_limits_refuse_with_429_and_retry_after_change_nothing_and_persist() {
         "nothing half-applied"
     );
     assert_eq!(ingest(addr, &key, json!([doc("q1")])).0, 200, "one more fits");
+    let (_, stats) = call(addr, "GET", "/v1/stats", Some(&key), None);
+    assert_eq!(
+        (&stats["count"], &stats["max_documents"]),
+        (&json!(3), &json!(3)),
+        "the tenant sees its usage against the quota: {stats}"
+    );
     assert_eq!(patch(addr, "alice", json!({"max_documents": 0})).0, 400);
 
     drop(server);
@@ -178,6 +184,8 @@ fn rate_limits_refuse_with_429_and_retry_after_change_nothing_and_persist() {
     assert_eq!(status, 413);
     let (status, view) = patch(server.addr, "alice", json!({"max_documents": null}));
     assert_eq!((status, &view["max_documents"]), (200, &Value::Null));
+    let (_, stats) = call(server.addr, "GET", "/v1/stats", Some(&key), None);
+    assert!(stats.get("max_documents").is_none(), "no quota, none shown: {stats}");
     assert_eq!(
         ingest(server.addr, &key, json!([doc("q2")])).0,
         200,

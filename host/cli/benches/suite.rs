@@ -939,6 +939,15 @@ fn main() {
     if preset.zipf_accesses == 0 {
         println!("warm search…");
         let (qps, p50, p99, recall) = tvs_warm_search(&data, &set);
+        let info = TenantStore::open(&data.store_dir(&TenantId::new(&tenant_name(0)).unwrap()))
+            .unwrap()
+            .info();
+        if let Some(ef) = info.ef_search {
+            println!(
+                "the default search's breadth: ef_search {ef} (calibrated: {:?} recall@10 at {:?} nodes)",
+                info.recall_estimate, info.calibrated_at_nodes
+            );
+        }
         base_search = baseline.run(&["warm_search"]).remove("warm_search");
         let base = base_search.as_ref().expect("the baseline's warm search");
         let qps_target = (preset.name == "big").then_some(Target::Ratio(50.0));

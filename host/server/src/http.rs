@@ -984,6 +984,7 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
     let tenant = tenant_for(&app, &headers, Scope::Read)?;
     let store_tenant = tenant.clone();
     with_store(&app, tenant, move |app2, store| {
+        let max_documents = store.max_documents();
         let info = app2.runtime.stats(store).map_err(|e| guest_failed(app2, e))?;
         let metric = match info.metric {
             tvs_runtime::GuestMetric::Cos => "cos",
@@ -994,10 +995,14 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
             "count": info.count, "dims": info.dims, "metric": metric, "bytes": info.bytes,
             "embedding_model": info.embedding_model,
         });
-        // Shown when set, so a tenant without limits answers as on Spin (which has none).
+        // Limits are shown when set, so a tenant without any answers as on Spin (which has none);
+        // `count` is the usage against `max_documents`.
         let rates = app2.rates.limits(&store_tenant);
         if rates != RateLimits::default() {
             stats["rate_limits"] = json!(rates);
+        }
+        if let Some(max) = max_documents {
+            stats["max_documents"] = json!(max);
         }
         Ok(Json(stats))
     })
