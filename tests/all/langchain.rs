@@ -377,5 +377,5 @@ fn the_python_client_passes_its_langchain_tests_against_a_real_server() {
         "{report}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(report.contains("14 passed"), "{report}");
+    assert!(report.contains("15 passed"), "{report}");
 }

@@ -127,7 +127,12 @@ fn rate_limits_refuse_with_429_and_retry_after_change_nothing_and_persist() {
     );
     assert!(spec["paths"]["/v1/tenants/{id}"]["get"].is_object());
     let patch_schema = &spec["components"]["schemas"]["TenantPatch"]["properties"];
-    for field in ["requests_per_second", "ingest_bytes_per_second", "max_documents"] {
+    for field in [
+        "requests_per_second",
+        "ingest_bytes_per_second",
+        "max_documents",
+        "max_bytes",
+    ] {
         assert!(
             patch_schema[field].is_object(),
             "TenantPatch documents {field}: {patch_schema}"
@@ -201,4 +206,58 @@ fn rate_limits_refuse_with_429_and_retry_after_change_nothing_and_persist() {
     let (_, view) = call(server.addr, "GET", "/v1/tenants/bob", Some(ADMIN), None);
     assert_eq!(view["rate_limits"], json!({}), "no default on this server: unlimited");
     assert_eq!(search(server.addr, &created).0, 200);
+
+    // The bytes quota: the size of the tenant's log, shown to the admin and to the tenant.
+    let bob = created;
+    for id in ["b1", "b2", "b3"] {
+        assert_eq!(ingest(server.addr, &bob, json!([doc(id)])).0, 200);
+    }
+    let (_, view) = call(server.addr, "GET", "/v1/tenants/bob", Some(ADMIN), None);
+    let used = view["usage"]["stored_bytes"].as_u64().expect("stored bytes");
+    assert!(used > 0, "{view}");
+    assert_eq!(patch(server.addr, "bob", json!({"max_bytes": 0})).0, 400);
+    let (status, view) = patch(server.addr, "bob", json!({"max_bytes": used}));
+    assert_eq!((status, &view["max_bytes"]), (200, &json!(used)), "{view}");
+    let (status, refusal) = ingest(server.addr, &bob, json!([doc("b4")]));
+    assert_eq!(
+        (status, refusal["error"]["code"].as_str()),
+        (413, Some("quota_exceeded")),
+        "{refusal}"
+    );
+    let message = refusal["error"]["message"].as_str().expect("message");
+    assert!(message.contains(&format!("{used} stored bytes")), "{message}");
+    assert_eq!(
+        call(server.addr, "GET", "/v1/documents/b4", Some(&bob), None).0,
+        404,
+        "nothing half-applied"
+    );
+    let (_, stats) = call(server.addr, "GET", "/v1/stats", Some(&bob), None);
+    assert_eq!(
+        (&stats["max_bytes"], &stats["stored_bytes"]),
+        (&json!(used), &json!(used)),
+        "{stats}"
+    );
+    // Deleted documents make room once the log is compacted, which a write past the quota
+    // does first.
+    for id in ["b1", "b2"] {
+        assert_eq!(
+            call(server.addr, "DELETE", &format!("/v1/documents/{id}"), Some(&bob), None).0,
+            200
+        );
+    }
+    let (status, view) = ingest(server.addr, &bob, json!([doc("b4")]));
+    assert_eq!(status, 200, "{view}");
+    let (_, view) = call(server.addr, "GET", "/v1/tenants/bob", Some(ADMIN), None);
+    assert_eq!(view["usage"]["documents"], 2);
+    assert!(
+        view["usage"]["stored_bytes"].as_u64().expect("stored bytes") <= used,
+        "{view}"
+    );
+    let (status, view) = patch(server.addr, "bob", json!({"max_bytes": null}));
+    assert_eq!((status, &view["max_bytes"]), (200, &Value::Null));
+    assert_eq!(
+        ingest(server.addr, &bob, json!([doc("b5"), doc("b6")])).0,
+        200,
+        "no quota"
+    );
 }

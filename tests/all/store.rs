@@ -637,7 +637,7 @@ fn quotas_refuse_documents_beyond_the_limit() {
     store.upsert(vec![doc("a"), doc("b"), doc("c")]).expect("within quota");
     assert!(matches!(
         store.upsert(vec![doc("d")]),
-        Err(StoreError::QuotaExceeded { limit: 3 })
+        Err(StoreError::QuotaExceeded { limit: 3, .. })
     ));
     store.upsert(vec![doc("a")]).expect("replacing does not count");
     assert_eq!(store.count(), 3);

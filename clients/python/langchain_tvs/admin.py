@@ -134,6 +134,15 @@ class TvsAdmin:
     def delete_tenant(self, tenant_id: str) -> None:
         _raise_for(self._client.delete(f"/v1/tenants/{tenant_id}"))
 
+    def tenant(self, tenant_id: str) -> dict[str, Any]:
+        """The tenant's limits and its usage against them (`usage`: documents, stored_bytes, …)."""
+        return _raise_for(self._client.get(f"/v1/tenants/{tenant_id}"))
+
+    def set_limits(self, tenant_id: str, **limits: Any) -> dict[str, Any]:
+        """Changes limits (`requests_per_second`, `ingest_bytes_per_second`, `max_documents`,
+        `max_bytes`; None removes one); returns the tenant as `tenant` shows it."""
+        return _raise_for(self._client.patch(f"/v1/tenants/{tenant_id}", json=limits))
+
     def issue_key(self, tenant_id: str) -> str:
         """A new key for the tenant; its previous key stops working."""
         return _raise_for(self._client.post(f"/v1/tenants/{tenant_id}/keys"))["api_key"]
@@ -174,6 +183,12 @@ class AsyncTvsAdmin:
 
     async def delete_tenant(self, tenant_id: str) -> None:
         _raise_for(await self._call("DELETE", f"/v1/tenants/{tenant_id}"))
+
+    async def tenant(self, tenant_id: str) -> dict[str, Any]:
+        return _raise_for(await self._call("GET", f"/v1/tenants/{tenant_id}"))
+
+    async def set_limits(self, tenant_id: str, **limits: Any) -> dict[str, Any]:
+        return _raise_for(await self._call("PATCH", f"/v1/tenants/{tenant_id}", json=limits))
 
     async def issue_key(self, tenant_id: str) -> str:
         return _raise_for(await self._call("POST", f"/v1/tenants/{tenant_id}/keys"))["api_key"]

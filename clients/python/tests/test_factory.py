@@ -109,6 +109,27 @@ def test_tokens_minted_by_hand_and_revoked_signing_keys(server):
     assert "erin" not in admin.list_tenants()
 
 
+def test_the_admin_sets_quotas_and_the_app_sees_them_refuse_with_nothing_written(server, secret):
+    store = store_for(server, secret, "quota-user")
+    store.add_texts(["one", "two"], ids=["q1", "q2"])
+    admin = TvsAdmin(server.url, ADMIN)
+    tenant = tenant_id_for("quota-user")
+    used = admin.tenant(tenant)["usage"]["stored_bytes"]
+    view = admin.set_limits(tenant, max_documents=3, max_bytes=used)
+    assert (view["max_documents"], view["max_bytes"]) == (3, used)
+    with pytest.raises(TvsError) as refused:
+        store.add_texts(["three"], ids=["q3"])
+    assert refused.value.status == 413 and "stored bytes" in str(refused.value)
+    assert store.get_by_ids(["q3"]) == []
+    view = admin.set_limits(tenant, max_bytes=None)
+    assert view["max_bytes"] is None
+    store.add_texts(["three"], ids=["q3"])
+    with pytest.raises(TvsError) as refused:
+        store.add_texts(["four"], ids=["q4"])
+    assert refused.value.status == 413 and "3 documents" in str(refused.value)
+    assert admin.tenant(tenant)["usage"]["documents"] == 3
+
+
 def test_the_async_factory(server, secret):
     async def main():
         store = await acreate_vector_store(

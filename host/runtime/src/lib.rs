@@ -25,7 +25,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use tvs_guest_core::filter::Filter;
 use tvs_store::doclog::LogError;
-use tvs_store::store::{self as tenant_store, StoreError, TenantStore};
+use tvs_store::store::{self as tenant_store, Quota, StoreError, TenantStore};
 
 /// Bindings of `wit/` (world `guest`), generated once here.
 pub mod bindings {
@@ -163,6 +163,9 @@ impl ResourceLimiter for Caps {
 /// Per-instance state: the calling tenant's store and an empty WASI context.
 pub struct GuestState {
     store: Arc<TenantStore>,
+    /// Which quota refused this request's write, if one did: the WIT error carries only the
+    /// limit, and the client's message names the quota.
+    refused_quota: Option<Quota>,
     wasi: WasiCtx,
     table: ResourceTable,
     caps: Caps,
@@ -257,6 +260,7 @@ impl Runtime {
     fn new_store(&self, tenant: Arc<TenantStore>) -> Store<GuestState> {
         let state = GuestState {
             store: tenant,
+            refused_quota: None,
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             caps: Caps {
@@ -289,7 +293,7 @@ impl Runtime {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(GuestError::Request {
                 kind: kind_of(&error),
-                message: describe(&error),
+                message: describe(&error, store.data().refused_quota),
             }),
             Err(e) => Err(self.classify(e)),
         }
@@ -356,11 +360,15 @@ fn kind_of(error: &Error) -> RequestErrorKind {
     }
 }
 
-/// A client-facing message for a WIT error.
-pub fn describe(error: &Error) -> String {
+/// A client-facing message for a WIT error; `quota` names the quota behind `quota-exceeded`
+/// (the documents quota when unknown: the only one other hosts of the guest enforce).
+pub fn describe(error: &Error, quota: Option<Quota>) -> String {
     match error {
         Error::InvalidInput(m) => format!("invalid input: {m}"),
-        Error::QuotaExceeded(limit) => format!("quota exceeded: this tenant is limited to {limit} documents"),
+        Error::QuotaExceeded(limit) => format!(
+            "quota exceeded: this tenant is limited to {limit} {}",
+            quota.unwrap_or(Quota::Documents)
+        ),
         Error::TenantDeleted => "the tenant was deleted".into(),
         Error::NoEmbedder => "this tenant has no embedding model; send vectors instead of text".into(),
         Error::Internal(m) => format!("internal error: {m}"),
@@ -372,7 +380,7 @@ fn to_wit(error: StoreError) -> Error {
         StoreError::InvalidDocument { .. } | StoreError::InvalidQuery(_) | StoreError::Filter(_) => {
             Error::InvalidInput(error.to_string())
         }
-        StoreError::QuotaExceeded { limit } => Error::QuotaExceeded(limit),
+        StoreError::QuotaExceeded { limit, .. } => Error::QuotaExceeded(limit),
         StoreError::Deleted => Error::TenantDeleted,
         // Said plainly, without paths: the client can act on these (wait, retry, tell the operator).
         StoreError::Log(LogError::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::StorageFull => {
@@ -420,6 +428,15 @@ pub(crate) mod tenant_calls {
     use super::*;
 
     pub fn upsert(store: &TenantStore, documents: Vec<NewDocument>) -> Result<Vec<String>, Error> {
+        upsert_noting_quota(store, documents, &mut None)
+    }
+
+    /// [`upsert`], setting `refused` to the quota that refused the write, if one did.
+    pub fn upsert_noting_quota(
+        store: &TenantStore,
+        documents: Vec<NewDocument>,
+        refused: &mut Option<Quota>,
+    ) -> Result<Vec<String>, Error> {
         let docs = documents
             .into_iter()
             .enumerate()
@@ -432,7 +449,12 @@ pub(crate) mod tenant_calls {
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        store.upsert(docs).map_err(to_wit)
+        store.upsert(docs).map_err(|e| {
+            if let StoreError::QuotaExceeded { quota, .. } = &e {
+                *refused = Some(*quota);
+            }
+            to_wit(e)
+        })
     }
 
     pub fn delete(store: &TenantStore, ids: Vec<String>) -> Result<u64, Error> {
@@ -525,7 +547,7 @@ pub(crate) mod tenant_calls {
 
 impl bindings::tvs::store::collection::Host for GuestState {
     fn upsert(&mut self, documents: Vec<NewDocument>) -> Result<Vec<String>, Error> {
-        tenant_calls::upsert(&self.store, documents)
+        tenant_calls::upsert_noting_quota(&self.store, documents, &mut self.refused_quota)
     }
 
     fn delete(&mut self, ids: Vec<String>) -> Result<u64, Error> {

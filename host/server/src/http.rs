@@ -426,6 +426,9 @@ struct CreateTenant {
     embedding_model: Option<String>,
     #[serde(default)]
     max_documents: Option<u64>,
+    /// The most bytes the tenant's document log may hold (see `TenantPatch`).
+    #[serde(default)]
+    max_bytes: Option<u64>,
 }
 
 #[utoipa::path(post, path = "/v1/tenants", request_body = CreateTenant, responses((status = 201, description = "the tenant and its API key, shown once"), (status = 409, description = "exists")), security(("admin" = [])))]
@@ -443,7 +446,13 @@ async fn create_tenant(
         body.scalar.unwrap_or_default(),
         body.embedding_model.as_deref().unwrap_or(&app.settings.embedding_model),
     );
+    if body.max_documents == Some(0) || body.max_bytes == Some(0) {
+        return Err(ApiError::bad_request(
+            "max_documents and max_bytes must be at least 1 (leave them out for no quota)",
+        ));
+    }
     config.max_documents = body.max_documents;
+    config.max_bytes = body.max_bytes;
     let app2 = app.clone();
     let key = blocking(&app, move || {
         app2.pool.create_tenant(&id, &config).map_err(|e| match e {
@@ -541,6 +550,12 @@ struct TenantPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u64>)]
     max_documents: Option<Option<u64>>,
+    /// The most bytes the tenant's document log may hold: every document whole (vector, text,
+    /// metadata as stored); replaced and deleted ones until the log is compacted, which a write
+    /// past the quota does first. A write that would pass it gets 413.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    max_bytes: Option<Option<u64>>,
 }
 
 /// A field that is present, `null` or not: `Some(None)` for `null`.
@@ -556,7 +571,11 @@ fn tenant_view(app: &App, id: &TenantId) -> Result<Value, ApiError> {
         "id": id.as_str(),
         "rate_limits": app.rates.limits(id),
         "max_documents": store.max_documents(),
-        "usage": {"documents": info.count, "vector_bytes": info.raw_vector_bytes, "memory_bytes": info.memory_bytes},
+        "max_bytes": store.max_bytes(),
+        "usage": {
+            "documents": info.count, "stored_bytes": info.log_bytes,
+            "vector_bytes": info.raw_vector_bytes, "memory_bytes": info.memory_bytes,
+        },
     }))
 }
 
@@ -603,6 +622,9 @@ async fn patch_tenant(
                 "max_documents must be at least 1 (null removes it)",
             ));
         }
+        if patch.max_bytes == Some(Some(0)) {
+            return Err(ApiError::bad_request("max_bytes must be at least 1 (null removes it)"));
+        }
         app2.rates.set(&id, limits).map_err(|e| {
             tracing::error!(error = %e, "writing rate limits failed");
             ApiError::internal()
@@ -611,6 +633,13 @@ async fn patch_tenant(
             let store = app2.pool.get(&id).map_err(from_open)?;
             store.set_max_documents(limit).map_err(|e| {
                 tracing::error!(error = %e, "writing the documents quota failed");
+                ApiError::internal()
+            })?;
+        }
+        if let Some(limit) = patch.max_bytes {
+            let store = app2.pool.get(&id).map_err(from_open)?;
+            store.set_max_bytes(limit).map_err(|e| {
+                tracing::error!(error = %e, "writing the bytes quota failed");
                 ApiError::internal()
             })?;
         }
@@ -984,7 +1013,8 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
     let tenant = tenant_for(&app, &headers, Scope::Read)?;
     let store_tenant = tenant.clone();
     with_store(&app, tenant, move |app2, store| {
-        let max_documents = store.max_documents();
+        let (max_documents, max_bytes, stored_bytes) =
+            (store.max_documents(), store.max_bytes(), store.info().log_bytes);
         let info = app2.runtime.stats(store).map_err(|e| guest_failed(app2, e))?;
         let metric = match info.metric {
             tvs_runtime::GuestMetric::Cos => "cos",
@@ -1003,6 +1033,10 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
         }
         if let Some(max) = max_documents {
             stats["max_documents"] = json!(max);
+        }
+        if let Some(max) = max_bytes {
+            stats["max_bytes"] = json!(max);
+            stats["stored_bytes"] = json!(stored_bytes);
         }
         Ok(Json(stats))
     })

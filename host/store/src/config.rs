@@ -86,6 +86,11 @@ pub struct StoreConfig {
     /// Optional quota on live documents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_documents: Option<u64>,
+    /// Optional quota on stored bytes: the size of the tenant's document log, which holds every
+    /// document whole (vector, text, metadata). Deleted and replaced documents count until the
+    /// log is compacted; a write that would pass the quota compacts first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
     /// Parts an HNSW graph is built in, each searched on its own thread; [`GRAPH_PARTS_AUTO`]
     /// (the default) splits graphs of `vectors::SPLIT_FROM` rows in two on machines with two
     /// cores or more. 1 keeps every search on one core (more concurrent searches per core).
@@ -131,6 +136,7 @@ impl StoreConfig {
             hnsw_threshold: DEFAULT_HNSW_THRESHOLD,
             ef_search: EF_SEARCH_CALIBRATED,
             max_documents: None,
+            max_bytes: None,
             graph_parts: GRAPH_PARTS_AUTO,
         }
     }

@@ -158,6 +158,24 @@ pub struct StoreInfo {
     pub calibrated_at_nodes: Option<usize>,
 }
 
+/// Which quota a write would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// `max_documents`: live documents.
+    Documents,
+    /// `max_bytes`: the document log's size.
+    Bytes,
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Quota::Documents => "documents",
+            Quota::Bytes => "stored bytes",
+        })
+    }
+}
+
 /// Why a store could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -193,8 +211,8 @@ pub enum StoreError {
     InvalidQuery(String),
     #[error(transparent)]
     Filter(#[from] FilterError),
-    #[error("quota exceeded: this store is limited to {limit} documents")]
-    QuotaExceeded { limit: u64 },
+    #[error("quota exceeded: this store is limited to {limit} {quota}")]
+    QuotaExceeded { limit: u64, quota: Quota },
     #[error("the store was deleted")]
     Deleted,
     #[error(transparent)]
@@ -305,6 +323,8 @@ pub struct TenantStore {
     /// The quota on live documents (`u64::MAX`: none); starts as the config's and may be
     /// changed while the store is open ([`TenantStore::set_max_documents`]).
     max_documents: AtomicU64,
+    /// The quota on stored bytes; `u64::MAX` when there is none.
+    max_bytes: AtomicU64,
     this: Weak<TenantStore>,
 }
 
@@ -423,6 +443,7 @@ impl TenantStore {
         let needs_graph = state.docs.vectors.wants_build(state.docs.len(), &config);
         let needs_indexer = state.docs.vectors.claim_indexer();
         let max_documents = AtomicU64::new(config.max_documents.unwrap_or(u64::MAX));
+        let max_bytes = AtomicU64::new(config.max_bytes.unwrap_or(u64::MAX));
         let store = Arc::new_cyclic(|this| TenantStore {
             dir: dir.clone(),
             config,
@@ -432,6 +453,7 @@ impl TenantStore {
             indexer: Mutex::new(None),
             snapshot_lock: Mutex::new(()),
             max_documents,
+            max_bytes,
             remote,
             this: this.clone(),
         });
@@ -476,10 +498,29 @@ impl TenantStore {
         Some(self.max_documents.load(Ordering::Acquire)).filter(|n| *n != u64::MAX)
     }
 
+    /// The quota on stored bytes (the document log's size), if any.
+    pub fn max_bytes(&self) -> Option<u64> {
+        Some(self.max_bytes.load(Ordering::Acquire)).filter(|n| *n != u64::MAX)
+    }
+
     /// Changes the quota on live documents: written to the config file (atomically) first, then
     /// enforced. Documents beyond a lowered quota stay; only new ones are refused. Not for
     /// tenants in object storage (their config lives in the bucket's manifest).
     pub fn set_max_documents(&self, limit: Option<u64>) -> io::Result<()> {
+        self.change_config(|config| config.max_documents = limit)?;
+        self.max_documents.store(limit.unwrap_or(u64::MAX), Ordering::Release);
+        Ok(())
+    }
+
+    /// Changes the quota on stored bytes, as [`TenantStore::set_max_documents`] does.
+    pub fn set_max_bytes(&self, limit: Option<u64>) -> io::Result<()> {
+        self.change_config(|config| config.max_bytes = limit)?;
+        self.max_bytes.store(limit.unwrap_or(u64::MAX), Ordering::Release);
+        Ok(())
+    }
+
+    /// Rewrites the config file (atomically) with `change` applied.
+    fn change_config(&self, change: impl FnOnce(&mut StoreConfig)) -> io::Result<()> {
         if self.remote.is_some() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -489,15 +530,13 @@ impl TenantStore {
         // Snapshot writers and this never interleave on the store's files.
         let _files = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut config = self.dir.read_config()?;
-        config.max_documents = limit;
+        change(&mut config);
         let path = self.dir.config_file();
         let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
             return Err(io::Error::other("the config file has no directory"));
         };
         let json = serde_json::to_vec_pretty(&config).map_err(io::Error::other)?;
-        storage::write_atomic(self.dir.storage(), dir, name, &json)?;
-        self.max_documents.store(limit.unwrap_or(u64::MAX), Ordering::Release);
-        Ok(())
+        storage::write_atomic(self.dir.storage(), dir, name, &json)
     }
 
     /// Whether an fsync of the log failed: the store refuses writes until it is reopened, and
@@ -612,8 +651,26 @@ impl TenantStore {
             );
         }
 
+        if let Some(limit) = self.max_bytes() {
+            // Over the byte quota with dead records in the log: compacting may make room.
+            let compactable = {
+                let state = self.read();
+                state.log.end() + buf.len() as u64 > limit && state.docs.dead_records > 0
+            };
+            if compactable {
+                self.compact()?;
+            }
+        }
         let mut state = self.write();
         Self::check_writable(&state)?;
+        if let Some(limit) = self.max_bytes()
+            && state.log.end() + buf.len() as u64 > limit
+        {
+            return Err(StoreError::QuotaExceeded {
+                limit,
+                quota: Quota::Bytes,
+            });
+        }
         if let Some(limit) = self.max_documents() {
             let mut fresh: Vec<&str> = ids
                 .iter()
@@ -623,7 +680,10 @@ impl TenantStore {
             fresh.sort_unstable();
             fresh.dedup();
             if state.docs.len() as u64 + fresh.len() as u64 > limit {
-                return Err(StoreError::QuotaExceeded { limit });
+                return Err(StoreError::QuotaExceeded {
+                    limit,
+                    quota: Quota::Documents,
+                });
             }
         }
         let (start, end) = state.log.append(&buf)?;
