@@ -476,12 +476,20 @@ fn run(api: &mut dyn Api) -> Vec<(u16, Value)> {
 
 /// A body as both servers must give it: keys and the fields that differ by design left out
 /// (`bytes`: the HNSW index's resident size vs none; `usage`: tokens counted by tvs, not passed
-/// through Spin's embedder), and parse-error wording (axum's vs serde's) cut to its prefix.
+/// through Spin's embedder; `max_documents`, `max_bytes`, `stored_bytes`: the limits `tvs serve`
+/// reports beside a tenant's count, which Spin's front cannot see: the WIT's `collection-info`
+/// carries none, though Spin's storage enforces `max_documents`), and parse-error wording
+/// (axum's vs serde's) cut to its prefix.
 fn comparable(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "api_key" | "bytes" | "usage"))
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "api_key" | "bytes" | "usage" | "max_documents" | "max_bytes" | "stored_bytes"
+                    )
+                })
                 .map(|(k, v)| {
                     let v = match (k.as_str(), v) {
                         ("message", Value::String(m)) if m.starts_with("malformed JSON body") => {

@@ -253,6 +253,16 @@ fn rate_limits_refuse_with_429_and_retry_after_change_nothing_and_persist() {
         view["usage"]["stored_bytes"].as_u64().expect("stored bytes") <= used,
         "{view}"
     );
+    let (_, metrics) = call(server.addr, "GET", "/metrics", None, None);
+    let metrics = metrics.as_str().expect("text");
+    assert!(
+        metrics.contains("tvs_quota_exceeded_total{quota=\"max_bytes\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tvs_quota_exceeded_total{quota=\"max_documents\"} 1"),
+        "{metrics}"
+    );
     let (status, view) = patch(server.addr, "bob", json!({"max_bytes": null}));
     assert_eq!((status, &view["max_bytes"]), (200, &Value::Null));
     assert_eq!(

@@ -101,7 +101,8 @@ pub enum GuestError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestErrorKind {
     InvalidInput,
-    QuotaExceeded,
+    /// Which quota: the WIT error names only its limit; the host remembers the rest.
+    QuotaExceeded(Quota),
     TenantDeleted,
     NoEmbedder,
     Internal,
@@ -292,7 +293,7 @@ impl Runtime {
         match call(&instance, &mut store) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(GuestError::Request {
-                kind: kind_of(&error),
+                kind: kind_of(&error, store.data().refused_quota),
                 message: describe(&error, store.data().refused_quota),
             }),
             Err(e) => Err(self.classify(e)),
@@ -350,10 +351,10 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
 }
 
-fn kind_of(error: &Error) -> RequestErrorKind {
+fn kind_of(error: &Error, quota: Option<Quota>) -> RequestErrorKind {
     match error {
         Error::InvalidInput(_) => RequestErrorKind::InvalidInput,
-        Error::QuotaExceeded(_) => RequestErrorKind::QuotaExceeded,
+        Error::QuotaExceeded(_) => RequestErrorKind::QuotaExceeded(quota.unwrap_or(Quota::Documents)),
         Error::TenantDeleted => RequestErrorKind::TenantDeleted,
         Error::NoEmbedder => RequestErrorKind::NoEmbedder,
         Error::Internal(_) => RequestErrorKind::Internal,

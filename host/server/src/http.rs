@@ -30,7 +30,7 @@ use tvs_runtime::{Chunking, GuestError, IngestDocument, IngestRequest, Mmr, Requ
 use tvs_store::config::{Metric, ScalarKind, Settings, StoreConfig};
 use tvs_store::pool::Pool;
 use tvs_store::remote::RemoteError;
-use tvs_store::store::{OpenError, TenantStore};
+use tvs_store::store::{OpenError, Quota, TenantStore};
 use tvs_store::tenant::{TenantError, TenantId};
 
 /// Limits of the server.
@@ -229,7 +229,9 @@ fn from_guest(error: GuestError) -> ApiError {
         GuestError::Request { kind, message } => match kind {
             RequestErrorKind::InvalidInput | RequestErrorKind::NoEmbedder => ApiError::bad_request(message),
             // A storage quota: the request is too large for what the tenant may still hold.
-            RequestErrorKind::QuotaExceeded => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", message),
+            RequestErrorKind::QuotaExceeded(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", message)
+            }
             RequestErrorKind::TenantDeleted => ApiError::not_found(message),
             RequestErrorKind::Internal => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         },
@@ -251,6 +253,13 @@ fn guest_failed(app: &App, error: GuestError) -> ApiError {
         GuestError::Memory(_) => app.metrics.guest_failure("memory"),
         GuestError::Trap(_) => app.metrics.guest_failure("trap"),
         GuestError::Busy => app.metrics.guest_failure("busy"),
+        GuestError::Request {
+            kind: RequestErrorKind::QuotaExceeded(quota),
+            ..
+        } => app.metrics.quota_exceeded(match quota {
+            Quota::Documents => "max_documents",
+            Quota::Bytes => "max_bytes",
+        }),
         _ => {}
     }
     from_guest(error)

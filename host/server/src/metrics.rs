@@ -26,6 +26,7 @@ struct Inner {
     guest_failures: BTreeMap<&'static str, u64>,
     auth_refused: BTreeMap<&'static str, u64>,
     rate_limited: BTreeMap<&'static str, u64>,
+    quota_exceeded: BTreeMap<&'static str, u64>,
     rejected_busy: u64,
 }
 
@@ -74,6 +75,11 @@ impl Metrics {
     /// `ingest_bytes_per_second`).
     pub fn rate_limited(&self, limit: &'static str) {
         *self.lock().rate_limited.entry(limit).or_default() += 1;
+    }
+
+    /// Records a write refused by a tenant's quota (`max_documents`, `max_bytes`).
+    pub fn quota_exceeded(&self, quota: &'static str) {
+        *self.lock().quota_exceeded.entry(quota).or_default() += 1;
     }
 
     /// Prometheus text exposition.
@@ -145,6 +151,13 @@ impl Metrics {
                 "limit",
                 &["requests_per_second", "ingest_bytes_per_second"][..],
                 &inner.rate_limited,
+            ),
+            (
+                "tvs_quota_exceeded_total",
+                "Writes refused 413 by a tenant's quota, by quota.",
+                "quota",
+                &["max_documents", "max_bytes"][..],
+                &inner.quota_exceeded,
             ),
         ] {
             let _ = writeln!(w, "# HELP {name} {help}");
