@@ -368,6 +368,27 @@ fn snapshot_file(dir: &tvs_store::tenant::StoreDir, ext: &str) -> std::path::Pat
         .unwrap_or_else(|| panic!("a snapshot file .{ext}"))
 }
 
+/// A store whose 3,000 documents (`documents(3000, 32, seed)`) are in an HNSW graph built at
+/// 1,000, snapshotted and closed: the starting point of the snapshot tests.
+fn graph_store_on_disk(
+    mut cfg: StoreConfig,
+    seed: u64,
+) -> (tempfile::TempDir, tvs_store::tenant::StoreDir, Vec<NewDocument>) {
+    cfg.hnsw_threshold = 1000;
+    let (tmp, dir, store) = temp_store(&cfg);
+    let docs = documents(3000, 32, seed);
+    store.upsert(docs.clone()).expect("upsert");
+    store.wait_for_index();
+    store.flush().expect("snapshot");
+    drop(store);
+    (tmp, dir, docs)
+}
+
+/// The snapshot manifest of the store in `dir`.
+fn manifest_of(dir: &tvs_store::tenant::StoreDir) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.vector_store().join("manifest.json")).expect("manifest")).expect("json")
+}
+
 /// Flips one bit of the byte at `at` in `path`.
 fn flip_bit(path: &std::path::Path, at: usize) {
     let mut bytes = std::fs::read(path).expect("read");
@@ -377,14 +398,7 @@ fn flip_bit(path: &std::path::Path, at: usize) {
 
 #[test]
 fn a_damaged_graph_snapshot_is_ignored_and_the_log_replayed() {
-    let mut cfg = config(32, Metric::L2);
-    cfg.hnsw_threshold = 1000;
-    let (_tmp, dir, store) = temp_store(&cfg);
-    let docs = documents(3000, 32, 8);
-    store.upsert(docs.clone()).expect("upsert");
-    store.wait_for_index();
-    store.flush().expect("snapshot");
-    drop(store);
+    let (_tmp, dir, docs) = graph_store_on_disk(config(32, Metric::L2), 8);
     let graph_file = snapshot_file(&dir, "usearch");
     let middle = std::fs::metadata(&graph_file).expect("size").len() as usize / 2;
     flip_bit(&graph_file, middle);
@@ -401,14 +415,7 @@ fn a_damaged_graph_snapshot_is_ignored_and_the_log_replayed() {
 fn a_damaged_row_beside_the_graph_is_caught_when_first_used_and_the_log_answers_instead() {
     // The f32 rows beside an i8 graph are checked a block at a time as queries use them, so an
     // open does not read them all; a damaged block must still never feed an answer.
-    let mut cfg = config(32, Metric::L2);
-    cfg.hnsw_threshold = 1000;
-    let (_tmp, dir, store) = temp_store(&cfg);
-    let docs = documents(3000, 32, 12);
-    store.upsert(docs.clone()).expect("upsert");
-    store.wait_for_index();
-    store.flush().expect("snapshot");
-    drop(store);
+    let (_tmp, dir, docs) = graph_store_on_disk(config(32, Metric::L2), 12);
     let target = 1500;
     // Slot 1500 holds doc-1500: slots follow the first upsert.
     flip_bit(&snapshot_file(&dir, "slab"), target * 32 * 4 + 5);
@@ -450,14 +457,7 @@ fn a_damaged_row_beside_the_graph_is_caught_when_first_used_and_the_log_answers_
 fn a_graph_viewed_from_its_snapshot_takes_deletes_snapshots_again_and_then_grows() {
     // After an open the graph is a read-only view of the snapshot file: deletes only mark its
     // nodes dead, a snapshot serialises the view, and the first add copies it into memory.
-    let mut cfg = config(32, Metric::L2);
-    cfg.hnsw_threshold = 1000;
-    let (_tmp, dir, store) = temp_store(&cfg);
-    let docs = documents(3000, 32, 14);
-    store.upsert(docs.clone()).expect("upsert");
-    store.wait_for_index();
-    store.flush().expect("snapshot");
-    drop(store);
+    let (_tmp, dir, docs) = graph_store_on_disk(config(32, Metric::L2), 14);
     let viewed = TenantStore::open(&dir).expect("open");
     let gone: Vec<String> = (0..10).map(|i| format!("doc-{i}")).collect();
     assert_eq!(viewed.delete(&gone).expect("delete"), 10);
@@ -810,9 +810,7 @@ fn a_graph_in_two_parts_answers_as_one_through_writes_snapshots_reopens_and_dama
 
     store.flush().expect("snapshot");
     drop(store);
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.vector_store().join("manifest.json")).expect("manifest"))
-            .expect("json");
+    let manifest = manifest_of(&dir);
     assert_eq!(manifest["vectors_kind"], "usearch-parts");
     let second = manifest["more_graph_files"][0]
         .as_str()
@@ -840,9 +838,7 @@ fn a_graph_in_two_parts_answers_as_one_through_writes_snapshots_reopens_and_dama
     drop(reopened);
 
     // A damaged second part: the snapshot is refused and the log answers.
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.vector_store().join("manifest.json")).expect("manifest"))
-            .expect("json");
+    let manifest = manifest_of(&dir);
     let second = dir
         .vector_store()
         .join(manifest["more_graph_files"][0].as_str().expect("a second part"));
@@ -855,23 +851,12 @@ fn a_graph_in_two_parts_answers_as_one_through_writes_snapshots_reopens_and_dama
 
 #[test]
 fn a_graph_with_fewer_parts_than_wanted_is_rebuilt_in_the_background_while_it_answers() {
-    // As a graph that grew past the split size by small writes: one part, two wanted.
+    // As a graph first built whole (under a lower threshold, or by an older tvs): one part, two
+    // wanted.
     let mut cfg = config(32, Metric::L2);
-    cfg.hnsw_threshold = 1000;
     cfg.graph_parts = 1;
-    let (_tmp, dir, store) = temp_store(&cfg);
-    let docs = documents(3000, 32, 8);
-    store.upsert(docs.clone()).expect("upsert");
-    store.wait_for_index();
-    store.flush().expect("snapshot");
-    drop(store);
-    let kind = |dir: &tvs_store::tenant::StoreDir| -> String {
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.vector_store().join("manifest.json")).expect("manifest"))
-                .expect("json");
-        manifest["vectors_kind"].as_str().expect("kind").to_owned()
-    };
-    assert_eq!(kind(&dir), "usearch");
+    let (_tmp, dir, docs) = graph_store_on_disk(cfg, 8);
+    assert_eq!(manifest_of(&dir)["vectors_kind"], "usearch");
     let mut on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.config_file()).expect("config")).expect("json");
     on_disk["graph_parts"] = json!(2);
@@ -886,7 +871,11 @@ fn a_graph_with_fewer_parts_than_wanted_is_rebuilt_in_the_background_while_it_an
     }
     reopened.wait_for_index();
     reopened.flush().expect("snapshot");
-    assert_eq!(kind(&dir), "usearch-parts", "rebuilt in two parts");
+    assert_eq!(
+        manifest_of(&dir)["vectors_kind"],
+        "usearch-parts",
+        "rebuilt in two parts"
+    );
     for (i, doc) in docs.iter().enumerate().step_by(89) {
         let hits = reopened.search(&query(doc.vector.clone(), 1)).expect("search");
         assert_eq!(hits[0].id, format!("doc-{i}"));
