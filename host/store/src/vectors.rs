@@ -1483,7 +1483,14 @@ impl Vectors {
             self.indexing = false;
             return Ok(None);
         }
-        let n = self.pending.len().min(max);
+        // A batch that re-calibrates takes up to a full sample where that many are waiting: 75
+        // queries measure recall@10 to about ±0.007, 300 to ±0.0035, and the noisier estimate
+        // makes the margin pick wider (slower) breadths.
+        let due = graph.wants_calibration();
+        let n = self
+            .pending
+            .len()
+            .min(if due { max.max(CALIBRATION_QUERIES) } else { max });
         let rows: Vec<(u64, u64, Vec<f32>)> = (0..n)
             .map(|i| {
                 let slot = self.pending.slots[i];
@@ -1504,7 +1511,7 @@ impl Vectors {
             ensure_capacity(part, n)?;
         }
         let first_node = graph.next_node();
-        let recalibrate = graph.wants_calibration() && n >= CALIBRATION_QUERIES / 4;
+        let recalibrate = due && n >= CALIBRATION_QUERIES / 4;
         graph.slot_of_node.resize(graph.slot_of_node.len() + n, NONE);
         Ok(Some(IndexBatch {
             parts: graph.parts.clone(),
