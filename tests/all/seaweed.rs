@@ -79,7 +79,10 @@ impl Seaweed {
         let mut base = 0;
         for _ in 0..200 {
             let slot = (u64::from(std::process::id()) * 7 + NEXT.fetch_add(1, Ordering::Relaxed)) % 900;
-            let candidate = 20_000 + slot as u16 * 10;
+            // Below the kernel's ephemeral range (32768 and up here), gRPC ports (+10,000)
+            // included: a port found free there could be taken by any outgoing connection
+            // before weed binds it (a likely cause of one "SeaweedFS did not start" here).
+            let candidate = 10_000 + slot as u16 * 10;
             if ports_free(candidate) {
                 base = candidate;
                 break;
