@@ -344,11 +344,23 @@ pub fn read_slab(storage: &dyn Storage, path: &Path, dims: usize) -> io::Result<
 }
 
 /// Writes the rows beside a graph (`.slab`): the first `rows` rows of `slab`, a CRC per
-/// [`slab::BLOCK_BYTES`] of them, the block size and the rows' byte length (u64 LE each), a CRC
-/// of that table, and the usual trailer over everything. [`open_slab_file`] checks the table at
-/// open and each block when a row from it is first used.
+/// block of them ([`slab::block_bytes_for`]), the block size and the rows' byte length (u64 LE
+/// each), a CRC of that table, and the usual trailer over everything. [`open_slab_file`] checks
+/// the table at open and each block when a row from it is first used.
 pub fn write_slab_file(storage: &dyn Storage, path: &Path, slab: &Slab, rows: usize) -> io::Result<()> {
+    write_slab_file_in_blocks(storage, path, slab, rows, slab::block_bytes_for(slab.dims()))
+}
+
+/// [`write_slab_file`] with a given block size (older tvs wrote 16 KiB blocks).
+pub fn write_slab_file_in_blocks(
+    storage: &dyn Storage,
+    path: &Path,
+    slab: &Slab,
+    rows: usize,
+    block_bytes: usize,
+) -> io::Result<()> {
     struct Blocks<'a> {
+        block_bytes: usize,
         inner: &'a mut dyn Write,
         hasher: crc32fast::Hasher,
         in_block: usize,
@@ -357,12 +369,12 @@ pub fn write_slab_file(storage: &dyn Storage, path: &Path, slab: &Slab, rows: us
     }
     impl Write for Blocks<'_> {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let n = buf.len().min(slab::BLOCK_BYTES - self.in_block);
+            let n = buf.len().min(self.block_bytes - self.in_block);
             self.inner.write_all(&buf[..n])?;
             self.hasher.update(&buf[..n]);
             self.in_block += n;
             self.total += n as u64;
-            if self.in_block == slab::BLOCK_BYTES {
+            if self.in_block == self.block_bytes {
                 let full = std::mem::take(&mut self.hasher);
                 self.crcs.push(full.finalize());
                 self.in_block = 0;
@@ -375,6 +387,7 @@ pub fn write_slab_file(storage: &dyn Storage, path: &Path, slab: &Slab, rows: us
     }
     write_data_file(storage, path, |out| {
         let mut blocks = Blocks {
+            block_bytes,
             inner: out,
             hasher: crc32fast::Hasher::new(),
             in_block: 0,
@@ -383,6 +396,7 @@ pub fn write_slab_file(storage: &dyn Storage, path: &Path, slab: &Slab, rows: us
         };
         slab.write_rows(&mut blocks, rows)?;
         let Blocks {
+            block_bytes: _,
             inner,
             hasher,
             in_block,
@@ -393,7 +407,7 @@ pub fn write_slab_file(storage: &dyn Storage, path: &Path, slab: &Slab, rows: us
             crcs.push(hasher.finalize());
         }
         let mut table: Vec<u8> = crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
-        table.extend_from_slice(&(slab::BLOCK_BYTES as u64).to_le_bytes());
+        table.extend_from_slice(&(block_bytes as u64).to_le_bytes());
         table.extend_from_slice(&total.to_le_bytes());
         table.extend_from_slice(&crc32fast::hash(&table).to_le_bytes());
         inner.write_all(&table)
@@ -404,19 +418,21 @@ pub fn write_slab_file(storage: &dyn Storage, path: &Path, slab: &Slab, rows: us
 /// the storage maps files, else read whole and checked.
 pub fn open_slab_file(storage: &dyn Storage, path: &Path, dims: usize) -> io::Result<Slab> {
     let damaged = || io::Error::new(io::ErrorKind::InvalidData, format!("{} is damaged", path.display()));
-    // (rows' byte length, block CRCs) from the end of the body.
-    let table_of = |body: &[u8]| -> io::Result<(usize, Vec<u32>)> {
+    // (rows' byte length, block size, block CRCs) from the end of the body.
+    let table_of = |body: &[u8]| -> io::Result<(usize, usize, Vec<u32>)> {
         let tail = body.len().checked_sub(20).ok_or_else(damaged)?;
         let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
         let (block_bytes, rows_bytes) = (u64_at(tail), u64_at(tail + 8));
         let stored_crc = u32::from_le_bytes(body[tail + 16..].try_into().expect("4 bytes"));
-        let blocks = usize::try_from(rows_bytes.div_ceil(slab::BLOCK_BYTES as u64)).map_err(|_| damaged())?;
+        if block_bytes == 0 || block_bytes > slab::MAX_BLOCK_BYTES as u64 {
+            return Err(damaged());
+        }
+        let blocks = usize::try_from(rows_bytes.div_ceil(block_bytes)).map_err(|_| damaged())?;
         let rows_bytes = usize::try_from(rows_bytes).map_err(|_| damaged())?;
         let table_start = tail
             .checked_sub(blocks.checked_mul(4).ok_or_else(damaged)?)
             .ok_or_else(damaged)?;
-        if block_bytes != slab::BLOCK_BYTES as u64
-            || table_start != rows_bytes
+        if table_start != rows_bytes
             || rows_bytes % (dims * 4) != 0
             || crc32fast::hash(&body[table_start..tail + 16]) != stored_crc
         {
@@ -426,19 +442,19 @@ pub fn open_slab_file(storage: &dyn Storage, path: &Path, dims: usize) -> io::Re
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
-        Ok((rows_bytes, crcs))
+        Ok((rows_bytes, block_bytes as usize, crcs))
     };
     let handle = storage.open(path, OpenMode::Read)?;
     let file_len = handle.size()?;
     let body_len = body_len(file_len)? as usize;
     if let Some(map) = handle.map_private(file_len as usize)? {
-        let (rows_bytes, crcs) = table_of(&map[..body_len])?;
-        if let Some(slab) = Slab::from_map(dims, map, rows_bytes / (dims * 4), Some(crcs)) {
+        let (rows_bytes, block_bytes, crcs) = table_of(&map[..body_len])?;
+        if let Some(slab) = Slab::from_map(dims, map, rows_bytes / (dims * 4), Some((block_bytes, crcs))) {
             return Ok(slab);
         }
     }
     let body = read_data_file(storage, path)?;
-    let (rows_bytes, _) = table_of(&body)?;
+    let (rows_bytes, _, _) = table_of(&body)?;
     let values = body[..rows_bytes]
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
@@ -523,5 +539,39 @@ mod tests {
         assert!(err.to_string().contains("checksum"), "{err}");
         fs::write(&path, &bytes[..bytes.len() - 3]).expect("truncate");
         assert!(read_f32_file(&StdStorage, &path).is_err());
+    }
+
+    #[test]
+    fn slab_files_in_row_blocks_and_in_the_older_16_kib_blocks_read_back_and_catch_damage() {
+        let dims = 96; // 384-byte rows: the new blocks hold three
+        assert_eq!(slab::block_bytes_for(dims), 1152);
+        assert_eq!(slab::block_bytes_for(384), 1536);
+        let rows = 200;
+        let values: Vec<f32> = (0..rows * dims).map(|i| (i as f32).cos()).collect();
+        let source = Slab::from_vec(dims, values.clone());
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, block) in [("rows", slab::block_bytes_for(dims)), ("older", 16 << 10)] {
+            let path = dir.path().join(format!("snap-{name}.slab"));
+            write_slab_file_in_blocks(&StdStorage, &path, &source, rows, block).expect("write");
+            let read = open_slab_file(&StdStorage, &path, dims).expect("open");
+            for row in [0, 57, rows - 1] {
+                assert_eq!(
+                    read.row(row as u64),
+                    Some(&values[row * dims..(row + 1) * dims]),
+                    "{name}"
+                );
+            }
+            drop(read);
+            // A flipped bit in row 100 withholds the rows of its block and no others.
+            let mut bytes = fs::read(&path).expect("raw");
+            bytes[100 * dims * 4 + 7] ^= 0x10;
+            fs::write(&path, &bytes).expect("corrupt");
+            let read = open_slab_file(&StdStorage, &path, dims).expect("the open checks the table only");
+            assert_eq!(read.row(100), None, "{name}");
+            assert!(read.is_damaged(), "{name}");
+            let rows_a_block = block / (dims * 4);
+            let outside = if name == "rows" { 100 + rows_a_block } else { 0 };
+            assert!(read.row(outside as u64).is_some(), "{name}: another block is intact");
+        }
     }
 }
