@@ -181,6 +181,17 @@ class AsyncTvsAdmin:
             return None
         return _raise_for(response)["api_key"]
 
+    async def list_tenants(self) -> list[str]:
+        ids: list[str] = []
+        after: str | None = None
+        while True:
+            params = {"after": after} if after else {}
+            page = _raise_for(await self._call("GET", "/v1/tenants", params=params))
+            ids.extend(t["id"] if isinstance(t, dict) else t for t in page["tenants"])
+            after = page.get("next_after")
+            if not after:
+                return ids
+
     async def delete_tenant(self, tenant_id: str) -> None:
         _raise_for(await self._call("DELETE", f"/v1/tenants/{tenant_id}"))
 

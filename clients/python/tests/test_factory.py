@@ -10,6 +10,7 @@ import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
 from langchain_tvs import (
+    AsyncTvsAdmin,
     TvsAdmin,
     TvsError,
     TvsVectorStore,
@@ -136,6 +137,10 @@ def test_the_async_factory(server, secret):
             "frank", url=server.url, admin_key=ADMIN, signing_secret=secret, embedding=EMBED, **SHAPE
         )
         await store.aadd_texts(["async note"], ids=["an"])
+        admin = AsyncTvsAdmin(server.url, ADMIN)
+        assert "frank" in await admin.list_tenants()
+        await admin.set_limits("frank", max_documents=1)
+        assert (await admin.tenant("frank"))["max_documents"] == 1
         return [d.id for d in await store.asimilarity_search("async note", k=1)]
 
     assert asyncio.run(main()) == ["an"]
