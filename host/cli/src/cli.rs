@@ -672,61 +672,97 @@ fn import_langchain(settings: &Settings, args: ImportArgs) -> Result<Outcome> {
         writeln!(io::stderr(), "{tenant}: {}", describe(&imported))?;
         return Ok(Outcome::Done);
     }
-    let mut users: Vec<PathBuf> = std::fs::read_dir(&args.dir)
+    let mut users: Vec<String> = std::fs::read_dir(&args.dir)
         .with_context(|| format!("listing {}", args.dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .collect();
     users.sort();
-    let overall = ProgressBar::new(users.len() as u64)
-        .with_style(ProgressStyle::with_template("{prefix:>16} {wide_bar} {pos}/{len} users").expect("static template"))
-        .with_prefix("all users");
-    let (mut imported_users, mut failed, mut skipped) = (0usize, 0usize, 0usize);
-    for user in &users {
-        let name = user
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let report = (|| -> Result<Option<String>> {
-            let Some(folder) = faiss_folder_of(user) else {
+    let tally = for_each_reported(
+        &users,
+        "users",
+        "skipped: no index.faiss in vector_store/faiss_index/",
+        |name| {
+            let Some(folder) = faiss_folder_of(&args.dir.join(name)) else {
                 return Ok(None);
             };
-            let tenant = TenantId::new(&name)?;
+            let tenant = TenantId::new(name)?;
             let progress = ProgressBar::hidden()
                 .with_style(style.clone())
-                .with_prefix(name.clone());
+                .with_prefix(name.to_owned());
             let imported = import_folder(settings, &data, &runtime, &tenant, &folder, &args, &progress)?;
             Ok(Some(describe(&imported)))
-        })();
+        },
+    )?;
+    writeln!(
+        io::stderr(),
+        "{} users imported, {} skipped, {} failed",
+        tally.done,
+        tally.skipped,
+        tally.failed
+    )?;
+    if tally.failed > 0 {
+        bail!(
+            "{} of {} user folders could not be imported (see above)",
+            tally.failed,
+            users.len()
+        );
+    }
+    Ok(Outcome::Done)
+}
+
+/// How a `--all` run went: items done, skipped, failed.
+struct Tally {
+    done: usize,
+    skipped: usize,
+    failed: usize,
+}
+
+/// Runs `each` on every name under an overall progress bar, printing a line per name: what
+/// `each` said, `skipped_line` when it said nothing, or the error. One failure stops nothing.
+fn for_each_reported(
+    names: &[String],
+    unit: &str,
+    skipped_line: &str,
+    mut each: impl FnMut(&str) -> Result<Option<String>>,
+) -> Result<Tally> {
+    let overall = ProgressBar::new(names.len() as u64)
+        .with_style(
+            ProgressStyle::with_template(&format!("{{prefix:>16}} {{wide_bar}} {{pos}}/{{len}} {unit}"))
+                .expect("a valid template"),
+        )
+        .with_prefix(format!("all {unit}"));
+    let mut tally = Tally {
+        done: 0,
+        skipped: 0,
+        failed: 0,
+    };
+    for name in names {
+        let report = each(name);
         overall.inc(1);
         let line = match report {
             Ok(Some(line)) => {
-                imported_users += 1;
+                tally.done += 1;
                 line
             }
             Ok(None) => {
-                skipped += 1;
-                "skipped: no index.faiss in vector_store/faiss_index/".to_owned()
+                tally.skipped += 1;
+                skipped_line.to_owned()
             }
             Err(e) => {
-                failed += 1;
+                tally.failed += 1;
                 format!("FAILED: {e:#}")
             }
         };
         overall.suspend(|| writeln!(io::stderr(), "{name}: {line}"))?;
     }
     overall.finish_and_clear();
-    writeln!(
-        io::stderr(),
-        "{imported_users} users imported, {skipped} skipped, {failed} failed"
-    )?;
-    if failed > 0 {
-        bail!(
-            "{failed} of {} user folders could not be imported (see above)",
-            users.len()
-        );
-    }
-    Ok(Outcome::Done)
+    Ok(tally)
 }
 
 /// Writes one tenant as a `save_local` folder; returns how to load it in LangChain.
@@ -812,34 +848,16 @@ fn export_langchain(settings: &Settings, args: ExportArgs) -> Result<Outcome> {
             None => break,
         }
     }
-    let overall = ProgressBar::new(tenants.len() as u64)
-        .with_style(
-            ProgressStyle::with_template("{prefix:>16} {wide_bar} {pos}/{len} tenants").expect("static template"),
-        )
-        .with_prefix("all tenants");
-    let mut failed = 0usize;
-    for name in &tenants {
-        let report = (|| -> Result<String> {
-            let tenant = TenantId::new(name)?;
-            let folder = args.dir.join(name).join("vector_store").join("faiss_index");
-            export_folder(&data, &tenant, &folder, &ProgressBar::hidden())
-        })();
-        overall.inc(1);
-        let line = report.unwrap_or_else(|e| {
-            failed += 1;
-            format!("FAILED: {e:#}")
-        });
-        overall.suspend(|| writeln!(io::stderr(), "{name}: {line}"))?;
-    }
-    overall.finish_and_clear();
-    writeln!(
-        io::stderr(),
-        "{} tenants exported, {failed} failed",
-        tenants.len() - failed
-    )?;
-    if failed > 0 {
+    let tally = for_each_reported(&tenants, "tenants", "", |name| {
+        let tenant = TenantId::new(name)?;
+        let folder = args.dir.join(name).join("vector_store").join("faiss_index");
+        export_folder(&data, &tenant, &folder, &ProgressBar::hidden()).map(Some)
+    })?;
+    writeln!(io::stderr(), "{} tenants exported, {} failed", tally.done, tally.failed)?;
+    if tally.failed > 0 {
         bail!(
-            "{failed} of {} tenants could not be exported (see above)",
+            "{} of {} tenants could not be exported (see above)",
+            tally.failed,
             tenants.len()
         );
     }

@@ -455,11 +455,7 @@ async fn create_tenant(
         body.scalar.unwrap_or_default(),
         body.embedding_model.as_deref().unwrap_or(&app.settings.embedding_model),
     );
-    if body.max_documents == Some(0) || body.max_bytes == Some(0) {
-        return Err(ApiError::bad_request(
-            "max_documents and max_bytes must be at least 1 (leave them out for no quota)",
-        ));
-    }
+    check_quotas(body.max_documents, body.max_bytes)?;
     config.max_documents = body.max_documents;
     config.max_bytes = body.max_bytes;
     let app2 = app.clone();
@@ -567,6 +563,18 @@ struct TenantPatch {
     max_bytes: Option<Option<u64>>,
 }
 
+/// A quota of 0 would refuse every write; no quota is said by leaving it out (or `null`).
+fn check_quotas(max_documents: Option<u64>, max_bytes: Option<u64>) -> Result<(), ApiError> {
+    for (name, limit) in [("max_documents", max_documents), ("max_bytes", max_bytes)] {
+        if limit == Some(0) {
+            return Err(ApiError::bad_request(format!(
+                "{name} must be at least 1 (leave it out or send null for no quota)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A field that is present, `null` or not: `Some(None)` for `null`.
 fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
@@ -626,29 +634,15 @@ async fn patch_tenant(
             limits.ingest_bytes_per_second = v;
         }
         limits.validate().map_err(ApiError::bad_request)?;
-        if patch.max_documents == Some(Some(0)) {
-            return Err(ApiError::bad_request(
-                "max_documents must be at least 1 (null removes it)",
-            ));
-        }
-        if patch.max_bytes == Some(Some(0)) {
-            return Err(ApiError::bad_request("max_bytes must be at least 1 (null removes it)"));
-        }
+        check_quotas(patch.max_documents.flatten(), patch.max_bytes.flatten())?;
         app2.rates.set(&id, limits).map_err(|e| {
             tracing::error!(error = %e, "writing rate limits failed");
             ApiError::internal()
         })?;
-        if let Some(limit) = patch.max_documents {
+        if patch.max_documents.is_some() || patch.max_bytes.is_some() {
             let store = app2.pool.get(&id).map_err(from_open)?;
-            store.set_max_documents(limit).map_err(|e| {
-                tracing::error!(error = %e, "writing the documents quota failed");
-                ApiError::internal()
-            })?;
-        }
-        if let Some(limit) = patch.max_bytes {
-            let store = app2.pool.get(&id).map_err(from_open)?;
-            store.set_max_bytes(limit).map_err(|e| {
-                tracing::error!(error = %e, "writing the bytes quota failed");
+            store.set_quotas(patch.max_documents, patch.max_bytes).map_err(|e| {
+                tracing::error!(error = %e, "writing the quotas failed");
                 ApiError::internal()
             })?;
         }
@@ -1022,8 +1016,8 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
     let tenant = tenant_for(&app, &headers, Scope::Read)?;
     let store_tenant = tenant.clone();
     with_store(&app, tenant, move |app2, store| {
-        let (max_documents, max_bytes, stored_bytes) =
-            (store.max_documents(), store.max_bytes(), store.info().log_bytes);
+        let (max_documents, max_bytes) = (store.max_documents(), store.max_bytes());
+        let stored_bytes = max_bytes.map(|_| store.stored_bytes());
         let info = app2.runtime.stats(store).map_err(|e| guest_failed(app2, e))?;
         let metric = match info.metric {
             tvs_runtime::GuestMetric::Cos => "cos",
@@ -1043,9 +1037,9 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<V
         if let Some(max) = max_documents {
             stats["max_documents"] = json!(max);
         }
-        if let Some(max) = max_bytes {
+        if let (Some(max), Some(stored)) = (max_bytes, stored_bytes) {
             stats["max_bytes"] = json!(max);
-            stats["stored_bytes"] = json!(stored_bytes);
+            stats["stored_bytes"] = json!(stored);
         }
         Ok(Json(stats))
     })

@@ -321,7 +321,7 @@ pub struct TenantStore {
     /// The tenant's remote log when it lives in object storage (the directory is then a cache).
     remote: Option<Arc<dyn TenantLog>>,
     /// The quota on live documents (`u64::MAX`: none); starts as the config's and may be
-    /// changed while the store is open ([`TenantStore::set_max_documents`]).
+    /// changed while the store is open ([`TenantStore::set_quotas`]).
     max_documents: AtomicU64,
     /// The quota on stored bytes; `u64::MAX` when there is none.
     max_bytes: AtomicU64,
@@ -503,24 +503,19 @@ impl TenantStore {
         Some(self.max_bytes.load(Ordering::Acquire)).filter(|n| *n != u64::MAX)
     }
 
-    /// Changes the quota on live documents: written to the config file (atomically) first, then
-    /// enforced. Documents beyond a lowered quota stay; only new ones are refused. Not for
-    /// tenants in object storage (their config lives in the bucket's manifest).
-    pub fn set_max_documents(&self, limit: Option<u64>) -> io::Result<()> {
-        self.change_config(|config| config.max_documents = limit)?;
-        self.max_documents.store(limit.unwrap_or(u64::MAX), Ordering::Release);
-        Ok(())
+    /// The stored bytes `max_bytes` counts: the document log's length.
+    pub fn stored_bytes(&self) -> u64 {
+        self.read().log.end()
     }
 
-    /// Changes the quota on stored bytes, as [`TenantStore::set_max_documents`] does.
-    pub fn set_max_bytes(&self, limit: Option<u64>) -> io::Result<()> {
-        self.change_config(|config| config.max_bytes = limit)?;
-        self.max_bytes.store(limit.unwrap_or(u64::MAX), Ordering::Release);
-        Ok(())
-    }
-
-    /// Rewrites the config file (atomically) with `change` applied.
-    fn change_config(&self, change: impl FnOnce(&mut StoreConfig)) -> io::Result<()> {
+    /// Changes the quotas given (`Some(None)` removes one, `None` leaves it): written to the
+    /// config file (atomically, once for both) first, then enforced. Documents beyond a lowered
+    /// quota stay; only new writes are refused. Not for tenants in object storage (their config
+    /// lives in the bucket's manifest).
+    pub fn set_quotas(&self, max_documents: Option<Option<u64>>, max_bytes: Option<Option<u64>>) -> io::Result<()> {
+        if max_documents.is_none() && max_bytes.is_none() {
+            return Ok(());
+        }
         if self.remote.is_some() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -530,13 +525,24 @@ impl TenantStore {
         // Snapshot writers and this never interleave on the store's files.
         let _files = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut config = self.dir.read_config()?;
-        change(&mut config);
+        if let Some(limit) = max_documents {
+            config.max_documents = limit;
+        }
+        if let Some(limit) = max_bytes {
+            config.max_bytes = limit;
+        }
         let path = self.dir.config_file();
         let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
             return Err(io::Error::other("the config file has no directory"));
         };
         let json = serde_json::to_vec_pretty(&config).map_err(io::Error::other)?;
-        storage::write_atomic(self.dir.storage(), dir, name, &json)
+        storage::write_atomic(self.dir.storage(), dir, name, &json)?;
+        for (quota, limit) in [(&self.max_documents, max_documents), (&self.max_bytes, max_bytes)] {
+            if let Some(limit) = limit {
+                quota.store(limit.unwrap_or(u64::MAX), Ordering::Release);
+            }
+        }
+        Ok(())
     }
 
     /// Whether an fsync of the log failed: the store refuses writes until it is reopened, and
