@@ -418,6 +418,25 @@ fn writes_fail_while_the_object_store_is_down_and_none_acknowledged_is_lost() {
         (503, &json!("storage_unavailable")),
         "{body}"
     );
+    // Limits and signing keys are refused as a whole too: none half-applied.
+    let (status, body) = call(
+        a.server.addr,
+        "PATCH",
+        "/v1/tenants/t",
+        Some(ADMIN),
+        Some(r#"{"max_documents": 5, "requests_per_second": 100}"#),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (503, &json!("storage_unavailable")),
+        "{body}"
+    );
+    let (status, body) = call(a.server.addr, "POST", "/v1/admin/signing-keys", Some(ADMIN), None);
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (503, &json!("storage_unavailable")),
+        "{body}"
+    );
     s3.restart();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut i = 0;
@@ -438,6 +457,15 @@ fn writes_fail_while_the_object_store_is_down_and_none_acknowledged_is_lost() {
     for id in &acked {
         assert!(found.contains(id), "acknowledged {id} is lost");
     }
+    let (status, view) = call(b.server.addr, "GET", "/v1/tenants/t", Some(ADMIN), None);
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (&view["max_documents"], &view["rate_limits"]),
+        (&Value::Null, &json!({})),
+        "{view}"
+    );
+    let (status, listed) = call(b.server.addr, "GET", "/v1/admin/signing-keys", Some(ADMIN), None);
+    assert_eq!((status, &listed["signing_keys"]), (200, &json!([])), "{listed}");
 }
 
 /// A proxy (HAProxy, nginx) running a shipped `deploy/` config pointed at the test's nodes.
@@ -795,4 +823,156 @@ fn a_damaged_cache_is_rebuilt_from_the_bucket() {
     let a = start_node(&s3, &prefix, "a", &cache, &small);
     let expected: BTreeSet<String> = (0..12).map(|i| format!("d{i}")).collect();
     assert_eq!(ids_of(a.server.addr, &key), expected);
+}
+
+/// A request retried past the 503 a node answers when it finds another node took its tenant.
+fn retrying(addr: SocketAddr, method: &str, path: &str, key: &str, body: Option<&str>) -> (u16, Value) {
+    let mut answer = call(addr, method, path, Some(key), body);
+    for _ in 0..5 {
+        if answer.0 != 503 {
+            break;
+        }
+        answer = call(addr, method, path, Some(key), body);
+    }
+    answer
+}
+
+/// Polls `check` until it holds, for at most `within`; returns how long it took.
+fn within(within: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if check() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn signing_keys_quotas_and_rate_limits_set_on_one_node_hold_on_every_node() {
+    use crate::tokens::{claims, new_signing_key, parse_secret, search, sign};
+    use jsonwebtoken::Algorithm;
+
+    let Some(s3) = Seaweed::start() else { return };
+    let prefix = unique_prefix("limits");
+    let caches = tempfile::tempdir().expect("tempdir");
+    let a = start_node(&s3, &prefix, "a", &caches.path().join("a"), &[]);
+    let b = start_node(&s3, &prefix, "b", &caches.path().join("b"), &[]);
+    let key = create(a.server.addr, "shared");
+
+    // Two nodes create a signing key at the same moment: both land (conditional updates).
+    let (addr_a, addr_b) = (a.server.addr, b.server.addr);
+    let on_a = std::thread::spawn(move || new_signing_key(addr_a));
+    let on_b = std::thread::spawn(move || new_signing_key(addr_b));
+    let (kid_a, secret_a) = on_a.join().expect("a");
+    let (kid_b, secret_b) = on_b.join().expect("b");
+    for node in [&a, &b] {
+        let (status, listed) = call(node.server.addr, "GET", "/v1/admin/signing-keys", Some(ADMIN), None);
+        assert_eq!(status, 200, "{listed}");
+        let ids: BTreeSet<&str> = listed["signing_keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| k["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(
+            ids,
+            BTreeSet::from([kid_a.as_str(), kid_b.as_str()]),
+            "on {}",
+            node.name
+        );
+    }
+    // A token signed with the key made on b works on a at once, and the other way round.
+    let token_b = sign(
+        Algorithm::HS256,
+        &kid_b,
+        &parse_secret(&secret_b).1,
+        &claims("shared", "read write"),
+    );
+    let token_a = sign(
+        Algorithm::HS256,
+        &kid_a,
+        &parse_secret(&secret_a).1,
+        &claims("shared", "read"),
+    );
+    assert_eq!(search(a.server.addr, &token_b).0, 200);
+    assert_eq!(search(b.server.addr, &token_a).0, 200);
+    // Revoked on a: refused on a at once and on b within its keys' TTL (5 s).
+    let (status, body) = call(
+        a.server.addr,
+        "DELETE",
+        &format!("/v1/admin/signing-keys/{kid_b}"),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = search(a.server.addr, &token_b);
+    assert_eq!(
+        (
+            status,
+            body["error"]["message"].as_str().is_some_and(|m| m.contains("revoked"))
+        ),
+        (401, true),
+        "{body}"
+    );
+    let took = within(Duration::from_secs(7), || search(b.server.addr, &token_b).0 == 401);
+    assert!(took.is_some(), "b still accepts a token of a key revoked on a");
+    assert_eq!(search(b.server.addr, &token_a).0, 200, "the other key still works");
+    // A node started later finds the keys in the bucket.
+    let c = start_node(&s3, &prefix, "c", &caches.path().join("c"), &[]);
+    assert_eq!(search(c.server.addr, &token_a).0, 200);
+    assert_eq!(search(c.server.addr, &token_b).0, 401);
+
+    // A quota set through b holds on a, which takes the tenant back with its new config.
+    let (status, body) = call(
+        b.server.addr,
+        "PATCH",
+        "/v1/tenants/shared",
+        Some(ADMIN),
+        Some(r#"{"max_documents": 2}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["max_documents"], 2, "{body}");
+    let upsert = |id: &str| json!({"documents": [doc(id, 1)]}).to_string();
+    for id in ["d1", "d2"] {
+        let (status, body) = retrying(a.server.addr, "POST", "/v1/documents", &key, Some(&upsert(id)));
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = retrying(a.server.addr, "POST", "/v1/documents", &key, Some(&upsert("d3")));
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (413, &json!("quota_exceeded")),
+        "{body}"
+    );
+    assert_eq!(
+        ids_of(a.server.addr, &key),
+        BTreeSet::from(["d1".to_owned(), "d2".to_owned()])
+    );
+    // c held the tenant before b and a: it answers from what it held until its ownership
+    // check (`TVS_OWNER_CHECK_MS`, 1 s) finds it moved, then takes it back with the quota.
+    let shown = within(Duration::from_secs(3), || {
+        let (status, view) = call(c.server.addr, "GET", "/v1/tenants/shared", Some(ADMIN), None);
+        status == 200 && view["max_documents"] == 2 && view["usage"]["documents"] == 2
+    });
+    assert!(shown.is_some(), "c does not show the quota set on b");
+
+    // A rate set through a holds on b within its limits' TTL (5 s).
+    let (status, body) = call(
+        a.server.addr,
+        "PATCH",
+        "/v1/tenants/shared",
+        Some(ADMIN),
+        Some(r#"{"requests_per_second": 1}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let limited = within(Duration::from_secs(8), || {
+        let first = retrying(b.server.addr, "GET", "/v1/stats", &key, None).0;
+        let second = call(b.server.addr, "GET", "/v1/stats", Some(&key), None);
+        first != 429 && second.0 == 429 && second.1["error"]["message"].to_string().contains("requests_per_second")
+    });
+    assert!(limited.is_some(), "b does not apply the rate set on a");
+    let (status, view) = call(b.server.addr, "GET", "/v1/tenants/shared", Some(ADMIN), None);
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["rate_limits"]["requests_per_second"], 1.0, "{view}");
 }

@@ -17,7 +17,7 @@ fn now() -> u64 {
 }
 
 /// (kid, HMAC key) of a signing secret `tvs_sk.{kid}.{key}`.
-fn parse_secret(secret: &str) -> (String, Vec<u8>) {
+pub(crate) fn parse_secret(secret: &str) -> (String, Vec<u8>) {
     let parts: Vec<&str> = secret.split('.').collect();
     assert_eq!(parts.len(), 3, "{secret}");
     assert_eq!(parts[0], "tvs_sk");
@@ -27,7 +27,7 @@ fn parse_secret(secret: &str) -> (String, Vec<u8>) {
     )
 }
 
-fn sign(alg: Algorithm, kid: &str, key: &[u8], claims: &Value) -> String {
+pub(crate) fn sign(alg: Algorithm, kid: &str, key: &[u8], claims: &Value) -> String {
     let header = Header {
         kid: Some(kid.to_owned()),
         ..Header::new(alg)
@@ -35,11 +35,11 @@ fn sign(alg: Algorithm, kid: &str, key: &[u8], claims: &Value) -> String {
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(key)).expect("sign")
 }
 
-fn claims(tenant: &str, scope: &str) -> Value {
+pub(crate) fn claims(tenant: &str, scope: &str) -> Value {
     json!({"tenant": tenant, "scope": scope, "iat": now(), "exp": now() + 600})
 }
 
-fn search(addr: std::net::SocketAddr, credential: &str) -> (u16, Value) {
+pub(crate) fn search(addr: std::net::SocketAddr, credential: &str) -> (u16, Value) {
     call(
         addr,
         "POST",
@@ -57,7 +57,7 @@ fn refused(addr: std::net::SocketAddr, token: &str, reason: &str) {
     assert!(message.contains(reason), "expected {reason:?} in {message:?}");
 }
 
-fn new_signing_key(addr: std::net::SocketAddr) -> (String, String) {
+pub(crate) fn new_signing_key(addr: std::net::SocketAddr) -> (String, String) {
     let (status, body) = call(addr, "POST", "/v1/admin/signing-keys", Some(ADMIN), None);
     assert_eq!(status, 201, "{body}");
     let secret = body["secret"].as_str().expect("the secret, once").to_owned();

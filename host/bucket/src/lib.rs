@@ -10,6 +10,9 @@
 //! - `tenants/{id}/snapshots/{sid}/`: `docs.jsonl` (the compacted log the snapshot covers) and
 //!   the snapshot's files; immutable once the manifest names them.
 //! - `tenants/{id}/api_key.sha256`: the hash of the tenant key's secret.
+//! - `tenants/{id}/rate_limits.json`: the tenant's rate limits, if the admin set any.
+//! - `signing_keys.json` (beside `tenants/`): the signing keys of tenant tokens, changed only by
+//!   conditional updates.
 //!
 //! Invariants:
 //! - WAL numbers from `first_wal` up are contiguous: a writer creates `n + 1` only after its
@@ -42,7 +45,9 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use tvs_store::config::StoreConfig;
-use tvs_store::remote::{Catalog, HeldTenant, RemoteError, SnapshotFiles, TenantLog};
+use tvs_store::remote::{
+    Catalog, HeldTenant, ObjectVersion, RemoteError, Replace, SharedObject, SnapshotFiles, TenantLog,
+};
 use tvs_store::store::OpenError;
 use tvs_store::tenant::{StoreDir, TenantError, TenantId, TenantPage};
 
@@ -225,6 +230,13 @@ impl Shared {
 
     fn key_path(&self, id: &TenantId) -> Path {
         self.tenant_path(id).join("api_key.sha256")
+    }
+
+    fn shared_path(&self, object: &SharedObject) -> Path {
+        match object {
+            SharedObject::SigningKeys => self.prefix.clone().join("signing_keys.json"),
+            SharedObject::RateLimits(id) => self.tenant_path(id).join("rate_limits.json"),
+        }
     }
 
     /// Deletes objects, best effort (what is left is unreachable and only costs space).
@@ -751,6 +763,48 @@ impl Catalog for Bucket {
             .map_err(unavailable)
     }
 
+    fn read_shared(&self, object: &SharedObject) -> Result<Option<(Vec<u8>, ObjectVersion)>, RemoteError> {
+        let (store, path) = (self.shared.store.clone(), self.shared.shared_path(object));
+        self.shared.run(async move {
+            match store.get(&path).await {
+                Ok(got) => {
+                    let version = ObjectVersion {
+                        e_tag: got.meta.e_tag.clone(),
+                        version: got.meta.version.clone(),
+                    };
+                    let bytes = got.bytes().await.map_err(unavailable)?;
+                    Ok(Some((bytes.to_vec(), version)))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+    }
+
+    fn write_shared(&self, object: &SharedObject, bytes: &[u8], replace: Replace) -> Result<bool, RemoteError> {
+        let (store, path) = (self.shared.store.clone(), self.shared.shared_path(object));
+        let mode = match replace {
+            Replace::Any => PutMode::Overwrite,
+            Replace::Absent => PutMode::Create,
+            Replace::Version(v) => PutMode::Update(UpdateVersion {
+                e_tag: v.e_tag,
+                version: v.version,
+            }),
+        };
+        let payload = PutPayload::from(bytes.to_vec());
+        self.shared.run(async move {
+            let options = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            match store.put_opts(&path, payload, options).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+    }
+
     fn held(&self) -> Vec<HeldTenant> {
         let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
         held.retain(|(_, _, owned)| owned.upgrade().is_some_and(|o| !o.fenced.load(Ordering::Acquire)));
@@ -934,5 +988,32 @@ impl TenantLog for OwnedTenant {
 
     fn cache_diverged(&self) {
         cache::remove_marker(&self.dir);
+    }
+
+    fn set_config(&self, config: &StoreConfig) -> Result<(), RemoteError> {
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(RemoteError::Fenced("this node was fenced earlier".into()));
+        }
+        let mut state = self.lock();
+        let mut manifest = state.manifest.clone();
+        manifest.config = Some(config.clone());
+        let written_manifest = manifest.clone();
+        let (store, path, tag) = (
+            self.shared.store.clone(),
+            self.shared.manifest_path(&self.id),
+            state.tag.clone(),
+        );
+        match self
+            .shared
+            .run(async move { put_manifest(&store, &path, &manifest, PutMode::Update(tag)).await })?
+        {
+            Some(tag) => {
+                state.manifest = written_manifest;
+                state.tag = tag;
+                Ok(())
+            }
+            // Only a takeover (or a delete, which is one) changes the manifest under its owner.
+            None => Err(self.fenced("the manifest changed under a config update".into())),
+        }
     }
 }

@@ -940,7 +940,7 @@ fn plugin_command(settings: &Settings, cmd: PluginCommand) -> Result<Outcome> {
         | PluginCommand::Delete { tenant, .. } => TenantId::new(tenant)?,
     };
     let data = data_dir(settings)?;
-    if !data.tenant_exists(&tenant) {
+    if !data.tenant_exists(&tenant)? {
         bail!("tenant {tenant} does not exist");
     }
     let dir = data.store_dir(&tenant);

@@ -7,6 +7,7 @@
 //! - Every error is `{"error":{"code","message"}}` with a fitting status; no panic or wasm
 //!   backtrace reaches a client, and a refused request changes nothing.
 
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -300,7 +301,7 @@ fn admin_tenant(app: &App, headers: &HeaderMap, id: &str) -> Result<TenantId, Ap
 
 /// 404 unless the tenant exists (checked before anything is written for it).
 fn require_tenant(app: &App, id: &TenantId) -> Result<(), ApiError> {
-    if app.pool.data_dir().tenant_exists(id) {
+    if app.pool.data_dir().tenant_exists(id).map_err(from_remote)? {
         Ok(())
     } else {
         Err(ApiError::not_found(format!("tenant {id} does not exist")))
@@ -470,11 +471,15 @@ async fn create_tenant(
             }
         })?;
         let defaults = app2.rates.defaults();
-        if defaults != RateLimits::default() {
-            app2.rates.set(&id, defaults).map_err(|e| {
-                tracing::error!(error = %e, "writing a new tenant's rate limits failed");
-                ApiError::internal()
-            })?;
+        // In a bucket, limits an earlier tenant of this id left behind are replaced too.
+        if (defaults != RateLimits::default() || app2.pool.data_dir().catalog().is_some())
+            && let Err(e) = app2.rates.set(&id, defaults)
+        {
+            // A tenant without its limits is not created: take it back, so a retry starts over.
+            if let Err(undo) = app2.pool.delete_tenant(&id) {
+                tracing::error!(tenant = %id, error = %undo, "removing a tenant whose limits could not be written failed");
+            }
+            return Err(limits_failed(e));
         }
         let key = app2.keys.issue(&id).map_err(|e| {
             tracing::error!(error = %e, "issuing a key failed");
@@ -582,7 +587,11 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Resul
 
 fn tenant_view(app: &App, id: &TenantId) -> Result<Value, ApiError> {
     require_tenant(app, id)?;
-    let store = app.pool.get(id).map_err(from_open)?;
+    let mut store = app.pool.get(id).map_err(from_open)?;
+    // A node another took the tenant from must not show what it last held: it takes it back.
+    if store.check_owner().is_err() {
+        store = app.pool.get(id).map_err(from_open)?;
+    }
     let info = store.info();
     Ok(json!({
         "id": id.as_str(),
@@ -616,13 +625,6 @@ async fn patch_tenant(
 ) -> Result<Json<Value>, ApiError> {
     let id = admin_tenant(&app, &headers, &id)?;
     let Json(patch) = body.map_err(from_json_rejection)?;
-    if app.pool.data_dir().catalog().is_some() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "rate_limits_unavailable",
-            "rate limits are kept in the data directory, which nodes on object storage do not share",
-        ));
-    }
     let app2 = app.clone();
     blocking(&app, move || {
         require_tenant(&app2, &id)?;
@@ -635,16 +637,33 @@ async fn patch_tenant(
         }
         limits.validate().map_err(ApiError::bad_request)?;
         check_quotas(patch.max_documents.flatten(), patch.max_bytes.flatten())?;
-        app2.rates.set(&id, limits).map_err(|e| {
-            tracing::error!(error = %e, "writing rate limits failed");
-            ApiError::internal()
-        })?;
+        let mut before = None;
         if patch.max_documents.is_some() || patch.max_bytes.is_some() {
-            let store = app2.pool.get(&id).map_err(from_open)?;
-            store.set_quotas(patch.max_documents, patch.max_bytes).map_err(|e| {
-                tracing::error!(error = %e, "writing the quotas failed");
-                ApiError::internal()
-            })?;
+            // A node that lost the tenant to another finds out here and takes it back once.
+            for attempt in 0..2 {
+                let store = app2.pool.get(&id).map_err(from_open)?;
+                before = Some((store.max_documents(), store.max_bytes()));
+                match store.set_quotas(patch.max_documents, patch.max_bytes) {
+                    Ok(()) => break,
+                    Err(e) if attempt == 0 && store.is_poisoned() => {
+                        tracing::info!(tenant = %id, error = %e, "taking the tenant back to change its quotas");
+                    }
+                    Err(e) => return Err(limits_failed(e)),
+                }
+            }
+        }
+        if let Err(e) = app2.rates.set(&id, limits) {
+            // Nothing half-applied: the quotas go back to what they were.
+            if let Some((documents, bytes)) = before
+                && let Err(undo) = app2
+                    .pool
+                    .get(&id)
+                    .map_err(|e| io::Error::other(e.to_string()))
+                    .and_then(|store| store.set_quotas(Some(documents), Some(bytes)))
+            {
+                tracing::error!(tenant = %id, error = %undo, "restoring the quotas after a failed rate change failed");
+            }
+            return Err(limits_failed(e));
         }
         tenant_view(&app2, &id).map(Json)
     })
@@ -667,13 +686,19 @@ async fn rotate_key(
     .await
 }
 
+/// A failed write of a tenant's limits: object storage's own errors as such, else an internal
+/// error (logged).
+fn limits_failed(e: io::Error) -> ApiError {
+    if let Some(remote) = e.get_ref().and_then(|inner| inner.downcast_ref::<RemoteError>()) {
+        return from_remote(remote.clone());
+    }
+    tracing::error!(error = %e, "writing a tenant's limits failed");
+    ApiError::internal()
+}
+
 fn signing_key_failed(e: SigningKeyError) -> ApiError {
     match e {
-        SigningKeyError::Unavailable => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "signing_keys_unavailable",
-            e.to_string(),
-        ),
+        SigningKeyError::Remote(e) => from_remote(e),
         SigningKeyError::Io(e) => {
             tracing::error!(error = %e, "storing the signing keys failed");
             ApiError::internal()
@@ -681,7 +706,7 @@ fn signing_key_failed(e: SigningKeyError) -> ApiError {
     }
 }
 
-#[utoipa::path(post, path = "/v1/admin/signing-keys", responses((status = 201, description = "a new signing key for tenant tokens; `secret` (`tvs_sk.{kid}.{key}`) is shown once"), (status = 503, description = "not available with tenants in object storage")), security(("admin" = [])))]
+#[utoipa::path(post, path = "/v1/admin/signing-keys", responses((status = 201, description = "a new signing key for tenant tokens; `secret` (`tvs_sk.{kid}.{key}`) is shown once"), (status = 503, description = "object storage is unavailable")), security(("admin" = [])))]
 async fn create_signing_key(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -701,7 +726,12 @@ async fn create_signing_key(
 #[utoipa::path(get, path = "/v1/admin/signing-keys", responses((status = 200, description = "every signing key (id, created_at, revoked_at), never a secret")), security(("admin" = [])))]
 async fn list_signing_keys(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require_admin(&app, &headers)?;
-    Ok(Json(json!({"signing_keys": app.keys.signing().list()})))
+    let app2 = app.clone();
+    blocking(&app, move || {
+        let keys = app2.keys.signing().list().map_err(signing_key_failed)?;
+        Ok(Json(json!({"signing_keys": keys})))
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/v1/admin/signing-keys/{id}", params(("id" = String, Path)), responses((status = 200, description = "revoked: tokens it signed are refused from now on"), (status = 404, description = "no such key")), security(("admin" = [])))]
@@ -1328,7 +1358,7 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// Serves until SIGINT/SIGTERM, then stops accepting, finishes in-flight requests and flushes
 /// every open store.
-pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "tvs is listening");
     let pool = app.pool.clone();
     let cleanup_pool = app.pool.clone();

@@ -5,6 +5,10 @@
 //! `--default-ingest-bytes-per-second`) are written there when a tenant is created, so changing
 //! a default later leaves existing tenants as they were. No file: no limit.
 //!
+//! With tenants in object storage the limits are the bucket's `tenants/{id}/rate_limits.json`,
+//! which every node reads again after [`SHARED_LIMITS_TTL`]; each node keeps its own buckets
+//! (the proxy sends a tenant's requests to one node, so they are the tenant's rate).
+//!
 //! Invariant: a refused request did nothing (it is refused before its store is touched) and its
 //! refusal says which limit and when to retry.
 
@@ -12,6 +16,8 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use tvs_store::remote::{Replace, SharedObject};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -21,6 +27,8 @@ use tvs_store::tenant::{DataDir, TenantId};
 
 /// File holding a tenant's rate limits, in its config directory.
 pub const RATE_LIMITS_FILE: &str = "rate_limits.json";
+/// How long a node trusts rate limits it read from object storage.
+pub const SHARED_LIMITS_TTL: Duration = Duration::from_secs(5);
 
 /// A tenant's rate limits; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -90,6 +98,7 @@ impl Bucket {
 #[derive(Debug)]
 struct TenantRates {
     limits: RateLimits,
+    read_at: Instant,
     requests: Bucket,
     ingest: Bucket,
 }
@@ -98,9 +107,18 @@ impl TenantRates {
     fn new(limits: RateLimits) -> Self {
         TenantRates {
             limits,
+            read_at: Instant::now(),
             requests: Bucket::full(limits.requests_per_second.unwrap_or(0.0)),
             ingest: Bucket::full(limits.ingest_bytes_per_second.unwrap_or(0.0)),
         }
+    }
+
+    /// Takes limits read again; the buckets stay as they are unless their rate changed.
+    fn renew(&mut self, limits: RateLimits) {
+        if limits != self.limits {
+            *self = TenantRates::new(limits);
+        }
+        self.read_at = Instant::now();
     }
 }
 
@@ -133,16 +151,31 @@ impl Rates {
             .with_file_name(RATE_LIMITS_FILE)
     }
 
-    fn read(&self, tenant: &TenantId) -> RateLimits {
-        match storage::read_all(&StdStorage, &self.path(tenant)) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                // A damaged file must not lift the limits silently, nor stop the tenant: it
-                // counts as the server's defaults until the admin sets them again.
-                tracing::error!(tenant = %tenant, error = %e, "unreadable rate limits; using the defaults");
-                self.defaults
-            }),
-            Err(_) => RateLimits::default(),
+    fn parse(&self, tenant: &TenantId, bytes: &[u8]) -> RateLimits {
+        serde_json::from_slice(bytes).unwrap_or_else(|e| {
+            // A damaged file must not lift the limits silently, nor stop the tenant: it counts
+            // as the server's defaults until the admin sets them again.
+            tracing::error!(tenant = %tenant, error = %e, "unreadable rate limits; using the defaults");
+            self.defaults
+        })
+    }
+
+    /// The tenant's limits where they are kept; `None` when object storage cannot say now.
+    fn read(&self, tenant: &TenantId) -> Option<RateLimits> {
+        if let Some(catalog) = self.data.catalog() {
+            return match catalog.read_shared(&SharedObject::RateLimits(tenant.clone())) {
+                Ok(Some((bytes, _))) => Some(self.parse(tenant, &bytes)),
+                Ok(None) => Some(RateLimits::default()),
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, error = %e, "cannot read rate limits from object storage");
+                    None
+                }
+            };
         }
+        Some(match storage::read_all(&StdStorage, &self.path(tenant)) {
+            Ok(bytes) => self.parse(tenant, &bytes),
+            Err(_) => RateLimits::default(),
+        })
     }
 
     /// A tenant's limits, read from its file the first time.
@@ -151,21 +184,51 @@ impl Rates {
     }
 
     fn with_rates<T>(&self, tenant: &TenantId, f: impl FnOnce(&mut TenantRates) -> T) -> T {
-        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-        let rates = tenants
-            .entry(tenant.clone())
-            .or_insert_with(|| TenantRates::new(self.read(tenant)));
+        let lock = || self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        let stale = match lock().get(tenant) {
+            None => true,
+            // Limits in a file change only through this server; the bucket's through any node.
+            Some(rates) => self.data.catalog().is_some() && rates.read_at.elapsed() >= SHARED_LIMITS_TTL,
+        };
+        // Read without the lock, which every tenant's requests take.
+        let fresh = if stale { self.read(tenant) } else { None };
+        let mut tenants = lock();
+        let rates = match tenants.entry(tenant.clone()) {
+            std::collections::hash_map::Entry::Occupied(entry) => {
+                let rates = entry.into_mut();
+                if let Some(limits) = fresh {
+                    rates.renew(limits);
+                }
+                rates
+            }
+            // Object storage unreachable at the first request: the server's defaults until it
+            // answers (read again at the next request).
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let mut rates = TenantRates::new(fresh.unwrap_or(self.defaults));
+                if fresh.is_none() {
+                    rates.read_at = Instant::now().checked_sub(SHARED_LIMITS_TTL).unwrap_or(rates.read_at);
+                }
+                entry.insert(rates)
+            }
+        };
         f(rates)
     }
 
-    /// Sets a tenant's limits (durably: the file is written atomically first).
+    /// Sets a tenant's limits (durably: the file is written atomically, or the bucket's object
+    /// replaced, first).
     pub fn set(&self, tenant: &TenantId, limits: RateLimits) -> io::Result<()> {
-        let path = self.path(tenant);
-        let dir = path
-            .parent()
-            .ok_or_else(|| io::Error::other("a config file has a directory"))?;
         let json = serde_json::to_vec_pretty(&limits).map_err(io::Error::other)?;
-        storage::write_atomic(&StdStorage, dir, RATE_LIMITS_FILE, &json)?;
+        if let Some(catalog) = self.data.catalog() {
+            catalog
+                .write_shared(&SharedObject::RateLimits(tenant.clone()), &json, Replace::Any)
+                .map_err(io::Error::other)?;
+        } else {
+            let path = self.path(tenant);
+            let dir = path
+                .parent()
+                .ok_or_else(|| io::Error::other("a config file has a directory"))?;
+            storage::write_atomic(&StdStorage, dir, RATE_LIMITS_FILE, &json)?;
+        }
         self.tenants
             .lock()
             .unwrap_or_else(|p| p.into_inner())

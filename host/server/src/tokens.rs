@@ -12,7 +12,10 @@
 //!
 //! Signing keys live in `{data}/.signing_keys.json` (mode 0600, written atomically), which a
 //! tenant id can never name (ids start with a letter or digit). With tenants in object storage
-//! there is no node-local place every node shares yet, so signing keys cannot be created there.
+//! they are the bucket's `signing_keys.json`, changed by conditional updates (two nodes creating
+//! keys at once both land) and read by every node at most [`SHARED_KEYS_TTL`] ago: a key created
+//! on one node signs tokens every node accepts at once (an unknown `kid` makes a node read the
+//! keys again), a revoked one is refused everywhere within that time.
 //!
 //! Invariant: a token grants exactly the scopes of its verified claims, for the tenant its claim
 //! names; an unknown or revoked key, any algorithm but HS256 (`none` included), a bad signature,
@@ -21,8 +24,8 @@
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::RwLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -30,11 +33,19 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
+use tvs_store::remote::{Catalog, RemoteError, Replace, SharedObject};
 use tvs_store::storage::{self, StdStorage};
 use tvs_store::tenant::{DataDir, TenantId};
 
 /// File holding the signing keys, in the data directory.
 pub const SIGNING_KEYS_FILE: &str = ".signing_keys.json";
+/// How long a node trusts the signing keys it read from object storage.
+pub const SHARED_KEYS_TTL: Duration = Duration::from_secs(5);
+/// How often at most a token naming an unknown key makes a node read the keys again.
+pub const SHARED_KEYS_RECHECK: Duration = Duration::from_millis(100);
+/// Attempts at a conditional update of the shared keys (each lost only to another node's
+/// update, which itself landed).
+const SHARED_KEYS_ATTEMPTS: usize = 16;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 5;
 /// Longest lifetime a token may claim (`exp - iat`, or `exp - now` without `iat`): tokens are
@@ -171,18 +182,40 @@ pub struct SigningKeyInfo {
 /// Why a signing key could not be created or revoked.
 #[derive(Debug, thiserror::Error)]
 pub enum SigningKeyError {
-    #[error("signing keys are kept in the data directory, which nodes on object storage do not share")]
-    Unavailable,
     #[error("storing the signing keys failed: {0}")]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+/// Where the signing keys are kept.
+#[derive(Debug)]
+enum Place {
+    File(PathBuf),
+    Bucket(Arc<dyn Catalog>),
+}
+
+/// The keys as last read, and when.
+#[derive(Debug)]
+struct Loaded {
+    keys: Vec<StoredKey>,
+    read_at: Instant,
 }
 
 /// The server's signing keys.
 #[derive(Debug)]
 pub struct SigningKeys {
-    /// `None` with tenants in object storage.
-    path: Option<PathBuf>,
-    keys: RwLock<Vec<StoredKey>>,
+    place: Place,
+    loaded: RwLock<Loaded>,
+}
+
+fn parse_keys(bytes: &[u8], from: &str) -> io::Result<Vec<StoredKey>> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{from} is not a list of signing keys: {e}"),
+        )
+    })
 }
 
 fn now_secs() -> u64 {
@@ -198,44 +231,104 @@ fn random_bytes(n: usize) -> io::Result<Vec<u8>> {
 impl SigningKeys {
     /// Loads the data directory's signing keys (none yet is fine).
     pub fn open(data: &DataDir) -> io::Result<SigningKeys> {
-        if data.catalog().is_some() {
-            return Ok(SigningKeys {
-                path: None,
-                keys: RwLock::default(),
-            });
-        }
-        let path = data.root().join(SIGNING_KEYS_FILE);
-        let keys = match storage::read_all(&StdStorage, &path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} is not a list of signing keys: {e}", path.display()),
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
+        let (place, keys) = match data.catalog() {
+            Some(catalog) => {
+                let keys = match catalog.read_shared(&SharedObject::SigningKeys) {
+                    Ok(Some((bytes, _))) => parse_keys(&bytes, "the bucket's signing_keys.json")?,
+                    Ok(None) => Vec::new(),
+                    // Read again on the first token: a node must start while the bucket is down.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the signing keys from object storage yet");
+                        Vec::new()
+                    }
+                };
+                (Place::Bucket(catalog.clone()), keys)
+            }
+            None => {
+                let path = data.root().join(SIGNING_KEYS_FILE);
+                let keys = match storage::read_all(&StdStorage, &path) {
+                    Ok(bytes) => parse_keys(&bytes, &path.display().to_string())?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                (Place::File(path), keys)
+            }
         };
         Ok(SigningKeys {
-            path: Some(path),
-            keys: RwLock::new(keys),
+            place,
+            loaded: RwLock::new(Loaded {
+                keys,
+                read_at: Instant::now(),
+            }),
         })
     }
 
-    fn persist(&self, keys: &[StoredKey]) -> Result<(), SigningKeyError> {
-        let path = self.path.as_ref().ok_or(SigningKeyError::Unavailable)?;
-        let dir = path.parent().ok_or(SigningKeyError::Unavailable)?;
-        let json = serde_json::to_vec_pretty(keys).map_err(io::Error::other)?;
-        storage::write_atomic(&StdStorage, dir, SIGNING_KEYS_FILE, &json)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    /// Applies `change` to the keys where they are kept, and returns what it returned. `change`
+    /// may run more than once (on a fresh read each time) when nodes change the keys at once.
+    fn update<T>(&self, change: impl Fn(&mut Vec<StoredKey>) -> T) -> Result<T, SigningKeyError> {
+        match &self.place {
+            Place::File(path) => {
+                let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+                let mut next = loaded.keys.clone();
+                let out = change(&mut next);
+                let dir = path
+                    .parent()
+                    .ok_or_else(|| io::Error::other("the key file has no directory"))?;
+                let json = serde_json::to_vec_pretty(&next).map_err(io::Error::other)?;
+                storage::write_atomic(&StdStorage, dir, SIGNING_KEYS_FILE, &json)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                loaded.keys = next;
+                Ok(out)
+            }
+            Place::Bucket(catalog) => {
+                for _ in 0..SHARED_KEYS_ATTEMPTS {
+                    let (mut next, replace) = match catalog.read_shared(&SharedObject::SigningKeys)? {
+                        Some((bytes, version)) => (
+                            parse_keys(&bytes, "the bucket's signing_keys.json")?,
+                            Replace::Version(version),
+                        ),
+                        None => (Vec::new(), Replace::Absent),
+                    };
+                    let out = change(&mut next);
+                    let json = serde_json::to_vec_pretty(&next).map_err(io::Error::other)?;
+                    if catalog.write_shared(&SharedObject::SigningKeys, &json, replace)? {
+                        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Loaded {
+                            keys: next,
+                            read_at: Instant::now(),
+                        };
+                        return Ok(out);
+                    }
+                }
+                Err(RemoteError::Unavailable("the signing keys kept changing under this update".into()).into())
+            }
+        }
+    }
+
+    /// Reads the shared keys again if the copy here is older than `max_age` (nothing to do
+    /// with keys in a file: this server is their only writer).
+    fn refresh(&self, max_age: Duration) -> Result<(), RemoteError> {
+        let Place::Bucket(catalog) = &self.place else {
+            return Ok(());
+        };
+        if self.loaded.read().unwrap_or_else(|p| p.into_inner()).read_at.elapsed() < max_age {
+            return Ok(());
+        }
+        let keys = match catalog.read_shared(&SharedObject::SigningKeys)? {
+            Some((bytes, _)) => {
+                parse_keys(&bytes, "the bucket's signing_keys.json").map_err(|e| RemoteError::Corrupt(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Loaded {
+            keys,
+            read_at: Instant::now(),
+        };
         Ok(())
     }
 
     /// Creates a signing key; returns it and its secret text (`tvs_sk.{kid}.{key}`), which is
     /// not kept anywhere the API can show again.
     pub fn create(&self) -> Result<(SigningKeyInfo, String), SigningKeyError> {
-        if self.path.is_none() {
-            return Err(SigningKeyError::Unavailable);
-        }
         let id: String = random_bytes(8)?.iter().map(|b| format!("{b:02x}")).collect();
         let secret = URL_SAFE_NO_PAD.encode(random_bytes(32)?);
         let stored = StoredKey {
@@ -244,36 +337,58 @@ impl SigningKeys {
             created_at: now_secs(),
             revoked_at: None,
         };
-        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = keys.clone();
-        next.push(stored.clone());
-        self.persist(&next)?;
-        *keys = next;
+        self.update(|keys| keys.push(stored.clone()))?;
         Ok((info(&stored), format!("{SECRET_PREFIX}.{id}.{secret}")))
     }
 
-    /// Every signing key, oldest first.
-    pub fn list(&self) -> Vec<SigningKeyInfo> {
-        self.keys
+    /// Every signing key, oldest first (with keys in object storage, as the bucket holds them
+    /// now).
+    pub fn list(&self) -> Result<Vec<SigningKeyInfo>, SigningKeyError> {
+        self.refresh(Duration::ZERO)?;
+        Ok(self
+            .loaded
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .keys
             .iter()
             .map(info)
-            .collect()
+            .collect())
     }
 
     /// Revokes a key: tokens it signed are refused from now on. `Ok(None)` when there is no
     /// such key; revoking twice keeps the first time.
     pub fn revoke(&self, id: &str) -> Result<Option<SigningKeyInfo>, SigningKeyError> {
-        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let Some(at) = keys.iter().position(|k| k.id == id) else {
-            return Ok(None);
-        };
-        let mut next = keys.clone();
-        next[at].revoked_at.get_or_insert_with(now_secs);
-        self.persist(&next)?;
-        *keys = next;
-        Ok(Some(info(&keys[at])))
+        let revoked_at = now_secs();
+        self.update(|keys| {
+            let key = keys.iter_mut().find(|k| k.id == id)?;
+            key.revoked_at.get_or_insert(revoked_at);
+            Some(info(key))
+        })
+    }
+
+    /// The HMAC key of `kid`, reading shared keys again when the copy here is stale or does not
+    /// know it.
+    fn hmac_key(&self, kid: Option<&str>) -> Result<Vec<u8>, TokenError> {
+        let kid = kid.ok_or(TokenError::UnknownKey)?;
+        let mut recheck = false;
+        loop {
+            let max_age = if recheck { SHARED_KEYS_RECHECK } else { SHARED_KEYS_TTL };
+            if let Err(e) = self.refresh(max_age) {
+                // The copy here still answers: a bucket outage must not refuse every token.
+                tracing::warn!(error = %e, "cannot read the signing keys from object storage");
+            }
+            let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+            match loaded.keys.iter().find(|k| k.id == kid) {
+                Some(stored) if stored.revoked_at.is_some() => return Err(TokenError::RevokedKey),
+                Some(stored) => {
+                    return URL_SAFE_NO_PAD
+                        .decode(&stored.secret)
+                        .map_err(|_| TokenError::UnknownKey);
+                }
+                None if recheck || matches!(self.place, Place::File(_)) => return Err(TokenError::UnknownKey),
+                None => recheck = true,
+            }
+        }
     }
 
     /// Verifies `token` (bare or `tvs.{tenant}.{jwt}`).
@@ -291,20 +406,7 @@ impl SigningKeys {
         if header.alg != Algorithm::HS256 {
             return Err(TokenError::Algorithm);
         }
-        let key = {
-            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-            let stored = header
-                .kid
-                .as_deref()
-                .and_then(|kid| keys.iter().find(|k| k.id == kid))
-                .ok_or(TokenError::UnknownKey)?;
-            if stored.revoked_at.is_some() {
-                return Err(TokenError::RevokedKey);
-            }
-            URL_SAFE_NO_PAD
-                .decode(&stored.secret)
-                .map_err(|_| TokenError::UnknownKey)?
-        };
+        let key = self.hmac_key(header.kid.as_deref())?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;

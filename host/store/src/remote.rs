@@ -69,6 +69,36 @@ pub trait TenantLog: Send + Sync + fmt::Debug {
     /// Called after a snapshot's files were rewritten locally (compaction) and before any other
     /// call: the cache no longer matches the published snapshot until the next publish.
     fn cache_diverged(&self);
+    /// Replaces the tenant's config (its quotas) where every node reads it, as its writer.
+    fn set_config(&self, config: &StoreConfig) -> Result<(), RemoteError>;
+}
+
+/// A small object the nodes share beside the tenants' data, read and replaced whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedObject {
+    /// The signing keys of tenant tokens.
+    SigningKeys,
+    /// A tenant's rate limits (removed with the tenant).
+    RateLimits(TenantId),
+}
+
+/// The version of a shared object as read, for a conditional replace (an ETag or an object
+/// version, whichever the store gives).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectVersion {
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// What a write of a shared object may replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replace {
+    /// Whatever is there, or nothing.
+    Any,
+    /// Only an absent object.
+    Absent,
+    /// Only the object as it was at this version.
+    Version(ObjectVersion),
 }
 
 /// A tenant held by a node, for the admin API.
@@ -96,4 +126,8 @@ pub trait Catalog: Send + Sync + fmt::Debug {
     fn set_key_hash(&self, id: &TenantId, hash: &str) -> Result<(), RemoteError>;
     /// The tenants this node holds as writer now, with their epochs.
     fn held(&self) -> Vec<HeldTenant>;
+    /// A shared object's bytes and version; `None` if there is none.
+    fn read_shared(&self, object: &SharedObject) -> Result<Option<(Vec<u8>, ObjectVersion)>, RemoteError>;
+    /// Writes a shared object if `replace` allows; `Ok(false)` when another write came first.
+    fn write_shared(&self, object: &SharedObject, bytes: &[u8], replace: Replace) -> Result<bool, RemoteError>;
 }

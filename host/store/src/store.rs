@@ -516,12 +516,6 @@ impl TenantStore {
         if max_documents.is_none() && max_bytes.is_none() {
             return Ok(());
         }
-        if self.remote.is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "quotas of tenants in object storage cannot be changed yet",
-            ));
-        }
         // Snapshot writers and this never interleave on the store's files.
         let _files = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut config = self.dir.read_config()?;
@@ -530,6 +524,11 @@ impl TenantStore {
         }
         if let Some(limit) = max_bytes {
             config.max_bytes = limit;
+        }
+        // In object storage the manifest is the truth, the config file a cache of it: the
+        // manifest first, so a failure leaves the old quotas everywhere.
+        if let Some(remote) = &self.remote {
+            remote.set_config(&config).map_err(io::Error::other)?;
         }
         let path = self.dir.config_file();
         let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {

@@ -321,16 +321,17 @@ impl DataDir {
         Ok(final_dir)
     }
 
-    /// Whether a tenant exists (as a real directory with a config).
-    pub fn tenant_exists(&self, id: &TenantId) -> bool {
+    /// Whether a tenant exists (as a real directory with a config, or a live manifest in object
+    /// storage, which may be unreachable: an outage is not an answer).
+    pub fn tenant_exists(&self, id: &TenantId) -> Result<bool, crate::remote::RemoteError> {
         if let Some(catalog) = &self.catalog {
-            return catalog.tenant_exists(id).unwrap_or_else(|e| {
-                tracing::warn!(tenant = %id, error = %e, "cannot tell whether a tenant exists");
-                false
+            return catalog.tenant_exists(id).map_err(|e| match e {
+                TenantError::Remote(e) => e,
+                other => crate::remote::RemoteError::Unavailable(other.to_string()),
             });
         }
         let dir = self.store_dir(id);
-        fsutil::ensure_real_dir(dir.root()).is_ok() && dir.exists()
+        Ok(fsutil::ensure_real_dir(dir.root()).is_ok() && dir.exists())
     }
 
     /// Lists tenants sorted by id, `limit` at a time, starting after `after`.
