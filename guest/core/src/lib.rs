@@ -1,5 +1,5 @@
 //! Pure logic that the host and the Wasm guests share: Mongo-style metadata filters, text
-//! chunking, maximal marginal relevance and the canonical names of embedding models. No I/O and
+//! chunking, maximal marginal relevance, the canonical names of embedding models and tenant tokens. No I/O and
 //! no WIT types, so it builds for `wasm32-wasip2` inside guest components and natively for the
 //! host and for unit tests: a filter means the same wherever it is evaluated.
 
@@ -10,3 +10,5 @@ pub mod mmr;
 pub mod models;
 pub mod openai;
 pub mod tenant_id;
+#[cfg(feature = "token")]
+pub mod token;

@@ -2,11 +2,9 @@
 //! created (`POST /v1/admin/signing-keys`), so the app keeps one secret instead of a key per
 //! user, as Qdrant's JWT access does.
 //!
-//! A token is an HS256 JWT whose header names its signing key (`kid`) and whose claims are
-//! `tenant` (the tenant id), `scope` (space-separated: `read`, `write`, `plugins`), `exp`
-//! (required), and optionally `nbf` and `iat`. It may be sent bare or as `tvs.{tenant}.{jwt}`,
-//! which lets a proxy route it by tenant like a key; the prefix must then name the claim's tenant.
-//! The signing secret the admin is shown once is `tvs_sk.{kid}.{base64url of 32 bytes}`: the key
+//! The token format, the scopes, the refusals and the claim rules are
+//! [`tvs_guest_core::token`]'s (shared with the Spin front); here the `jsonwebtoken` crate checks
+//! the signature and lifetime, and the keys are kept. The signing secret the admin is shown once is `tvs_sk.{kid}.{base64url of 32 bytes}`: the key
 //! id and the HMAC key in one string. Rotation: create a new key, mint with it, revoke the old one
 //! once the tokens it signed have expired (revoking refuses them at once).
 //!
@@ -31,7 +29,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use tvs_guest_core::token as rules;
 
 use tvs_store::remote::{Catalog, RemoteError, Replace, SharedObject};
 use tvs_store::storage::{self, StdStorage};
@@ -46,128 +45,13 @@ pub const SHARED_KEYS_RECHECK: Duration = Duration::from_millis(100);
 /// Attempts at a conditional update of the shared keys (each lost only to another node's
 /// update, which itself landed).
 const SHARED_KEYS_ATTEMPTS: usize = 16;
-/// Clock skew tolerated on `exp` and `nbf`, in seconds.
-pub const LEEWAY_SECS: u64 = 5;
-/// Longest lifetime a token may claim (`exp - iat`, or `exp - now` without `iat`): tokens are
-/// meant to be short-lived; a longer-lived credential is a tenant key.
-pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-const SECRET_PREFIX: &str = "tvs_sk";
-
-/// What a credential allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Search, get, stats, embeddings, listing plugins.
-    Read,
-    /// Upserts, deletes, calling tenant functions.
-    Write,
-    /// Uploading, activating and removing plugins.
-    Plugins,
-}
-
-impl Scope {
-    pub fn name(self) -> &'static str {
-        match self {
-            Scope::Read => "read",
-            Scope::Write => "write",
-            Scope::Plugins => "plugins",
-        }
-    }
-}
-
-/// A set of scopes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Scopes(u8);
-
-impl Scopes {
-    /// What a tenant key allows: everything.
-    pub const ALL: Scopes = Scopes(0b111);
-
-    fn bit(scope: Scope) -> u8 {
-        match scope {
-            Scope::Read => 1,
-            Scope::Write => 2,
-            Scope::Plugins => 4,
-        }
-    }
-
-    pub fn allows(self, scope: Scope) -> bool {
-        self.0 & Self::bit(scope) != 0
-    }
-
-    /// Parses a space-separated `scope` claim; an unknown scope or an empty claim is an error.
-    pub fn parse(text: &str) -> Result<Scopes, TokenError> {
-        let mut scopes = Scopes::default();
-        for word in text.split_whitespace() {
-            let scope = match word {
-                "read" => Scope::Read,
-                "write" => Scope::Write,
-                "plugins" => Scope::Plugins,
-                other => return Err(TokenError::Scope(format!("unknown scope {other:?}"))),
-            };
-            scopes.0 |= Self::bit(scope);
-        }
-        if scopes.0 == 0 {
-            return Err(TokenError::Scope("the scope claim names no scope".into()));
-        }
-        Ok(scopes)
-    }
-}
-
-/// Why a token grants nothing; the message is what the client is told.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("the token is not a well-formed JWT: {0}")]
-    Malformed(String),
-    #[error("the token's algorithm must be HS256")]
-    Algorithm,
-    #[error("the token names no signing key (kid) or one this server does not know")]
-    UnknownKey,
-    #[error("the token's signing key was revoked")]
-    RevokedKey,
-    #[error("the token's signature does not match its signing key")]
-    Signature,
-    #[error("the token has expired")]
-    Expired,
-    #[error("the token is not valid yet (nbf)")]
-    NotYetValid,
-    #[error("the token lives longer than the longest allowed ({} days)", MAX_TTL.as_secs() / 86_400)]
-    TooLong,
-    #[error("the token's tenant claim is not a valid tenant id: {0}")]
-    Tenant(String),
-    #[error("the token's scope claim is invalid: {0}")]
-    Scope(String),
-    #[error("the token's routing prefix names another tenant than its claim")]
-    PrefixMismatch,
-}
+pub use tvs_guest_core::token::{Claims, LEEWAY_SECS, MAX_TTL_SECS, Scope, Scopes, StoredKey, TokenError};
 
 /// A verified token: whose it is and what it allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub tenant: TenantId,
     pub scopes: Scopes,
-}
-
-/// The claims tvs reads and writes.
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    tenant: String,
-    scope: String,
-    exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    nbf: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<u64>,
-}
-
-/// A signing key as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredKey {
-    id: String,
-    /// The HMAC key, base64url.
-    secret: String,
-    created_at: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    revoked_at: Option<u64>,
 }
 
 /// A signing key as the admin API shows it (never its secret, except once at creation).
@@ -338,7 +222,7 @@ impl SigningKeys {
             revoked_at: None,
         };
         self.update(|keys| keys.push(stored.clone()))?;
-        Ok((info(&stored), format!("{SECRET_PREFIX}.{id}.{secret}")))
+        Ok((info(&stored), stored.secret_text()))
     }
 
     /// Every signing key, oldest first (with keys in object storage, as the bucket holds them
@@ -377,26 +261,17 @@ impl SigningKeys {
                 // The copy here still answers: a bucket outage must not refuse every token.
                 tracing::warn!(error = %e, "cannot read the signing keys from object storage");
             }
-            let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
-            match loaded.keys.iter().find(|k| k.id == kid) {
-                Some(stored) if stored.revoked_at.is_some() => return Err(TokenError::RevokedKey),
-                Some(stored) => {
-                    return URL_SAFE_NO_PAD
-                        .decode(&stored.secret)
-                        .map_err(|_| TokenError::UnknownKey);
-                }
-                None if recheck || matches!(self.place, Place::File(_)) => return Err(TokenError::UnknownKey),
-                None => recheck = true,
+            let found = rules::key_of(&self.loaded.read().unwrap_or_else(|p| p.into_inner()).keys, Some(kid));
+            match found {
+                Err(TokenError::UnknownKey) if !recheck && matches!(self.place, Place::Bucket(_)) => recheck = true,
+                found => return found,
             }
         }
     }
 
     /// Verifies `token` (bare or `tvs.{tenant}.{jwt}`).
     pub fn verify(&self, token: &str) -> Result<Grant, TokenError> {
-        let (hint, jwt) = match token.strip_prefix("tvs.").and_then(|rest| rest.split_once('.')) {
-            Some((hint, jwt)) => (Some(hint), jwt),
-            None => (None, token),
-        };
+        let (hint, jwt) = rules::split_routing(token);
         let header = jsonwebtoken::decode_header(jwt).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
                 TokenError::Algorithm
@@ -420,18 +295,10 @@ impl SigningKeys {
                 _ => TokenError::Malformed(e.to_string()),
             }
         })?;
-        let claims = data.claims;
-        let issued = claims.iat.unwrap_or_else(now_secs).max(claims.nbf.unwrap_or(0));
-        if claims.exp.saturating_sub(issued) > MAX_TTL.as_secs() {
-            return Err(TokenError::TooLong);
-        }
-        let tenant = TenantId::new(&claims.tenant).map_err(|e| TokenError::Tenant(e.to_string()))?;
-        if hint.is_some_and(|h| h != tenant.as_str()) {
-            return Err(TokenError::PrefixMismatch);
-        }
+        let granted = rules::grant(&data.claims, hint, now_secs())?;
         Ok(Grant {
-            tenant,
-            scopes: Scopes::parse(&claims.scope)?,
+            tenant: TenantId::new(&granted.tenant).map_err(|e| TokenError::Tenant(e.to_string()))?,
+            scopes: granted.scopes,
         })
     }
 }
@@ -454,7 +321,7 @@ mod tests {
     /// (the Python client's `mint_token`).
     fn mint(secret: &str, tenant: &TenantId, scope: &str, ttl: Duration) -> Result<String, TokenError> {
         let mut parts = secret.trim().splitn(3, '.');
-        let (Some(SECRET_PREFIX), Some(kid), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(rules::SECRET_PREFIX), Some(kid), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed(
                 "a signing secret looks like tvs_sk.{kid}.{key}".into(),
             ));
@@ -521,5 +388,59 @@ mod tests {
             SigningKeys::open(&data).expect("reopen").verify(&token),
             Err(TokenError::RevokedKey)
         );
+    }
+
+    /// The Spin front checks tokens with `tvs_guest_core::token::verify_hs256`, not
+    /// `jsonwebtoken`: both must take the same tokens and refuse the same ones for the same reason.
+    #[test]
+    fn the_spin_fronts_verifier_agrees_with_jsonwebtoken() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = DataDir::open(tmp.path()).expect("data dir");
+        let keys = SigningKeys::open(&data).expect("open");
+        let (info, secret) = keys.create().expect("create");
+        let stored = keys.loaded.read().expect("keys").keys.clone();
+        let alice = TenantId::new("alice").expect("id");
+        let now = now_secs();
+        let by_jsonwebtoken = mint(&secret, &alice, "read write", Duration::from_secs(60)).expect("mint");
+        let granted = rules::verify_hs256(&by_jsonwebtoken, &stored, now).expect("the guest verifier takes it");
+        assert_eq!(granted.tenant, "alice");
+        assert!(granted.scopes.allows(Scope::Write));
+        let key = URL_SAFE_NO_PAD.decode(&stored[0].secret).expect("key");
+        let claims = |exp: u64, tenant: &str| Claims {
+            tenant: tenant.into(),
+            scope: "read".into(),
+            exp,
+            nbf: None,
+            iat: Some(now.saturating_sub(60)),
+        };
+        let by_guest = rules::sign_hs256(&info.id, &key, &claims(now + 60, "alice"));
+        assert_eq!(keys.verify(&by_guest).map(|g| g.tenant), Ok(alice));
+        for (token, why) in [
+            (
+                rules::sign_hs256(&info.id, &key, &claims(now - 30, "alice")),
+                TokenError::Expired,
+            ),
+            (
+                rules::sign_hs256(&info.id, &[1; 32], &claims(now + 60, "alice")),
+                TokenError::Signature,
+            ),
+            (
+                rules::sign_hs256("nokey", &key, &claims(now + 60, "alice")),
+                TokenError::UnknownKey,
+            ),
+            (
+                rules::sign_hs256(&info.id, &key, &claims(now + MAX_TTL_SECS, "alice")),
+                TokenError::TooLong,
+            ),
+        ] {
+            assert_eq!(keys.verify(&token).as_ref().map(|_| ()), Err(&why));
+            assert_eq!(rules::verify_hs256(&token, &stored, now).map(|_| ()), Err(why));
+        }
+        let bad_tenant = rules::sign_hs256(&info.id, &key, &claims(now + 60, "../x"));
+        assert!(matches!(keys.verify(&bad_tenant), Err(TokenError::Tenant(_))));
+        assert!(matches!(
+            rules::verify_hs256(&bad_tenant, &stored, now),
+            Err(TokenError::Tenant(_))
+        ));
     }
 }
