@@ -2,7 +2,8 @@
 //! against the Spin component (`spin build`'s output in the Spin-shaped host of `spin_host`),
 //! each step's status is asserted on both, and both servers' answers must be the same (scores to
 //! 1e-4; the few fields that differ by design are named in `comparable`). Ingest, search with
-//! filters and MMR, get, delete, delete by filter, stats, embeddings, wrong keys, two tenants,
+//! filters and MMR, get, delete, delete by filter, stats, embeddings, wrong keys, tenant tokens
+//! (signing keys, scopes, rotation, every refusal), two tenants,
 //! bad input changing nothing, and a restart.
 //!
 //! Also the imports check of the composed component against what a Spin 3.x platform provides.
@@ -22,7 +23,46 @@ enum Who {
     Tenant(&'static str),
     /// A well-formed key for a tenant, with a wrong secret.
     WrongSecret(&'static str),
+    /// A tenant token, minted as an app would with the signing keys created so far.
+    Token(Mint),
     Nobody,
+}
+
+/// A tenant token of a step: right, or wrong in one way.
+#[derive(Debug, Clone, Copy)]
+enum Mint {
+    /// Signed with the `key`-th signing key created (0: the first) for `tenant` with `scope`.
+    Signed {
+        key: usize,
+        tenant: &'static str,
+        scope: &'static str,
+    },
+    Expired,
+    NotYetValid,
+    /// Claims a lifetime past the longest allowed (7 days).
+    TooLong,
+    /// `alg: none`, no signature.
+    AlgNone,
+    /// HS384 with the right key.
+    Hs384,
+    /// HS256 with another secret under the right `kid`.
+    WrongSecret,
+    UnknownKid,
+    /// A tenant claim outside the id grammar.
+    BadTenant,
+    /// A routing prefix naming another tenant than the claim.
+    OtherPrefix,
+    /// Three segments, `eyJ…`, not a JWT.
+    Garbage,
+}
+
+/// A token of the newest signing key for `tenant`.
+const fn token(tenant: &'static str, scope: &'static str) -> Who {
+    Who::Token(Mint::Signed {
+        key: usize::MAX,
+        tenant,
+        scope,
+    })
 }
 
 #[derive(Debug)]
@@ -350,10 +390,117 @@ fn steps() -> Vec<Step> {
             json!({"documents": [{"id": "north-east", "text": "moved", "vector": [0.0, 0.0, 0.0, 1.0], "metadata": {"kind": "c"}}]}),
             200,
         ),
+        // Tenant tokens: signing keys are the admin's; a token reaches the tenant of its claim
+        // within its scope, and every wrong token is refused with its reason.
+        call("POST", "/v1/admin/signing-keys", vec, Value::Null, 403),
+        call("POST", "/v1/admin/signing-keys", Admin, Value::Null, 201),
+        call(
+            "GET",
+            "/v1/documents/north-east",
+            token("vec", "read"),
+            Value::Null,
+            200,
+        ),
+        call(
+            "POST",
+            "/v1/search",
+            token("vec", "read"),
+            json!({"vector": [0.0, 0.0, 0.0, 1.0], "top_k": 2}),
+            200,
+        ),
+        call("GET", "/v1/stats", token("text", "read write"), Value::Null, 200),
+        call(
+            "POST",
+            "/v1/documents/delete",
+            token("vec", "read"),
+            json!({"ids": ["absent"]}),
+            403,
+        ),
+        call("DELETE", "/v1/documents/absent", token("vec", "read"), Value::Null, 403),
+        call(
+            "POST",
+            "/v1/documents/delete",
+            token("vec", "write"),
+            json!({"ids": ["absent"]}),
+            200,
+        ),
+        call(
+            "GET",
+            "/v1/documents/north-east",
+            token("vec", "write"),
+            Value::Null,
+            403,
+        ),
+        call("GET", "/v1/stats", token("ghost", "read"), Value::Null, 404),
+        call("GET", "/v1/stats", Token(Mint::Expired), Value::Null, 401),
+        call("GET", "/v1/stats", Token(Mint::NotYetValid), Value::Null, 401),
+        call("GET", "/v1/stats", Token(Mint::TooLong), Value::Null, 401),
+        call("GET", "/v1/stats", Token(Mint::AlgNone), Value::Null, 401),
+        call("GET", "/v1/stats", Token(Mint::Hs384), Value::Null, 401),
+        call("GET", "/v1/stats", Token(Mint::WrongSecret), Value::Null, 401),
+        call("GET", "/v1/stats", Token(Mint::UnknownKid), Value::Null, 401),
+        call("GET", "/v1/stats", Token(Mint::BadTenant), Value::Null, 401),
+        call("GET", "/v1/stats", Token(Mint::OtherPrefix), Value::Null, 401),
+        call("GET", "/v1/stats", Token(Mint::Garbage), Value::Null, 401),
+        // Rotation with an overlap: the old key works until it is revoked, then its tokens are
+        // refused and the new key's still work.
+        call("POST", "/v1/admin/signing-keys", Admin, Value::Null, 201),
+        call(
+            "GET",
+            "/v1/documents/north-east",
+            Token(Mint::Signed {
+                key: 0,
+                tenant: "vec",
+                scope: "read",
+            }),
+            Value::Null,
+            200,
+        ),
+        call("DELETE", "/v1/admin/signing-keys/{key0}", Admin, Value::Null, 200),
+        call("DELETE", "/v1/admin/signing-keys/{key0}", Admin, Value::Null, 200),
+        call("DELETE", "/v1/admin/signing-keys/absent", Admin, Value::Null, 404),
+        call(
+            "GET",
+            "/v1/documents/north-east",
+            Token(Mint::Signed {
+                key: 0,
+                tenant: "vec",
+                scope: "read",
+            }),
+            Value::Null,
+            401,
+        ),
+        call(
+            "GET",
+            "/v1/documents/north-east",
+            token("vec", "read"),
+            Value::Null,
+            200,
+        ),
+        call("GET", "/v1/admin/signing-keys", Admin, Value::Null, 200),
+        call("GET", "/v1/admin/signing-keys", vec, Value::Null, 403),
         // A restart keeps everything acknowledged.
         Step::Restart,
         call("GET", "/v1/stats", vec, Value::Null, 200),
         call("GET", "/v1/documents/north-east", vec, Value::Null, 200),
+        call(
+            "GET",
+            "/v1/documents/north-east",
+            token("vec", "read"),
+            Value::Null,
+            200,
+        ),
+        call(
+            "GET",
+            "/v1/documents/north-east",
+            Token(Mint::Signed {
+                key: 0,
+                tenant: "vec",
+                scope: "read",
+            }),
+            Value::Null,
+            401,
+        ),
         call(
             "POST",
             "/v1/search",
@@ -427,8 +574,49 @@ impl Api for Spin {
 }
 
 /// Runs the table on one server; returns each call's (status, body).
+/// The token a step names, from the signing keys (kid, HMAC key) created so far.
+fn mint(how: Mint, signing: &[(String, Vec<u8>)]) -> String {
+    use crate::tokens::{claims, sign};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::Algorithm;
+    let (kid, key) = signing.last().expect("a signing key was created before a token step");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let with = |fields: Value| {
+        let mut claims = claims("vec", "read");
+        for (k, v) in fields.as_object().expect("fields") {
+            claims[k] = v.clone();
+        }
+        sign(Algorithm::HS256, kid, key, &claims)
+    };
+    match how {
+        Mint::Signed { key: n, tenant, scope } => {
+            let (kid, key) = signing.get(n).unwrap_or_else(|| signing.last().expect("a key"));
+            sign(Algorithm::HS256, kid, key, &claims(tenant, scope))
+        }
+        Mint::Expired => with(json!({"iat": now - 600, "exp": now - 300})),
+        Mint::NotYetValid => with(json!({"nbf": now + 300, "exp": now + 900})),
+        Mint::TooLong => with(json!({"exp": now + 8 * 86_400})),
+        Mint::AlgNone => {
+            let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","kid":"{kid}"}}"#));
+            let body = URL_SAFE_NO_PAD.encode(claims("vec", "read write").to_string());
+            format!("{header}.{body}.")
+        }
+        Mint::Hs384 => sign(Algorithm::HS384, kid, key, &claims("vec", "read")),
+        Mint::WrongSecret => sign(Algorithm::HS256, kid, &[9; 32], &claims("vec", "read")),
+        Mint::UnknownKid => sign(Algorithm::HS256, "0000000000000000", key, &claims("vec", "read")),
+        Mint::BadTenant => with(json!({"tenant": "../vec"})),
+        Mint::OtherPrefix => format!("tvs.text.{}", with(json!({}))),
+        Mint::Garbage => "eyJub3QiOiJqc29uIg.eyJ.c2ln".to_owned(),
+    }
+}
+
 fn run(api: &mut dyn Api) -> Vec<(u16, Value)> {
     let mut keys: std::collections::HashMap<&'static str, String> = Default::default();
+    let mut signing: Vec<(String, Vec<u8>)> = Vec::new();
     let mut answers = Vec::new();
     for (index, step) in steps().into_iter().enumerate() {
         let Step::Call {
@@ -446,7 +634,12 @@ fn run(api: &mut dyn Api) -> Vec<(u16, Value)> {
             Who::Admin => Some(ADMIN.to_owned()),
             Who::Tenant(t) => Some(keys.get(t).unwrap_or_else(|| panic!("no key for {t} yet")).clone()),
             Who::WrongSecret(t) => Some(format!("tvs.{t}.{}", "0".repeat(64))),
+            Who::Token(how) => Some(mint(how, &signing)),
             Who::Nobody => None,
+        };
+        let path: &str = &match signing.first() {
+            Some((kid, _)) => path.replace("{key0}", kid),
+            None => path.to_owned(),
         };
         let (content_type, bytes): (Option<&str>, Vec<u8>) = match &body {
             Body::None => (None, Vec::new()),
@@ -461,7 +654,10 @@ fn run(api: &mut dyn Api) -> Vec<(u16, Value)> {
             "{}: step {index} {method} {path} answered {answer}",
             api.name()
         );
-        if status == 201 {
+        if status == 201 && path == "/v1/admin/signing-keys" {
+            let secret = answer["secret"].as_str().expect("the secret, once");
+            signing.push(crate::tokens::parse_secret(secret));
+        } else if status == 201 {
             let id = answer["id"].as_str().expect("created id");
             let id: &'static str = Box::leak(id.to_owned().into_boxed_str());
             keys.insert(id, answer["api_key"].as_str().expect("key").to_owned());
@@ -487,13 +683,22 @@ fn comparable(value: &Value) -> Value {
                 .filter(|(k, _)| {
                     !matches!(
                         k.as_str(),
-                        "api_key" | "bytes" | "usage" | "max_documents" | "max_bytes" | "stored_bytes"
+                        "api_key" | "bytes" | "usage" | "max_documents" | "max_bytes" | "stored_bytes" | "secret"
                     )
                 })
                 .map(|(k, v)| {
                     let v = match (k.as_str(), v) {
                         ("message", Value::String(m)) if m.starts_with("malformed JSON body") => {
                             json!("malformed JSON body")
+                        }
+                        // jsonwebtoken's words vs tvs-guest-core's for a token that is no JWT.
+                        ("message", Value::String(m)) if m.starts_with("the token is not a well-formed JWT") => {
+                            json!("the token is not a well-formed JWT")
+                        }
+                        // A signing key's id and times are the server's own.
+                        ("created_at" | "revoked_at", Value::Number(_)) => json!("<time>"),
+                        ("id", Value::String(id)) if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                            json!("<kid>")
                         }
                         _ => comparable(v),
                     };
@@ -569,6 +774,32 @@ fn the_data_routes_answer_the_same_on_tvs_serve_and_on_spin() {
         .map(|h| h["id"].as_str().expect("id"))
         .collect();
     assert_eq!(ids, ["north", "nearly-north", "north-east"]);
+    // Each wrong token is refused for its own reason (the same words on both servers, above).
+    let whos = steps().into_iter().filter_map(|s| match s {
+        Step::Call { who, .. } => Some(who),
+        Step::Restart => None,
+    });
+    let mut refused = 0;
+    for (who, (status, body)) in whos.zip(&on_spin) {
+        let Who::Token(how) = who else { continue };
+        let reason = match how {
+            Mint::Signed { .. } if *status == 401 => "revoked",
+            Mint::Signed { .. } => continue,
+            Mint::Expired => "has expired",
+            Mint::NotYetValid => "not valid yet",
+            Mint::TooLong => "lives longer",
+            Mint::AlgNone | Mint::Hs384 => "algorithm must be HS256",
+            Mint::WrongSecret => "signature does not match",
+            Mint::UnknownKid => "does not know",
+            Mint::BadTenant => "tenant claim",
+            Mint::OtherPrefix => "routing prefix",
+            Mint::Garbage => "not a well-formed JWT",
+        };
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(reason), "{how:?}: expected {reason:?} in {body}");
+        refused += 1;
+    }
+    assert_eq!(refused, 12, "every wrong token was tried");
 }
 
 /// Imports outside what a Spin 3.x platform provides, by name: WASI 0.2, the `fermyon:spin`

@@ -183,7 +183,9 @@ fn tokens_reach_their_tenant_within_their_scopes_and_every_bad_token_is_refused(
     let mut no_expiry = claims("alice", "read");
     no_expiry.as_object_mut().expect("object").remove("exp");
     refused(addr, &sign(Algorithm::HS256, &kid, &hmac, &no_expiry), "exp");
-    refused(addr, "eyJub3QiOiJqc29uIn0.e30.x", "well-formed");
+    // A header that is not JSON; one without `alg` names no algorithm, so not HS256.
+    refused(addr, "eyJub3QiOiJqc29uIg.e30.x", "well-formed");
+    refused(addr, "eyJub3QiOiJqc29uIn0.e30.x", "HS256");
     refused(addr, "not-a-token-nor-a-key", "the key is not valid");
 
     // Rotation with an overlap: tokens of the old key work until it is revoked.

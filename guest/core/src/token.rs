@@ -212,6 +212,17 @@ fn segment(text: &str, what: &str) -> Result<Vec<u8>, TokenError> {
         .map_err(|e| TokenError::Malformed(format!("its {what} is not base64url: {e}")))
 }
 
+/// The `kid` of a JWT's header segment, once its `alg` is `HS256` (any other, `none` included,
+/// or none at all, is [`TokenError::Algorithm`], whatever a JWT library thinks of its name).
+pub fn hs256_kid(header: &str) -> Result<Option<String>, TokenError> {
+    let header: serde_json::Value = serde_json::from_slice(&segment(header, "header")?)
+        .map_err(|e| TokenError::Malformed(format!("its header is not JSON: {e}")))?;
+    if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
+        return Err(TokenError::Algorithm);
+    }
+    Ok(header.get("kid").and_then(|k| k.as_str()).map(str::to_owned))
+}
+
 /// Verifies an HS256 token (bare or `tvs.{tenant}.{jwt}`) against `keys` at `now` (Unix
 /// seconds), as `tvs serve` does with `jsonwebtoken`: the header's `alg` must be `HS256` (so
 /// `none` and every other algorithm are refused before a key is looked at), the signature is
@@ -224,12 +235,8 @@ pub fn verify_hs256(token: &str, keys: &[StoredKey], now: u64) -> Result<Grant, 
         return Err(TokenError::Malformed("a JWT has three dot-separated parts".into()));
     };
     let signing_input = &jwt[..jwt.len() - signature.len() - 1];
-    let header: serde_json::Value = serde_json::from_slice(&segment(header, "header")?)
-        .map_err(|e| TokenError::Malformed(format!("its header is not JSON: {e}")))?;
-    if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
-        return Err(TokenError::Algorithm);
-    }
-    let key = key_of(keys, header.get("kid").and_then(|k| k.as_str()))?;
+    let kid = hs256_kid(header)?;
+    let key = key_of(keys, kid.as_deref())?;
     let signature = segment(signature, "signature")?;
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| TokenError::UnknownKey)?;
     mac.update(signing_input.as_bytes());

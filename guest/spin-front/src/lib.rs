@@ -8,8 +8,12 @@
 //! (`tenant.bind`), and calls the handler, which takes no tenant parameter.
 //!
 //! Keys are `tvs.{tenant}.{secret}` as in `tvs serve`; the store holds only the SHA-256 of the
-//! secret and the comparison is constant-time. The admin key comes from the Spin variable
-//! `admin_key`; admin routes are refused while it is empty.
+//! secret and the comparison is constant-time. Tenant tokens (HS256 JWTs an app mints with a
+//! signing key the admin created here, `POST /v1/admin/signing-keys`) are accepted wherever a
+//! key is, checked by `tvs_guest_core::token` (the rules and messages `tvs serve` uses) against
+//! the keys in the key-value store: the tenant comes from the verified claim only, and a read
+//! token is refused on a write route. The admin key comes from the Spin variable `admin_key`;
+//! admin routes are refused while it is empty.
 
 wit_bindgen::generate!({
     path: "../../wit/spin",
@@ -30,6 +34,7 @@ use tvs::store::types::{Error as GuestError, IngestDocument, Metric};
 use tvs_guest_core::filter::Filter;
 use tvs_guest_core::models;
 use tvs_guest_core::openai::Input;
+use tvs_guest_core::token::{self as tokens, Scope, StoredKey};
 
 /// Largest request body, as `tvs serve`'s default.
 const MAX_BODY_BYTES: usize = 16 << 20;
@@ -98,6 +103,9 @@ fn route(request: &Request) -> Answer {
         (Method::Get, ["healthz"]) => ok(json!({"status": "ok"})),
         (Method::Post, ["v1", "tenants"]) => create_tenant(request),
         (Method::Post, ["v1", "tenants", id, "keys"]) => rotate_key(request, id),
+        (Method::Post, ["v1", "admin", "signing-keys"]) => create_signing_key(request),
+        (Method::Get, ["v1", "admin", "signing-keys"]) => list_signing_keys(request).and_then(ok),
+        (Method::Delete, ["v1", "admin", "signing-keys", id]) => revoke_signing_key(request, id).and_then(ok),
         (Method::Post, ["v1", "documents"]) => upsert(request).and_then(ok),
         (Method::Post, ["v1", "documents", "delete"]) => delete_documents(request).and_then(ok),
         (Method::Get, ["v1", "documents", id]) => get_document(request, id).and_then(ok),
@@ -185,11 +193,31 @@ fn require_admin(request: &Request) -> Result<(), ApiError> {
     }
 }
 
-/// The tenant of the request's key, bound for this request: from here on, the handler and the
-/// embedder serve that tenant only.
-fn bind_tenant(request: &Request) -> Result<String, ApiError> {
+/// The tenant of the request's key or token, bound for this request when the credential allows
+/// `scope`: from here on, the handler and the embedder serve that tenant only.
+fn bind_tenant(request: &Request, scope: Scope) -> Result<String, ApiError> {
+    let credential = bearer(request)?;
+    let tenant = if tokens::is_token(credential) {
+        let keys = stored_signing_keys()?.0;
+        let grant = tokens::verify_hs256(credential, &keys, now_secs())
+            .map_err(|e| ApiError::new(401, "unauthorized", e.to_string()))?;
+        if !grant.scopes.allows(scope) {
+            return Err(ApiError::new(403, "insufficient_scope", scope.missing_message()));
+        }
+        grant.tenant
+    } else {
+        tenant_of_key(credential)?.to_owned()
+    };
+    tenant::bind(&tenant).map_err(|e| match e {
+        TenantError::NotFound => ApiError::not_found("the tenant of this key no longer exists"),
+        other => ApiError::internal(format!("opening the tenant failed: {}", describe_tenant_error(&other))),
+    })?;
+    Ok(tenant)
+}
+
+/// The tenant a key belongs to, if it is a valid, current tenant key.
+fn tenant_of_key(key: &str) -> Result<&str, ApiError> {
     let invalid = || ApiError::new(401, "unauthorized", "the key is not valid (revoked or unknown)");
-    let key = bearer(request)?;
     let (tenant, secret) = key
         .strip_prefix("tvs.")
         .and_then(|rest| rest.rsplit_once('.'))
@@ -201,11 +229,95 @@ fn bind_tenant(request: &Request) -> Result<String, ApiError> {
     if !constant_time_eq(&digest(secret), &stored) {
         return Err(invalid());
     }
-    tenant::bind(tenant).map_err(|e| match e {
-        TenantError::NotFound => ApiError::not_found("the tenant of this key no longer exists"),
-        other => ApiError::internal(format!("opening the tenant failed: {}", describe_tenant_error(&other))),
-    })?;
-    Ok(tenant.to_owned())
+    Ok(tenant)
+}
+
+/// The signing keys as stored, and their stored text (for a compare-and-swap).
+fn stored_signing_keys() -> Result<(Vec<StoredKey>, Option<String>), ApiError> {
+    let failed = |m: String| ApiError::internal(format!("reading the signing keys failed: {m}"));
+    let text = tenant::signing_keys().map_err(|e| failed(describe_tenant_error(&e)))?;
+    let keys = match &text {
+        Some(text) => serde_json::from_str(text).map_err(|e| failed(e.to_string()))?,
+        None => Vec::new(),
+    };
+    Ok((keys, text))
+}
+
+/// Applies `change` to the stored signing keys by compare-and-swap (again on a fresh read when
+/// another request changed them first), and returns what it returned.
+fn change_signing_keys<T>(change: impl Fn(&mut Vec<StoredKey>) -> T) -> Result<T, ApiError> {
+    for _ in 0..16 {
+        let (mut keys, text) = stored_signing_keys()?;
+        let out = change(&mut keys);
+        let json = serde_json::to_string_pretty(&keys).map_err(|e| ApiError::internal(e.to_string()))?;
+        let swapped = tenant::replace_signing_keys(text.as_deref(), &json).map_err(|e| {
+            ApiError::internal(format!(
+                "storing the signing keys failed: {}",
+                describe_tenant_error(&e)
+            ))
+        })?;
+        if swapped {
+            return Ok(out);
+        }
+    }
+    Err(ApiError::new(
+        503,
+        "busy",
+        "the signing keys kept changing under this request; retry",
+    ))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A signing key as the admin API shows it: never its secret.
+fn signing_key_info(key: &StoredKey) -> Value {
+    let mut info = json!({"id": key.id, "created_at": key.created_at});
+    if let Some(at) = key.revoked_at {
+        info["revoked_at"] = json!(at);
+    }
+    info
+}
+
+fn create_signing_key(request: &Request) -> Answer {
+    require_admin(request)?;
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut id)
+        .and_then(|()| getrandom::fill(&mut secret))
+        .map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+    use base64::Engine as _;
+    let key = StoredKey {
+        id: id.iter().map(|b| format!("{b:02x}")).collect(),
+        secret: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+        created_at: now_secs(),
+        revoked_at: None,
+    };
+    change_signing_keys(|keys| keys.push(key.clone()))?;
+    Ok((
+        201,
+        json!({"id": key.id, "created_at": key.created_at, "secret": key.secret_text()}),
+    ))
+}
+
+fn list_signing_keys(request: &Request) -> Result<Value, ApiError> {
+    require_admin(request)?;
+    let keys = stored_signing_keys()?.0;
+    Ok(json!({"signing_keys": keys.iter().map(signing_key_info).collect::<Vec<_>>()}))
+}
+
+fn revoke_signing_key(request: &Request, id: &str) -> Result<Value, ApiError> {
+    require_admin(request)?;
+    let revoked_at = now_secs();
+    change_signing_keys(|keys| {
+        let key = keys.iter_mut().find(|k| k.id == id)?;
+        key.revoked_at.get_or_insert(revoked_at);
+        Some(signing_key_info(key))
+    })?
+    .ok_or_else(|| ApiError::not_found(format!("signing key {id} does not exist")))
 }
 
 fn describe_tenant_error(error: &TenantError) -> String {
@@ -368,7 +480,7 @@ struct UpsertBody {
 }
 
 fn upsert(request: &Request) -> Result<Value, ApiError> {
-    bind_tenant(request)?;
+    bind_tenant(request, Scope::Write)?;
     let body: UpsertBody = body(request)?;
     if body.documents.is_empty() {
         return Err(ApiError::bad_request("documents is empty"));
@@ -440,7 +552,7 @@ fn checked_filter(filter: Option<&Value>) -> Result<Option<String>, ApiError> {
 }
 
 fn search(request: &Request) -> Result<Value, ApiError> {
-    bind_tenant(request)?;
+    bind_tenant(request, Scope::Read)?;
     let body: SearchBody = body(request)?;
     let top_k = match body.top_k {
         Some(k) => k,
@@ -482,7 +594,7 @@ fn metadata_value(text: &str) -> Value {
 }
 
 fn get_document(request: &Request, id: &str) -> Result<Value, ApiError> {
-    bind_tenant(request)?;
+    bind_tenant(request, Scope::Read)?;
     let doc = handler::get(&[id.to_owned()])
         .map_err(guest_error)?
         .pop()
@@ -491,7 +603,7 @@ fn get_document(request: &Request, id: &str) -> Result<Value, ApiError> {
 }
 
 fn delete_document(request: &Request, id: &str) -> Result<Value, ApiError> {
-    bind_tenant(request)?;
+    bind_tenant(request, Scope::Write)?;
     match handler::delete(&[id.to_owned()], None).map_err(guest_error)? {
         0 => Err(ApiError::not_found(format!("no document {id:?}"))),
         n => Ok(json!({ "deleted": n })),
@@ -508,7 +620,7 @@ struct DeleteBody {
 }
 
 fn delete_documents(request: &Request) -> Result<Value, ApiError> {
-    bind_tenant(request)?;
+    bind_tenant(request, Scope::Write)?;
     let body: DeleteBody = body(request)?;
     let filter = checked_filter(body.filter.as_ref())?;
     if body.ids.is_none() && filter.is_none() {
@@ -520,7 +632,7 @@ fn delete_documents(request: &Request) -> Result<Value, ApiError> {
 }
 
 fn stats(request: &Request) -> Result<Value, ApiError> {
-    bind_tenant(request)?;
+    bind_tenant(request, Scope::Read)?;
     let info = handler::stats().map_err(guest_error)?;
     let metric = match info.metric {
         Metric::Cos => "cos",
@@ -565,7 +677,7 @@ fn embedding_inputs(input: Value) -> Result<Vec<String>, ApiError> {
 }
 
 fn embeddings(request: &Request) -> Result<Value, ApiError> {
-    bind_tenant(request)?;
+    bind_tenant(request, Scope::Read)?;
     let body: EmbeddingsBody = body(request)?;
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,

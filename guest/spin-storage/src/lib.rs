@@ -3,7 +3,8 @@
 //! serves one request; `tenant.bind` (called by the front after it checked the key) loads that
 //! tenant, and every collection and embedder call works on it. The layout and commit protocol
 //! are `tvs-kv-collection`'s; a tenant's key hash is one more key, `tvs/{tenant}/key`, outside
-//! that layout's log.
+//! that layout's log, and the signing keys of tenant tokens are `tvs.signing_keys` (no tenant's
+//! keys start so), replaced by compare-and-swap.
 
 wit_bindgen::generate!({
     path: "../../wit/spin",
@@ -122,6 +123,9 @@ fn tenant_error(error: KvError) -> TenantError {
     }
 }
 
+/// The key of the signing keys: outside `tvs/`, where every tenant's keys are.
+const SIGNING_KEYS_KEY: &str = "tvs.signing_keys";
+
 fn key_hash_key(tenant: &str) -> String {
     format!("tvs/{tenant}/key")
 }
@@ -188,6 +192,27 @@ impl TenantGuest for SpinCollection {
         let collection = KvCollection::open(store, &tenant).map_err(tenant_error)?;
         BOUND.with(|bound| *bound.borrow_mut() = Some(collection));
         Ok(())
+    }
+
+    fn signing_keys() -> Result<Option<String>, TenantError> {
+        let store = open_store().map_err(TenantError::Store)?;
+        match store.get(SIGNING_KEYS_KEY).map_err(tenant_error)? {
+            Some(bytes) => String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| TenantError::Store("the stored signing keys are not UTF-8".into())),
+            None => Ok(None),
+        }
+    }
+
+    fn replace_signing_keys(expected: Option<String>, keys: String) -> Result<bool, TenantError> {
+        let mut store = open_store().map_err(TenantError::Store)?;
+        store
+            .compare_and_swap(
+                SIGNING_KEYS_KEY,
+                expected.as_deref().map(str::as_bytes),
+                keys.as_bytes(),
+            )
+            .map_err(tenant_error)
     }
 }
 

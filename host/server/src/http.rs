@@ -322,7 +322,7 @@ pub(crate) fn tenant_for(app: &App, headers: &HeaderMap, scope: Scope) -> Result
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "insufficient_scope",
-            format!("this route needs a token with the {} scope", scope.name()),
+            scope.missing_message(),
         ));
     }
     Ok(grant.tenant)
