@@ -260,6 +260,19 @@ fn steps() -> Vec<Step> {
             json!({"documents": [{"id": "x", "vector": [0.0, 0.0, 0.0, 1.0]}, {"id": "y", "vector": [0.0, 0.0, 0.0, 1.0]}, {"id": "z", "vector": [0.0, 0.0, 0.0, 1.0]}]}),
             413,
         ),
+        // The admin changes the quota: down to the count refuses one more, back up lets it be.
+        call("PATCH", "/v1/tenants/vec", Admin, json!({"max_documents": 6}), 200),
+        call(
+            "POST",
+            "/v1/documents",
+            vec,
+            json!({"documents": [{"id": "x", "vector": [0.0, 0.0, 0.0, 1.0]}]}),
+            413,
+        ),
+        call("PATCH", "/v1/tenants/vec", Admin, json!({"max_documents": 0}), 400),
+        call("PATCH", "/v1/tenants/vec", vec, json!({"max_documents": 9}), 403),
+        call("PATCH", "/v1/tenants/ghost", Admin, json!({"max_documents": 9}), 404),
+        call("PATCH", "/v1/tenants/vec", Admin, json!({"max_documents": 8}), 200),
         raw(
             "POST",
             "/v1/documents",
@@ -672,9 +685,10 @@ fn run(api: &mut dyn Api) -> Vec<(u16, Value)> {
 
 /// A body as both servers must give it: keys and the fields that differ by design left out
 /// (`bytes`: the HNSW index's resident size vs none; `usage`: tokens counted by tvs, not passed
-/// through Spin's embedder; `max_documents`, `max_bytes`, `stored_bytes`: the limits `tvs serve`
-/// reports beside a tenant's count, which Spin's front cannot see: the WIT's `collection-info`
-/// carries none, though Spin's storage enforces `max_documents`), and parse-error wording
+/// through Spin's embedder; `max_documents`: every Spin tenant has one, from the `max_documents`
+/// variable when created without, while `tvs serve` shows only one that was set (both show a
+/// set one, asserted below); `max_bytes`, `stored_bytes`: quotas Spin does not offer), and
+/// parse-error wording
 /// (axum's vs serde's) cut to its prefix.
 fn comparable(value: &Value) -> Value {
     match value {
@@ -762,6 +776,19 @@ fn the_data_routes_answer_the_same_on_tvs_serve_and_on_spin() {
         .map(|(_, (_, body))| &body["count"])
         .collect();
     assert_eq!(counts, [&json!(6), &json!(6), &json!(1), &json!(1), &json!(1)]);
+    // Both show the quota `vec` was created with beside its count.
+    for (name, answers) in [("tvs serve", &on_serve), ("Spin", &on_spin)] {
+        let quotas: Vec<&Value> = calls
+            .iter()
+            .zip(answers)
+            .filter(|(c, (status, body))| c.as_str() == "GET /v1/stats" && *status == 200 && body["dims"] == 4)
+            .map(|(_, (_, body))| &body["max_documents"])
+            .collect();
+        assert!(
+            quotas.len() == 5 && quotas.iter().all(|q| **q == 8),
+            "{name}: {quotas:?}"
+        );
+    }
     let search = on_spin
         .iter()
         .zip(&calls)

@@ -352,6 +352,19 @@ impl<K: KeyValue> KvCollection<K> {
         &self.config
     }
 
+    /// Changes the tenant's document cap: its config key alone (the head and the log stay as
+    /// they are). A write that loaded the old config before this may still pass the old cap.
+    pub fn set_max_documents(&mut self, limit: u64) -> Result<(), KvError> {
+        if limit == 0 {
+            return Err(KvError::InvalidInput("max_documents must be at least 1".into()));
+        }
+        let mut config = self.config.clone();
+        config.max_documents = limit;
+        self.kv.set(&key(&self.tenant, "config"), &to_json(&config)?)?;
+        self.config = config;
+        Ok(())
+    }
+
     pub fn count(&self) -> u64 {
         self.docs.len() as u64
     }

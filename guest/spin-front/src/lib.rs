@@ -103,6 +103,7 @@ fn route(request: &Request) -> Answer {
         (Method::Get, ["healthz"]) => ok(json!({"status": "ok"})),
         (Method::Post, ["v1", "tenants"]) => create_tenant(request),
         (Method::Post, ["v1", "tenants", id, "keys"]) => rotate_key(request, id),
+        (Method::Patch, ["v1", "tenants", id]) => patch_tenant(request, id).and_then(ok),
         (Method::Post, ["v1", "admin", "signing-keys"]) => create_signing_key(request),
         (Method::Get, ["v1", "admin", "signing-keys"]) => list_signing_keys(request).and_then(ok),
         (Method::Delete, ["v1", "admin", "signing-keys", id]) => revoke_signing_key(request, id).and_then(ok),
@@ -318,6 +319,70 @@ fn revoke_signing_key(request: &Request, id: &str) -> Result<Value, ApiError> {
         Some(signing_key_info(key))
     })?
     .ok_or_else(|| ApiError::not_found(format!("signing key {id} does not exist")))
+}
+
+/// What `PATCH /v1/tenants/{id}` may change on Spin: the document quota. Rate limits and a
+/// bytes quota are `tvs serve`'s alone (a Spin instance lives one request and keeps no rate).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantPatch {
+    #[serde(default)]
+    max_documents: Option<Value>,
+    #[serde(default)]
+    requests_per_second: Option<Value>,
+    #[serde(default)]
+    ingest_bytes_per_second: Option<Value>,
+    #[serde(default)]
+    max_bytes: Option<Value>,
+}
+
+fn patch_tenant(request: &Request, id: &str) -> Result<Value, ApiError> {
+    require_admin(request)?;
+    let patch: TenantPatch = body(request)?;
+    for (name, given) in [
+        ("requests_per_second", &patch.requests_per_second),
+        ("ingest_bytes_per_second", &patch.ingest_bytes_per_second),
+        ("max_bytes", &patch.max_bytes),
+    ] {
+        if given.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "{name} is not offered on Spin: only max_documents can be changed here"
+            )));
+        }
+    }
+    let limit = match &patch.max_documents {
+        None => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => n.as_u64(),
+        Some(Value::Null) => {
+            return Err(ApiError::bad_request(
+                "max_documents cannot be removed on Spin: every request reads its whole tenant",
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "max_documents must be at least 1 (leave it out or send null for no quota)",
+            ));
+        }
+    };
+    if !tvs_guest_core::tenant_id::is_valid(id) {
+        return Err(ApiError::bad_request(tvs_guest_core::tenant_id::invalid_message(id)));
+    }
+    tenant::bind(id).map_err(|e| match e {
+        TenantError::NotFound => ApiError::not_found(format!("tenant {id} does not exist")),
+        other => ApiError::internal(format!("opening the tenant failed: {}", describe_tenant_error(&other))),
+    })?;
+    if let Some(limit) = limit {
+        tenant::set_max_documents(limit)
+            .map_err(|e| ApiError::internal(format!("storing the quota failed: {}", describe_tenant_error(&e))))?;
+    }
+    let info = handler::stats().map_err(guest_error)?;
+    Ok(json!({
+        "id": id,
+        "rate_limits": {},
+        "max_documents": tenant::max_documents(),
+        "max_bytes": null,
+        "usage": {"documents": info.count},
+    }))
 }
 
 fn describe_tenant_error(error: &TenantError) -> String {
@@ -639,10 +704,16 @@ fn stats(request: &Request) -> Result<Value, ApiError> {
         Metric::Ip => "ip",
         Metric::L2 => "l2",
     };
-    Ok(json!({
+    let mut stats = json!({
         "count": info.count, "dims": info.dims, "metric": metric, "bytes": info.bytes,
         "embedding_model": info.embedding_model,
-    }))
+    });
+    // Usage against the quota, as `tvs serve` shows it; every Spin tenant has one (the
+    // `max_documents` variable when it was created without).
+    if let Some(limit) = tenant::max_documents() {
+        stats["max_documents"] = json!(limit);
+    }
+    Ok(stats)
 }
 
 /// OpenAI's embeddings request.

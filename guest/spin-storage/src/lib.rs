@@ -194,6 +194,17 @@ impl TenantGuest for SpinCollection {
         Ok(())
     }
 
+    fn max_documents() -> Option<u64> {
+        with_bound(|c| Ok(c.config().max_documents)).ok()
+    }
+
+    fn set_max_documents(limit: u64) -> Result<(), TenantError> {
+        BOUND.with(|bound| match bound.borrow_mut().as_mut() {
+            Some(collection) => collection.set_max_documents(limit).map_err(tenant_error),
+            None => Err(TenantError::Invalid("no tenant is bound to this request".into())),
+        })
+    }
+
     fn signing_keys() -> Result<Option<String>, TenantError> {
         let store = open_store().map_err(TenantError::Store)?;
         match store.get(SIGNING_KEYS_KEY).map_err(tenant_error)? {
