@@ -920,7 +920,13 @@ fn signing_keys_quotas_and_rate_limits_set_on_one_node_hold_on_every_node() {
     assert!(took.is_some(), "b still accepts a token of a key revoked on a");
     assert_eq!(search(b.server.addr, &token_a).0, 200, "the other key still works");
     // A node started later finds the keys in the bucket.
-    let c = start_node(&s3, &prefix, "c", &caches.path().join("c"), &[]);
+    let c = start_node(
+        &s3,
+        &prefix,
+        "c",
+        &caches.path().join("c"),
+        &[("TVS_DEFAULT_REQUESTS_PER_SECOND", "50")],
+    );
     assert_eq!(search(c.server.addr, &token_a).0, 200);
     assert_eq!(search(c.server.addr, &token_b).0, 401);
 
@@ -975,4 +981,17 @@ fn signing_keys_quotas_and_rate_limits_set_on_one_node_hold_on_every_node() {
     let (status, view) = call(b.server.addr, "GET", "/v1/tenants/shared", Some(ADMIN), None);
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["rate_limits"]["requests_per_second"], 1.0, "{view}");
+    // A node's default rate for new tenants is the tenant's wherever it is served; deleted and
+    // created again elsewhere, the tenant has the limits of its new creation only.
+    crate::http::create_tenant(c.server.addr, "fresh", 4);
+    let (status, view) = call(a.server.addr, "GET", "/v1/tenants/fresh", Some(ADMIN), None);
+    assert_eq!((status, &view["rate_limits"]), (200, &json!({"requests_per_second": 50.0})), "{view}");
+    let (status, _) = call(a.server.addr, "DELETE", "/v1/tenants/fresh", Some(ADMIN), None);
+    assert_eq!(status, 204);
+    crate::http::create_tenant(a.server.addr, "fresh", 4);
+    let cleared = within(Duration::from_secs(7), || {
+        let (status, view) = call(c.server.addr, "GET", "/v1/tenants/fresh", Some(ADMIN), None);
+        status == 200 && view["rate_limits"] == json!({})
+    });
+    assert!(cleared.is_some(), "the re-created tenant kept its old rate limits");
 }
