@@ -397,6 +397,13 @@ fn writes_fail_while_the_object_store_is_down_and_none_acknowledged_is_lost() {
         assert_eq!(write(a.server.addr, &key, &format!("before-{i}"), i), 200);
         acked.push(format!("before-{i}"));
     }
+    let (kid, secret) = crate::tokens::new_signing_key(a.server.addr);
+    let token = crate::tokens::sign(
+        jsonwebtoken::Algorithm::HS256,
+        &kid,
+        &crate::tokens::parse_secret(&secret).1,
+        &crate::tokens::claims("t", "read"),
+    );
     s3.kill_9();
     let (status, body) = call(
         a.server.addr,
@@ -437,6 +444,19 @@ fn writes_fail_while_the_object_store_is_down_and_none_acknowledged_is_lost() {
         (503, &json!("storage_unavailable")),
         "{body}"
     );
+    // Past their TTLs (5 s) the node keeps the key hashes and signing keys it last read while
+    // the bucket does not answer: the key and a token are answered alike, by the store (here
+    // 503, the failed write having sent the tenant back to the bucket), never 401 as if the
+    // credential were wrong.
+    std::thread::sleep(Duration::from_secs(5));
+    let (by_token, body) = crate::tokens::search(a.server.addr, &token);
+    let (by_key, key_body) = crate::tokens::search(a.server.addr, &key);
+    assert_eq!(by_token, by_key, "a token's read while the store is down: {body}");
+    assert_eq!(
+        (by_key, &key_body["error"]["code"]),
+        (503, &json!("storage_unavailable")),
+        "{key_body}"
+    );
     s3.restart();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut i = 0;
@@ -465,7 +485,17 @@ fn writes_fail_while_the_object_store_is_down_and_none_acknowledged_is_lost() {
         "{view}"
     );
     let (status, listed) = call(b.server.addr, "GET", "/v1/admin/signing-keys", Some(ADMIN), None);
-    assert_eq!((status, &listed["signing_keys"]), (200, &json!([])), "{listed}");
+    let listed: Vec<&Value> = listed["signing_keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| &k["id"])
+        .collect();
+    assert_eq!(
+        (status, listed),
+        (200, vec![&json!(kid)]),
+        "the key refused in the outage was not kept"
+    );
 }
 
 /// A proxy (HAProxy, nginx) running a shipped `deploy/` config pointed at the test's nodes.
@@ -985,7 +1015,11 @@ fn signing_keys_quotas_and_rate_limits_set_on_one_node_hold_on_every_node() {
     // created again elsewhere, the tenant has the limits of its new creation only.
     crate::http::create_tenant(c.server.addr, "fresh", 4);
     let (status, view) = call(a.server.addr, "GET", "/v1/tenants/fresh", Some(ADMIN), None);
-    assert_eq!((status, &view["rate_limits"]), (200, &json!({"requests_per_second": 50.0})), "{view}");
+    assert_eq!(
+        (status, &view["rate_limits"]),
+        (200, &json!({"requests_per_second": 50.0})),
+        "{view}"
+    );
     let (status, _) = call(a.server.addr, "DELETE", "/v1/tenants/fresh", Some(ADMIN), None);
     assert_eq!(status, 204);
     crate::http::create_tenant(a.server.addr, "fresh", 4);

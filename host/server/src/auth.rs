@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use tvs_store::fsutil;
-use tvs_store::remote::Catalog;
+use tvs_store::remote::{Catalog, RemoteError};
 use tvs_store::storage::{self, StdStorage};
 use tvs_store::tenant::{DataDir, TenantId};
 
@@ -85,6 +85,9 @@ pub enum AuthError {
     Key,
     #[error(transparent)]
     Token(TokenError),
+    /// Object storage holds the key's hash and cannot be read, and this node has none cached.
+    #[error(transparent)]
+    Unavailable(RemoteError),
 }
 
 /// When a key hash was read, and what it was (`None`: the tenant has no key).
@@ -140,61 +143,81 @@ impl Keys {
         if is_token {
             return self.signing.verify(bearer).map_err(AuthError::Token);
         }
-        self.tenant_of(bearer)
-            .map(|tenant| Grant {
+        match self.key_tenant(bearer) {
+            Ok(Some(tenant)) => Ok(Grant {
                 tenant,
                 scopes: Scopes::ALL,
-            })
-            .ok_or(AuthError::Key)
+            }),
+            Ok(None) => Err(AuthError::Key),
+            Err(e) => Err(AuthError::Unavailable(e)),
+        }
     }
 
     /// The tenant a key belongs to, if it is a valid, current tenant key.
     pub fn tenant_of(&self, key: &str) -> Option<TenantId> {
-        let rest = key.strip_prefix("tvs.")?;
-        let (tenant, secret) = rest.rsplit_once('.')?;
-        let tenant = TenantId::new(tenant).ok()?;
-        let stored = match self.data.catalog() {
-            Some(catalog) => {
-                let matches = |stored: &Option<[u8; 32]>| stored.is_some_and(|s| constant_time_eq(&digest(secret), &s));
-                let stored = self.remote_hash(catalog.as_ref(), &tenant, REMOTE_KEY_TTL);
-                if matches(&stored) {
-                    return Some(tenant);
-                }
-                // A key issued on another node a moment ago (or a tenant created again) must
-                // work at once; a revoked one may still match a cached hash for the TTL.
-                let fresher = self.remote_hash(catalog.as_ref(), &tenant, REMOTE_KEY_RECHECK);
-                return matches(&fresher).then_some(tenant);
-            }
-            None => {
-                let stored = storage::read_all(&StdStorage, &self.hash_path(&tenant)).ok()?;
-                parse_hex32(std::str::from_utf8(&stored).ok()?)?
-            }
-        };
-        constant_time_eq(&digest(secret), &stored).then_some(tenant)
+        self.key_tenant(key).ok().flatten()
     }
 
-    /// The tenant's key hash, from the cache if it was read within `max_age`.
-    fn remote_hash(&self, catalog: &dyn Catalog, tenant: &TenantId, max_age: Duration) -> Option<[u8; 32]> {
+    /// The tenant a key belongs to, if it is a valid, current tenant key; an error when its
+    /// hash is in object storage, which cannot be read, and no copy of it is cached here.
+    fn key_tenant(&self, key: &str) -> Result<Option<TenantId>, RemoteError> {
+        let Some((tenant, secret)) = key.strip_prefix("tvs.").and_then(|rest| rest.rsplit_once('.')) else {
+            return Ok(None);
+        };
+        let Ok(tenant) = TenantId::new(tenant) else {
+            return Ok(None);
+        };
+        let Some(catalog) = self.data.catalog() else {
+            let stored = storage::read_all(&StdStorage, &self.hash_path(&tenant))
+                .ok()
+                .and_then(|bytes| parse_hex32(std::str::from_utf8(&bytes).ok()?));
+            return Ok(stored
+                .is_some_and(|s| constant_time_eq(&digest(secret), &s))
+                .then_some(tenant));
+        };
+        let matches = |stored: Option<[u8; 32]>| stored.is_some_and(|s| constant_time_eq(&digest(secret), &s));
+        if matches(self.remote_hash(catalog.as_ref(), &tenant, REMOTE_KEY_TTL)?) {
+            return Ok(Some(tenant));
+        }
+        // A key issued on another node a moment ago (or a tenant created again) must work at
+        // once; a revoked one may still match a cached hash for the TTL.
+        let fresher = self.remote_hash(catalog.as_ref(), &tenant, REMOTE_KEY_RECHECK)?;
+        Ok(matches(fresher).then_some(tenant))
+    }
+
+    /// The tenant's key hash, from the cache if it was read within `max_age`. While object
+    /// storage does not answer, the hash last read stays in use (the key still names its
+    /// tenant, whose requests then get the store's own answer, not "invalid key").
+    fn remote_hash(
+        &self,
+        catalog: &dyn Catalog,
+        tenant: &TenantId,
+        max_age: Duration,
+    ) -> Result<Option<[u8; 32]>, RemoteError> {
         let mut cache = self.remote_hashes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((read, hash)) = cache.get(tenant)
+        let cached = cache.get(tenant).copied();
+        if let Some((read, hash)) = cached
             && read.elapsed() < max_age
         {
-            return *hash;
+            return Ok(hash);
         }
         drop(cache);
         let hash = match catalog.key_hash(tenant) {
             Ok(hash) => hash.as_deref().and_then(parse_hex32),
             Err(e) => {
                 tracing::warn!(tenant = %tenant, error = %e, "cannot read a key hash from object storage");
-                return None;
+                let (_, hash) = cached.ok_or(e)?;
+                hash
             }
         };
         cache = self.remote_hashes.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 100_000 {
             cache.clear();
         }
+        // After a failed read too: the next try is a TTL away, so requests do not each wait
+        // on the bucket's timeouts.
         cache.insert(tenant.clone(), (Instant::now(), hash));
-        hash
+        Ok(hash)
     }
 
     fn hash_path(&self, tenant: &TenantId) -> PathBuf {

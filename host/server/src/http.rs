@@ -314,6 +314,7 @@ pub(crate) fn tenant_for(app: &App, headers: &HeaderMap, scope: Scope) -> Result
         app.metrics.auth_refused(match &e {
             AuthError::Key => "key",
             AuthError::Token(_) => "token",
+            AuthError::Unavailable(e) => return from_remote(e.clone()),
         });
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
     })?;

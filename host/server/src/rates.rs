@@ -196,8 +196,12 @@ impl Rates {
         let rates = match tenants.entry(tenant.clone()) {
             std::collections::hash_map::Entry::Occupied(entry) => {
                 let rates = entry.into_mut();
-                if let Some(limits) = fresh {
-                    rates.renew(limits);
+                match fresh {
+                    Some(limits) => rates.renew(limits),
+                    // Unreachable: the limits last read hold until the next try, a TTL from now,
+                    // so that requests do not each wait on the bucket's timeouts.
+                    None if stale => rates.read_at = Instant::now(),
+                    None => {}
                 }
                 rates
             }

@@ -197,16 +197,18 @@ impl SigningKeys {
         if self.loaded.read().unwrap_or_else(|p| p.into_inner()).read_at.elapsed() < max_age {
             return Ok(());
         }
-        let keys = match catalog.read_shared(&SharedObject::SigningKeys)? {
-            Some((bytes, _)) => {
-                parse_keys(&bytes, "the bucket's signing_keys.json").map_err(|e| RemoteError::Corrupt(e.to_string()))?
-            }
-            None => Vec::new(),
-        };
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Loaded {
-            keys,
-            read_at: Instant::now(),
-        };
+        let read = catalog
+            .read_shared(&SharedObject::SigningKeys)
+            .and_then(|found| match found {
+                Some((bytes, _)) => parse_keys(&bytes, "the bucket's signing_keys.json")
+                    .map_err(|e| RemoteError::Corrupt(e.to_string())),
+                None => Ok(Vec::new()),
+            });
+        let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        // A failed read keeps the keys last read until the next try, `max_age` from now, so that
+        // requests do not each wait on the bucket's timeouts.
+        loaded.read_at = Instant::now();
+        loaded.keys = read?;
         Ok(())
     }
 
