@@ -124,6 +124,12 @@ fn steps() -> Vec<Step> {
     use Who::*;
     let vec = Tenant("vec");
     let text = Tenant("text");
+    // A read token for `vec` of the first signing key, which is later revoked.
+    let first_key = Token(Mint::Signed {
+        key: 0,
+        tenant: "vec",
+        scope: "read",
+    });
     let q = |body: Value| body;
     vec![
         // Admin: create tenants; a tenant key is not the admin key; bad shapes.
@@ -458,31 +464,11 @@ fn steps() -> Vec<Step> {
         // Rotation with an overlap: the old key works until it is revoked, then its tokens are
         // refused and the new key's still work.
         call("POST", "/v1/admin/signing-keys", Admin, Value::Null, 201),
-        call(
-            "GET",
-            "/v1/documents/north-east",
-            Token(Mint::Signed {
-                key: 0,
-                tenant: "vec",
-                scope: "read",
-            }),
-            Value::Null,
-            200,
-        ),
+        call("GET", "/v1/documents/north-east", first_key, Value::Null, 200),
         call("DELETE", "/v1/admin/signing-keys/{key0}", Admin, Value::Null, 200),
         call("DELETE", "/v1/admin/signing-keys/{key0}", Admin, Value::Null, 200),
         call("DELETE", "/v1/admin/signing-keys/absent", Admin, Value::Null, 404),
-        call(
-            "GET",
-            "/v1/documents/north-east",
-            Token(Mint::Signed {
-                key: 0,
-                tenant: "vec",
-                scope: "read",
-            }),
-            Value::Null,
-            401,
-        ),
+        call("GET", "/v1/documents/north-east", first_key, Value::Null, 401),
         call(
             "GET",
             "/v1/documents/north-east",
@@ -503,17 +489,7 @@ fn steps() -> Vec<Step> {
             Value::Null,
             200,
         ),
-        call(
-            "GET",
-            "/v1/documents/north-east",
-            Token(Mint::Signed {
-                key: 0,
-                tenant: "vec",
-                scope: "read",
-            }),
-            Value::Null,
-            401,
-        ),
+        call("GET", "/v1/documents/north-east", first_key, Value::Null, 401),
         call(
             "POST",
             "/v1/search",
