@@ -386,21 +386,12 @@ pub(crate) async fn with_store_metered<T: Send + 'static>(
     blocking(app, move || {
         shared.rates.admit(&tenant, ingest_bytes).map_err(|refusal| {
             shared.metrics.rate_limited(refusal.limit);
-            let unit = match refusal.limit {
-                "requests_per_second" => "requests",
-                _ => "ingest bytes",
-            };
             ApiError {
-                retry_after: Some(refusal.retry_after.as_secs_f64().ceil().max(1.0) as u64),
+                retry_after: Some(refusal.retry_after_header()),
                 ..ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
-                    format!(
-                        "tenant {tenant} is limited to {} {unit} per second ({}); retry after {:.2} s",
-                        refusal.per_second,
-                        refusal.limit,
-                        refusal.retry_after.as_secs_f64()
-                    ),
+                    refusal.message(tenant.as_str()),
                 )
             }
         })?;

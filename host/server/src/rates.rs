@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use tvs_store::remote::{Replace, SharedObject};
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use tvs_guest_core::rate::{self, Buckets};
 
 use tvs_store::storage::{self, StdStorage};
 use tvs_store::tenant::{DataDir, TenantId};
@@ -30,96 +29,39 @@ pub const RATE_LIMITS_FILE: &str = "rate_limits.json";
 /// How long a node trusts rate limits it read from object storage.
 pub const SHARED_LIMITS_TTL: Duration = Duration::from_secs(5);
 
-/// A tenant's rate limits; `None` is unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimits {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_second: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ingest_bytes_per_second: Option<f64>,
-}
-
-impl RateLimits {
-    /// Checks the values an admin sent.
-    pub fn validate(&self) -> Result<(), String> {
-        for (name, value) in [
-            ("requests_per_second", self.requests_per_second),
-            ("ingest_bytes_per_second", self.ingest_bytes_per_second),
-        ] {
-            if let Some(v) = value
-                && !(v.is_finite() && v > 0.0)
-            {
-                return Err(format!("{name} must be a positive number, got {v}"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Which limit refused a request, and when a retry can pass.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub limit: &'static str,
-    pub per_second: f64,
-    pub retry_after: Duration,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn full(rate: f64) -> Self {
-        Bucket {
-            tokens: rate,
-            last: Instant::now(),
-        }
-    }
-
-    /// Adds what `rate` a second earned since the last refill (capacity: one second of it).
-    fn refill(&mut self, rate: f64, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
-        self.last = now;
-    }
-
-    /// How long until `cost` can pass, `None` if it can now. A cost above the capacity passes
-    /// from a full bucket and leaves it in debt, so a big request is delayed, never refused
-    /// forever.
-    fn wait(&self, rate: f64, cost: f64) -> Option<Duration> {
-        let needed = cost.min(rate);
-        (self.tokens < needed).then(|| Duration::from_secs_f64((needed - self.tokens) / rate))
-    }
-}
+/// A tenant's rate limits; `None` is unlimited. The bucket arithmetic is
+/// [`tvs_guest_core::rate`]'s, shared with the Spin front.
+pub type RateLimits = rate::Limits;
+pub use rate::Refusal;
 
 #[derive(Debug)]
 struct TenantRates {
     limits: RateLimits,
     read_at: Instant,
-    requests: Bucket,
-    ingest: Bucket,
+    buckets: Buckets,
 }
 
 impl TenantRates {
-    fn new(limits: RateLimits) -> Self {
+    fn new(limits: RateLimits, clock: Instant) -> Self {
         TenantRates {
             limits,
             read_at: Instant::now(),
-            requests: Bucket::full(limits.requests_per_second.unwrap_or(0.0)),
-            ingest: Bucket::full(limits.ingest_bytes_per_second.unwrap_or(0.0)),
+            buckets: Buckets::full(&limits, now_ms(clock)),
         }
     }
 
     /// Takes limits read again; the buckets stay as they are unless their rate changed.
-    fn renew(&mut self, limits: RateLimits) {
+    fn renew(&mut self, limits: RateLimits, clock: Instant) {
         if limits != self.limits {
-            *self = TenantRates::new(limits);
+            *self = TenantRates::new(limits, clock);
         }
         self.read_at = Instant::now();
     }
+}
+
+/// Milliseconds since `clock`: the buckets' monotonic time.
+fn now_ms(clock: Instant) -> u64 {
+    clock.elapsed().as_millis() as u64
 }
 
 /// The rate limits of every tenant this server has served.
@@ -128,6 +70,8 @@ pub struct Rates {
     data: DataDir,
     defaults: RateLimits,
     tenants: Mutex<HashMap<TenantId, TenantRates>>,
+    /// The buckets' clock.
+    clock: Instant,
 }
 
 impl Rates {
@@ -136,6 +80,7 @@ impl Rates {
             data,
             defaults,
             tenants: Mutex::default(),
+            clock: Instant::now(),
         }
     }
 
@@ -197,7 +142,7 @@ impl Rates {
             std::collections::hash_map::Entry::Occupied(entry) => {
                 let rates = entry.into_mut();
                 match fresh {
-                    Some(limits) => rates.renew(limits),
+                    Some(limits) => rates.renew(limits, self.clock),
                     // Unreachable: the limits last read hold until the next try, a TTL from now,
                     // so that requests do not each wait on the bucket's timeouts.
                     None if stale => rates.read_at = Instant::now(),
@@ -208,7 +153,7 @@ impl Rates {
             // Object storage unreachable at the first request: the server's defaults until it
             // answers (read again at the next request).
             std::collections::hash_map::Entry::Vacant(entry) => {
-                let mut rates = TenantRates::new(fresh.unwrap_or(self.defaults));
+                let mut rates = TenantRates::new(fresh.unwrap_or(self.defaults), self.clock);
                 if fresh.is_none() {
                     rates.read_at = Instant::now().checked_sub(SHARED_LIMITS_TTL).unwrap_or(rates.read_at);
                 }
@@ -236,7 +181,7 @@ impl Rates {
         self.tenants
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.clone(), TenantRates::new(limits));
+            .insert(tenant.clone(), TenantRates::new(limits, self.clock));
         Ok(())
     }
 
@@ -248,68 +193,9 @@ impl Rates {
     /// Admits one request of `tenant` carrying `ingest_bytes` of documents, or says which limit
     /// refuses it. A refused request takes no tokens.
     pub fn admit(&self, tenant: &TenantId, ingest_bytes: u64) -> Result<(), Refusal> {
-        let now = Instant::now();
+        let now = now_ms(self.clock);
         self.with_rates(tenant, |rates| {
-            let charges = [
-                (
-                    "requests_per_second",
-                    rates.limits.requests_per_second,
-                    &mut rates.requests,
-                    1.0,
-                ),
-                (
-                    "ingest_bytes_per_second",
-                    rates.limits.ingest_bytes_per_second,
-                    &mut rates.ingest,
-                    ingest_bytes as f64,
-                ),
-            ];
-            let mut limited: Vec<(f64, &mut Bucket, f64)> = Vec::with_capacity(2);
-            for (limit, rate, bucket, cost) in charges {
-                let Some(rate) = rate.filter(|_| cost > 0.0) else {
-                    continue;
-                };
-                bucket.refill(rate, now);
-                if let Some(retry_after) = bucket.wait(rate, cost) {
-                    return Err(Refusal {
-                        limit,
-                        per_second: rate,
-                        retry_after,
-                    });
-                }
-                limited.push((rate, bucket, cost));
-            }
-            for (_, bucket, cost) in limited {
-                bucket.tokens -= cost;
-            }
-            Ok(())
+            rate::admit(&rates.limits, &mut rates.buckets, ingest_bytes, now)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_bucket_passes_a_second_of_its_rate_then_the_rate() {
-        let start = Instant::now();
-        let mut bucket = Bucket::full(5.0);
-        bucket.last = start;
-        for _ in 0..5 {
-            assert_eq!(bucket.wait(5.0, 1.0), None);
-            bucket.tokens -= 1.0;
-        }
-        let wait = bucket.wait(5.0, 1.0).expect("the sixth at once waits");
-        assert!((wait.as_secs_f64() - 0.2).abs() < 1e-9, "{wait:?}");
-        bucket.refill(5.0, start + Duration::from_millis(200));
-        assert_eq!(bucket.wait(5.0, 1.0), None);
-        // A request bigger than a second's worth passes from a full bucket and leaves a debt.
-        let mut bytes = Bucket::full(100.0);
-        bytes.last = start;
-        assert_eq!(bytes.wait(100.0, 250.0), None);
-        bytes.tokens -= 250.0;
-        let wait = bytes.wait(100.0, 10.0).expect("in debt");
-        assert!((wait.as_secs_f64() - 1.6).abs() < 1e-9, "{wait:?}");
     }
 }
