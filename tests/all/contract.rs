@@ -119,6 +119,11 @@ fn vector_docs() -> Value {
     ]})
 }
 
+/// `north` of [`vector_docs`] as it is.
+fn north_again() -> Value {
+    json!({"documents": [vector_docs()["documents"][0].clone()]})
+}
+
 /// The table. Tenant `vec` stores client vectors (l2), `text` embeds with the local model.
 fn steps() -> Vec<Step> {
     use Who::*;
@@ -279,6 +284,51 @@ fn steps() -> Vec<Step> {
         call("PATCH", "/v1/tenants/vec", vec, json!({"max_documents": 9}), 403),
         call("PATCH", "/v1/tenants/ghost", Admin, json!({"max_documents": 9}), 404),
         call("PATCH", "/v1/tenants/vec", Admin, json!({"max_documents": 8}), 200),
+        // Rate limits: a bucket holds one second of its rate, so at 0.2 requests a second the
+        // first request passes and leaves a debt the next one waits 5 s for; removed, none.
+        call(
+            "PATCH",
+            "/v1/tenants/vec",
+            Admin,
+            json!({"requests_per_second": 0.2}),
+            200,
+        ),
+        call("GET", "/v1/documents/north", vec, Value::Null, 200),
+        call("GET", "/v1/documents/north", vec, Value::Null, 429),
+        call(
+            "PATCH",
+            "/v1/tenants/vec",
+            Admin,
+            json!({"requests_per_second": -1}),
+            400,
+        ),
+        call(
+            "PATCH",
+            "/v1/tenants/vec",
+            Admin,
+            json!({"requests_per_second": null}),
+            200,
+        ),
+        call("GET", "/v1/documents/north", vec, Value::Null, 200),
+        // Ingest bytes: an upsert's body is charged; this one (the same document again, so
+        // nothing changes) is over the second's 10 bytes and leaves a debt.
+        call(
+            "PATCH",
+            "/v1/tenants/vec",
+            Admin,
+            json!({"ingest_bytes_per_second": 10}),
+            200,
+        ),
+        call("POST", "/v1/documents", vec, north_again(), 200),
+        call("POST", "/v1/documents", vec, north_again(), 429),
+        call("GET", "/v1/documents/north", vec, Value::Null, 200),
+        call(
+            "PATCH",
+            "/v1/tenants/vec",
+            Admin,
+            json!({"ingest_bytes_per_second": null}),
+            200,
+        ),
         raw(
             "POST",
             "/v1/documents",
@@ -681,6 +731,10 @@ fn comparable(value: &Value) -> Value {
                         ("message", Value::String(m)) if m.starts_with("malformed JSON body") => {
                             json!("malformed JSON body")
                         }
+                        // When a retry can pass depends on each server's clock.
+                        ("message", Value::String(m)) if m.contains("; retry after ") => {
+                            json!(m.split("; retry after ").next())
+                        }
                         // jsonwebtoken's words vs tvs-guest-core's for a token that is no JWT.
                         ("message", Value::String(m)) if m.starts_with("the token is not a well-formed JWT") => {
                             json!("the token is not a well-formed JWT")
@@ -979,6 +1033,7 @@ fn spin_caps_tenants_by_its_variable_and_needs_an_admin_key() {
     let (status, answer) = create(json!({"id": "capped", "dims": 2, "embedding_model": "none"}));
     assert_eq!(status, 201, "{answer}");
     let key = answer["api_key"].as_str().expect("key").to_owned();
+    let upsert_key = key.clone();
     let upsert = |ids: &[&str]| {
         let docs: Vec<Value> = ids.iter().map(|id| json!({"id": id, "vector": [1.0, 0.5]})).collect();
         request(
@@ -1000,6 +1055,55 @@ fn spin_caps_tenants_by_its_variable_and_needs_an_admin_key() {
     assert_eq!(upsert(&["a"]).0, 200, "replacing a document needs no room");
     let (_, stats) = request(host.addr, "GET", "/v1/stats", Some(&key), None, b"");
     assert_eq!(stats["count"], 3);
+    let (status, answer) = request(
+        host.addr,
+        "PATCH",
+        "/v1/tenants/capped",
+        Some(ADMIN),
+        Some("application/json"),
+        br#"{"max_documents": 4}"#,
+    );
+    assert_eq!(status, 400, "the variable caps a change too: {answer}");
+    drop(host);
+
+    // Rate limits for new tenants from the variables; a refusal says when to retry.
+    let host = SpinHost::start(
+        kv.path(),
+        &[("admin_key", ADMIN), ("default_requests_per_second", "0.5")],
+    );
+    let (status, answer) = request(
+        host.addr,
+        "POST",
+        "/v1/tenants",
+        Some(ADMIN),
+        Some("application/json"),
+        br#"{"id": "limited", "dims": 2, "embedding_model": "none"}"#,
+    );
+    assert_eq!(status, 201, "{answer}");
+    let key = answer["api_key"].as_str().expect("key").to_owned();
+    let (status, _, stats) = crate::http::request_with_head(host.addr, "GET", "/v1/stats", Some(&key), None, b"");
+    assert_eq!(
+        (status, &stats["rate_limits"]),
+        (200, &json!({"requests_per_second": 0.5})),
+        "{stats}"
+    );
+    let (status, head, answer) = crate::http::request_with_head(host.addr, "GET", "/v1/stats", Some(&key), None, b"");
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (429, &json!("rate_limited")),
+        "{answer}"
+    );
+    let retry_after: u64 = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("retry-after: ").map(str::to_owned))
+        .expect("a Retry-After header")
+        .trim()
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry_after), "{head}");
+    // Capped tenants made before the variable keep having no rate limit.
+    let (_, _, old) = crate::http::request_with_head(host.addr, "GET", "/v1/stats", Some(&upsert_key), None, b"");
+    assert!(old.get("rate_limits").is_none(), "{old}");
     drop(host);
 
     let host = SpinHost::start(kv.path(), &[]);

@@ -24,7 +24,7 @@ mod bindings {
     });
 }
 
-use bindings::exports::tvs::spin::tenant::{Shape, TenantError};
+use bindings::exports::tvs::spin::tenant::{RateLimits, Shape, TenantError};
 use bindings::tvs::store::types::{Error, NewDocument};
 
 impl bindings::tvs::store::types::Host for HostState {}
@@ -65,6 +65,10 @@ fn shape() -> Shape {
         metric: "l2".into(),
         embedding_model: "none".into(),
         max_documents: 1_000,
+        rate_limits: RateLimits {
+            requests_per_second: None,
+            ingest_bytes_per_second: None,
+        },
     }
 }
 

@@ -6,7 +6,9 @@
 //!
 //! Layout, for tenant `t` (keys ≤ 120 bytes):
 //! ```text
-//! tvs/t/config                 the tenant's shape: dims, metric, embedding model, document cap
+//! tvs/t/config                 the tenant's shape: dims, metric, embedding model, document cap,
+//!                              rate limits
+//! tvs/t/rate                   the rate limits' token buckets (changed by compare-and-swap)
 //! tvs/t/head                   {"generation": g, "segments": [names], "compacted": n}: the commit point
 //! tvs/t/log/{g}/{seq}-{nonce}  a segment of generation g: JSON lines, ≤ 1,000,000 bytes, never rewritten
 //! ```
@@ -35,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tvs_guest_core::documents as document_rules;
 use tvs_guest_core::filter::Filter;
+use tvs_guest_core::rate::{self, Buckets, Limits, Refusal};
 
 /// Largest segment value: under Spin's 1 MB (1,048,576 bytes) with room to spare.
 pub const SEGMENT_MAX: usize = 1_000_000;
@@ -93,7 +96,21 @@ pub struct Config {
     pub embedding_model: String,
     /// Live documents at most: every request of a Spin component reads the whole tenant.
     pub max_documents: u64,
+    /// Requests and ingest bytes per second; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Limits::is_unlimited")]
+    pub rate_limits: Limits,
 }
+
+/// The buckets as stored in `tvs/t/rate`, with the limits they were filled for (buckets of
+/// other limits start full again).
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredBuckets {
+    limits: Limits,
+    buckets: Buckets,
+}
+
+/// Attempts at a compare-and-swap of the buckets before a request is answered busy.
+const RATE_ATTEMPTS: usize = 16;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Head {
@@ -363,6 +380,43 @@ impl<K: KeyValue> KvCollection<K> {
         self.kv.set(&key(&self.tenant, "config"), &to_json(&config)?)?;
         self.config = config;
         Ok(())
+    }
+
+    /// Changes the tenant's rate limits (its config key alone, as the document cap).
+    pub fn set_rate_limits(&mut self, limits: Limits) -> Result<(), KvError> {
+        limits.validate().map_err(KvError::InvalidInput)?;
+        let mut config = self.config.clone();
+        config.rate_limits = limits;
+        self.kv.set(&key(&self.tenant, "config"), &to_json(&config)?)?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Admits one request carrying `ingest_bytes` of documents at `now_ms` (the wall clock: an
+    /// instance lives one request, so the buckets live in `tvs/t/rate`, changed by
+    /// compare-and-swap), or says which limit refuses it; a refused request changes nothing.
+    pub fn admit(&mut self, ingest_bytes: u64, now_ms: u64) -> Result<Result<(), Refusal>, KvError> {
+        let limits = self.config.rate_limits;
+        if limits.is_unlimited() {
+            return Ok(Ok(()));
+        }
+        let rate_key = key(&self.tenant, "rate");
+        for _ in 0..RATE_ATTEMPTS {
+            let current = self.kv.get(&rate_key)?;
+            let mut buckets = current
+                .as_deref()
+                .and_then(|bytes| serde_json::from_slice::<StoredBuckets>(bytes).ok())
+                .filter(|stored| stored.limits == limits)
+                .map_or_else(|| Buckets::full(&limits, now_ms), |stored| stored.buckets);
+            if let Err(refusal) = rate::admit(&limits, &mut buckets, ingest_bytes, now_ms) {
+                return Ok(Err(refusal));
+            }
+            let next = to_json(&StoredBuckets { limits, buckets })?;
+            if self.kv.compare_and_swap(&rate_key, current.as_deref(), &next)? {
+                return Ok(Ok(()));
+            }
+        }
+        Err(KvError::Busy(self.tenant.clone()))
     }
 
     pub fn count(&self) -> u64 {

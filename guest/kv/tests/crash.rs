@@ -61,6 +61,7 @@ fn config() -> Config {
         metric: Metric::L2,
         embedding_model: "none".into(),
         max_documents: 100_000,
+        rate_limits: Default::default(),
     }
 }
 
@@ -336,5 +337,68 @@ fn concurrent_writers_lose_no_acknowledged_write() {
             .filter(|k| k.starts_with("tvs/t/log/"))
             .all(|k| k.starts_with(&format!("tvs/t/log/{generation}/"))),
         "old generations were deleted"
+    );
+}
+
+/// Rate limits on Spin: the buckets outlive the instance (one per request) in `tvs/t/rate`, a
+/// refused request changes nothing, and new limits start from full buckets.
+#[test]
+fn rate_buckets_outlive_each_instance_and_a_refusal_changes_nothing() {
+    use tvs_guest_core::rate::Limits;
+    let limits = Limits {
+        requests_per_second: Some(2.0),
+        ingest_bytes_per_second: None,
+    };
+    let mut first = KvCollection::create(
+        MemoryKv::default(),
+        "t",
+        Config {
+            rate_limits: limits,
+            ..config()
+        },
+    )
+    .expect("create");
+    assert_eq!(first.admit(0, 1_000).expect("store"), Ok(()));
+    assert_eq!(first.admit(0, 1_000).expect("store"), Ok(()));
+    // A fresh instance on the same store (the next request) sees the spent buckets.
+    let mut next = KvCollection::open(first.into_store(), "t").expect("open");
+    let refused = next.admit(0, 1_100).expect("store").expect_err("two a second");
+    assert_eq!(refused.limit, "requests_per_second");
+    assert!((refused.retry_after_secs - 0.4).abs() < 1e-9, "{refused:?}");
+    let stored = next.into_store();
+    let before = stored.map.clone();
+    let mut again = KvCollection::open(stored, "t").expect("open");
+    assert!(again.admit(0, 1_200).expect("store").is_err());
+    let stored = again.into_store();
+    assert_eq!(stored.map, before, "a refused request wrote nothing");
+    let mut later = KvCollection::open(stored, "t").expect("open");
+    assert_eq!(
+        later.admit(0, 1_500).expect("store"),
+        Ok(()),
+        "a second later it passes"
+    );
+    // New limits: full buckets of the new rate.
+    later
+        .set_rate_limits(Limits {
+            requests_per_second: Some(1.0),
+            ingest_bytes_per_second: Some(100.0),
+        })
+        .expect("set");
+    let mut changed = KvCollection::open(later.into_store(), "t").expect("open");
+    assert_eq!(changed.config().rate_limits.ingest_bytes_per_second, Some(100.0));
+    assert_eq!(changed.admit(150, 1_500).expect("store"), Ok(()));
+    let refused = changed.admit(10, 1_600).expect("store").expect_err("in debt");
+    assert_eq!(refused.limit, "requests_per_second");
+    // A power cut while the buckets are written: an error, not an admission.
+    let mut store = changed.into_store();
+    store.sets_left = Some(0);
+    let mut cut = KvCollection::open(store, "t").expect("open");
+    assert!(cut.admit(0, 9_000).is_err());
+    assert!(
+        cut.set_rate_limits(Limits {
+            requests_per_second: Some(-1.0),
+            ingest_bytes_per_second: None
+        })
+        .is_err()
     );
 }

@@ -34,6 +34,7 @@ use tvs::store::types::{Error as GuestError, IngestDocument, Metric};
 use tvs_guest_core::filter::Filter;
 use tvs_guest_core::models;
 use tvs_guest_core::openai::Input;
+use tvs_guest_core::rate::{Limits as RateLimits, Refusal};
 use tvs_guest_core::token::{self as tokens, Scope, StoredKey};
 
 /// Largest request body, as `tvs serve`'s default.
@@ -50,6 +51,8 @@ struct ApiError {
     status: u16,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After` (a 429).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -58,6 +61,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
     fn bad_request(message: impl Into<String>) -> Self {
@@ -83,7 +87,18 @@ fn json_response(status: u16, body: &Value) -> Response {
 fn handle(request: Request) -> Response {
     match route(&request) {
         Ok((status, body)) => json_response(status, &body),
-        Err(e) => json_response(e.status, &json!({"error": {"code": e.code, "message": e.message}})),
+        Err(e) => {
+            let body = json!({"error": {"code": e.code, "message": e.message}});
+            match e.retry_after {
+                Some(seconds) => Response::builder()
+                    .status(e.status)
+                    .header("content-type", "application/json")
+                    .header("retry-after", seconds.to_string())
+                    .body(body.to_string())
+                    .build(),
+                None => json_response(e.status, &body),
+            }
+        }
     }
 }
 
@@ -321,36 +336,36 @@ fn revoke_signing_key(request: &Request, id: &str) -> Result<Value, ApiError> {
     .ok_or_else(|| ApiError::not_found(format!("signing key {id} does not exist")))
 }
 
-/// What `PATCH /v1/tenants/{id}` may change on Spin: the document quota. Rate limits and a
-/// bytes quota are `tvs serve`'s alone (a Spin instance lives one request and keeps no rate).
+/// What `PATCH /v1/tenants/{id}` may change on Spin: the document quota and the rate limits
+/// (a field left out stays, `null` removes a rate limit). A bytes quota is `tvs serve`'s alone.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TenantPatch {
     #[serde(default)]
     max_documents: Option<Value>,
-    #[serde(default)]
-    requests_per_second: Option<Value>,
-    #[serde(default)]
-    ingest_bytes_per_second: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    requests_per_second: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    ingest_bytes_per_second: Option<Option<f64>>,
     #[serde(default)]
     max_bytes: Option<Value>,
+}
+
+/// A field that is present, `null` or not: `Some(None)` for `null`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 fn patch_tenant(request: &Request, id: &str) -> Result<Value, ApiError> {
     require_admin(request)?;
     let patch: TenantPatch = body(request)?;
-    for (name, given) in [
-        ("requests_per_second", &patch.requests_per_second),
-        ("ingest_bytes_per_second", &patch.ingest_bytes_per_second),
-        ("max_bytes", &patch.max_bytes),
-    ] {
-        if given.is_some() {
-            return Err(ApiError::bad_request(format!(
-                "{name} is not offered on Spin: only max_documents can be changed here"
-            )));
-        }
+    if patch.max_bytes.is_some() {
+        return Err(ApiError::bad_request(
+            "max_bytes is not offered on Spin: max_documents bounds a tenant here",
+        ));
     }
-    let limit = match &patch.max_documents {
+    let cap = variable_u64("max_documents", DEFAULT_MAX_DOCUMENTS)?;
+    let max_documents = match &patch.max_documents {
         None => None,
         Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => n.as_u64(),
         Some(Value::Null) => {
@@ -364,6 +379,13 @@ fn patch_tenant(request: &Request, id: &str) -> Result<Value, ApiError> {
             ));
         }
     };
+    if let Some(limit) = max_documents
+        && limit > cap
+    {
+        return Err(ApiError::bad_request(format!(
+            "max_documents may be at most {cap} here (the Spin variable max_documents): every request reads the whole tenant"
+        )));
+    }
     if !tvs_guest_core::tenant_id::is_valid(id) {
         return Err(ApiError::bad_request(tvs_guest_core::tenant_id::invalid_message(id)));
     }
@@ -371,18 +393,66 @@ fn patch_tenant(request: &Request, id: &str) -> Result<Value, ApiError> {
         TenantError::NotFound => ApiError::not_found(format!("tenant {id} does not exist")),
         other => ApiError::internal(format!("opening the tenant failed: {}", describe_tenant_error(&other))),
     })?;
-    if let Some(limit) = limit {
-        tenant::set_max_documents(limit)
-            .map_err(|e| ApiError::internal(format!("storing the quota failed: {}", describe_tenant_error(&e))))?;
+    let current = tenant::current_rate_limits().unwrap_or(tenant::RateLimits {
+        requests_per_second: None,
+        ingest_bytes_per_second: None,
+    });
+    let limits = tenant::RateLimits {
+        requests_per_second: patch.requests_per_second.unwrap_or(current.requests_per_second),
+        ingest_bytes_per_second: patch.ingest_bytes_per_second.unwrap_or(current.ingest_bytes_per_second),
+    };
+    shared_limits(&limits).validate().map_err(ApiError::bad_request)?;
+    let stored =
+        |e: TenantError| ApiError::internal(format!("storing the limits failed: {}", describe_tenant_error(&e)));
+    if let Some(limit) = max_documents {
+        tenant::set_max_documents(limit).map_err(stored)?;
+    }
+    if patch.requests_per_second.is_some() || patch.ingest_bytes_per_second.is_some() {
+        tenant::set_rate_limits(limits).map_err(stored)?;
     }
     let info = handler::stats().map_err(guest_error)?;
     Ok(json!({
         "id": id,
-        "rate_limits": {},
+        "rate_limits": shared_limits(&limits),
         "max_documents": tenant::max_documents(),
         "max_bytes": null,
         "usage": {"documents": info.count},
     }))
+}
+
+fn shared_limits(limits: &tenant::RateLimits) -> RateLimits {
+    RateLimits {
+        requests_per_second: limits.requests_per_second,
+        ingest_bytes_per_second: limits.ingest_bytes_per_second,
+    }
+}
+
+/// Admits one request of the bound tenant carrying `ingest_bytes` of documents under its rate
+/// limits, or answers 429 naming the limit, with `Retry-After`.
+fn admit(tenant_id: &str, ingest_bytes: u64) -> Result<(), ApiError> {
+    match tenant::admit(ingest_bytes) {
+        Ok(()) => Ok(()),
+        Err(tenant::AdmitError::Limited(r)) => {
+            let refusal = Refusal {
+                limit: if r.limit == "requests_per_second" {
+                    "requests_per_second"
+                } else {
+                    "ingest_bytes_per_second"
+                },
+                per_second: r.per_second,
+                retry_after_secs: r.retry_after_secs,
+            };
+            Err(ApiError {
+                retry_after: Some(refusal.retry_after_header()),
+                ..ApiError::new(429, "rate_limited", refusal.message(tenant_id))
+            })
+        }
+        Err(tenant::AdmitError::Store(m)) => Err(ApiError::new(
+            503,
+            "busy",
+            format!("the tenant's rate limits could not be applied: {m}; retry"),
+        )),
+    }
 }
 
 fn describe_tenant_error(error: &TenantError) -> String {
@@ -420,6 +490,20 @@ fn issue_key(tenant: &str) -> Result<String, ApiError> {
         other => ApiError::internal(format!("storing the key failed: {}", describe_tenant_error(&other))),
     })?;
     Ok(format!("tvs.{tenant}.{secret}"))
+}
+
+/// A rate limit from a Spin variable: none when it is empty or absent.
+fn variable_rate(name: &str) -> Result<Option<f64>, ApiError> {
+    let text = spin_sdk::variables::get(name).unwrap_or_default();
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+        _ => Err(ApiError::internal(format!(
+            "the Spin variable {name} must be a positive number or empty, not {text:?}"
+        ))),
+    }
 }
 
 /// A Spin variable as a number, or `default` when it is not set.
@@ -494,6 +578,10 @@ fn create_tenant(request: &Request) -> Answer {
         metric: body.metric.unwrap_or_else(|| "cos".into()),
         embedding_model: model,
         max_documents,
+        rate_limits: tenant::RateLimits {
+            requests_per_second: variable_rate("default_requests_per_second")?,
+            ingest_bytes_per_second: variable_rate("default_ingest_bytes_per_second")?,
+        },
     };
     tenant::create(&body.id, &shape).map_err(|e| match e {
         TenantError::Exists => ApiError::new(409, "conflict", format!("tenant {} already exists", body.id)),
@@ -545,7 +633,9 @@ struct UpsertBody {
 }
 
 fn upsert(request: &Request) -> Result<Value, ApiError> {
-    bind_tenant(request, Scope::Write)?;
+    let tenant_id = bind_tenant(request, Scope::Write)?;
+    // Charged as on `tvs serve`: the request body's length.
+    let ingest_bytes = request.body().len() as u64;
     let body: UpsertBody = body(request)?;
     if body.documents.is_empty() {
         return Err(ApiError::bad_request("documents is empty"));
@@ -571,6 +661,7 @@ fn upsert(request: &Request) -> Result<Value, ApiError> {
             overlap: c.overlap,
         }),
     };
+    admit(&tenant_id, ingest_bytes)?;
     let response = handler::ingest(&request).map_err(guest_error)?;
     Ok(json!({"ids": response.ids, "embedded": response.embedded}))
 }
@@ -617,7 +708,7 @@ fn checked_filter(filter: Option<&Value>) -> Result<Option<String>, ApiError> {
 }
 
 fn search(request: &Request) -> Result<Value, ApiError> {
-    bind_tenant(request, Scope::Read)?;
+    let tenant_id = bind_tenant(request, Scope::Read)?;
     let body: SearchBody = body(request)?;
     let top_k = match body.top_k {
         Some(k) => k,
@@ -644,6 +735,7 @@ fn search(request: &Request) -> Result<Value, ApiError> {
             lambda_mult: m.lambda_mult,
         }),
     };
+    admit(&tenant_id, 0)?;
     let hits = handler::search(&request).map_err(guest_error)?;
     let hits: Vec<Value> = hits
         .into_iter()
@@ -659,7 +751,8 @@ fn metadata_value(text: &str) -> Value {
 }
 
 fn get_document(request: &Request, id: &str) -> Result<Value, ApiError> {
-    bind_tenant(request, Scope::Read)?;
+    let tenant_id = bind_tenant(request, Scope::Read)?;
+    admit(&tenant_id, 0)?;
     let doc = handler::get(&[id.to_owned()])
         .map_err(guest_error)?
         .pop()
@@ -668,7 +761,8 @@ fn get_document(request: &Request, id: &str) -> Result<Value, ApiError> {
 }
 
 fn delete_document(request: &Request, id: &str) -> Result<Value, ApiError> {
-    bind_tenant(request, Scope::Write)?;
+    let tenant_id = bind_tenant(request, Scope::Write)?;
+    admit(&tenant_id, 0)?;
     match handler::delete(&[id.to_owned()], None).map_err(guest_error)? {
         0 => Err(ApiError::not_found(format!("no document {id:?}"))),
         n => Ok(json!({ "deleted": n })),
@@ -685,19 +779,21 @@ struct DeleteBody {
 }
 
 fn delete_documents(request: &Request) -> Result<Value, ApiError> {
-    bind_tenant(request, Scope::Write)?;
+    let tenant_id = bind_tenant(request, Scope::Write)?;
     let body: DeleteBody = body(request)?;
     let filter = checked_filter(body.filter.as_ref())?;
     if body.ids.is_none() && filter.is_none() {
         return Err(ApiError::bad_request("give ids or filter"));
     }
     let ids = body.ids.unwrap_or_default();
+    admit(&tenant_id, 0)?;
     let deleted = handler::delete(&ids, filter.as_deref()).map_err(guest_error)?;
     Ok(json!({ "deleted": deleted }))
 }
 
 fn stats(request: &Request) -> Result<Value, ApiError> {
-    bind_tenant(request, Scope::Read)?;
+    let tenant_id = bind_tenant(request, Scope::Read)?;
+    admit(&tenant_id, 0)?;
     let info = handler::stats().map_err(guest_error)?;
     let metric = match info.metric {
         Metric::Cos => "cos",
@@ -712,6 +808,11 @@ fn stats(request: &Request) -> Result<Value, ApiError> {
     // `max_documents` variable when it was created without).
     if let Some(limit) = tenant::max_documents() {
         stats["max_documents"] = json!(limit);
+    }
+    if let Some(limits) = tenant::current_rate_limits().map(|l| shared_limits(&l))
+        && !limits.is_unlimited()
+    {
+        stats["rate_limits"] = json!(limits);
     }
     Ok(stats)
 }
@@ -748,7 +849,7 @@ fn embedding_inputs(input: Value) -> Result<Vec<String>, ApiError> {
 }
 
 fn embeddings(request: &Request) -> Result<Value, ApiError> {
-    bind_tenant(request, Scope::Read)?;
+    let tenant_id = bind_tenant(request, Scope::Read)?;
     let body: EmbeddingsBody = body(request)?;
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -760,6 +861,7 @@ fn embeddings(request: &Request) -> Result<Value, ApiError> {
         }
     };
     let texts = embedding_inputs(body.input)?;
+    admit(&tenant_id, 0)?;
     let (model, dims) = embedder::model();
     if model == "none" {
         return Err(ApiError::bad_request(

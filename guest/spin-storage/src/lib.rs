@@ -14,7 +14,7 @@ wit_bindgen::generate!({
 
 use std::cell::RefCell;
 
-use exports::tvs::spin::tenant::{Guest as TenantGuest, Shape, TenantError};
+use exports::tvs::spin::tenant::{AdmitError, Guest as TenantGuest, RateLimits, RateRefusal, Shape, TenantError};
 use exports::tvs::store::collection::Guest as CollectionGuest;
 use exports::tvs::store::embedder::Guest as EmbedderGuest;
 use fermyon::spin::key_value::{Error as KvStoreError, Store};
@@ -123,6 +123,13 @@ fn tenant_error(error: KvError) -> TenantError {
     }
 }
 
+fn limits_from_wit(limits: &RateLimits) -> tvs_guest_core::rate::Limits {
+    tvs_guest_core::rate::Limits {
+        requests_per_second: limits.requests_per_second,
+        ingest_bytes_per_second: limits.ingest_bytes_per_second,
+    }
+}
+
 /// The key of the signing keys: outside `tvs/`, where every tenant's keys are.
 const SIGNING_KEYS_KEY: &str = "tvs.signing_keys";
 
@@ -158,6 +165,7 @@ impl TenantGuest for SpinCollection {
             metric,
             embedding_model: tvs_guest_core::models::canonical_model_name(&shape.embedding_model),
             max_documents: shape.max_documents,
+            rate_limits: limits_from_wit(&shape.rate_limits),
         };
         let store = open_store().map_err(TenantError::Store)?;
         KvCollection::create(store, &tenant, config)
@@ -202,6 +210,44 @@ impl TenantGuest for SpinCollection {
         BOUND.with(|bound| match bound.borrow_mut().as_mut() {
             Some(collection) => collection.set_max_documents(limit).map_err(tenant_error),
             None => Err(TenantError::Invalid("no tenant is bound to this request".into())),
+        })
+    }
+
+    fn current_rate_limits() -> Option<RateLimits> {
+        with_bound(|c| {
+            let limits = c.config().rate_limits;
+            Ok(RateLimits {
+                requests_per_second: limits.requests_per_second,
+                ingest_bytes_per_second: limits.ingest_bytes_per_second,
+            })
+        })
+        .ok()
+    }
+
+    fn set_rate_limits(limits: RateLimits) -> Result<(), TenantError> {
+        BOUND.with(|bound| match bound.borrow_mut().as_mut() {
+            Some(collection) => collection
+                .set_rate_limits(limits_from_wit(&limits))
+                .map_err(tenant_error),
+            None => Err(TenantError::Invalid("no tenant is bound to this request".into())),
+        })
+    }
+
+    fn admit(ingest_bytes: u64) -> Result<(), AdmitError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        BOUND.with(|bound| match bound.borrow_mut().as_mut() {
+            Some(collection) => match collection.admit(ingest_bytes, now_ms) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(refusal)) => Err(AdmitError::Limited(RateRefusal {
+                    limit: refusal.limit.to_owned(),
+                    per_second: refusal.per_second,
+                    retry_after_secs: refusal.retry_after_secs,
+                })),
+                Err(e) => Err(AdmitError::Store(e.to_string())),
+            },
+            None => Err(AdmitError::Store("no tenant is bound to this request".into())),
         })
     }
 
