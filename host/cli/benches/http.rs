@@ -1,6 +1,7 @@
 //! Load bench of `tvs serve` on loopback: ingest documents/s and search requests/s with p50/p99
 //! through HTTP and a fresh guest per request, on 2k-document tenants, beside the same searches
-//! called in-process in the same run. Bounded in count; prints a table.
+//! called in-process in the same run, and with a tenant token in place of the key. Bounded in
+//! count; prints a table.
 //! `cargo bench -p tvs --bench http`.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tvs_guest_core::token;
 use tvs_runtime::{Runtime, RuntimeLimits};
 use tvs_server::auth::Keys;
 use tvs_server::http::{App, ServerLimits};
@@ -80,12 +82,45 @@ fn main() {
         "ingest through HTTP + guest, 500 docs/request, durable".to_string(),
         format!("{ingest_rate:.0} docs/s"),
     )];
+    // Tenant tokens for the same tenants (read scope, an hour), to set beside the keys.
+    let mut admin = Connection::open(addr);
+    let (status, body) = admin.post("/v1/admin/signing-keys", ADMIN, "");
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let secret = serde_json::from_slice::<Value>(&body).unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut parts = secret.splitn(3, '.').skip(1);
+    let (kid, hmac) = (parts.next().unwrap(), parts.next().unwrap());
+    let hmac = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, hmac).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let tenant_tokens: Vec<String> = (0..TENANTS)
+        .map(|t| {
+            let claims = token::Claims {
+                tenant: format!("t{t}"),
+                scope: "read".into(),
+                exp: now + 3600,
+                nbf: None,
+                iat: Some(now),
+            };
+            token::sign_hs256(kid, &hmac, &claims)
+        })
+        .collect();
+
     let tenant_keys = Arc::new(tenant_keys);
-    for clients in [1usize, 4] {
+    let tenant_tokens = Arc::new(tenant_tokens);
+    for (clients, credential) in [(1usize, "key"), (1, "token"), (4, "key")] {
         let start = Instant::now();
         let threads: Vec<_> = (0..clients)
             .map(|c| {
-                let keys = tenant_keys.clone();
+                let keys = if credential == "key" {
+                    tenant_keys.clone()
+                } else {
+                    tenant_tokens.clone()
+                };
                 std::thread::spawn(move || {
                     let mut conn = Connection::open(addr);
                     let mut queries = EmbeddingLike::new(DIMS, 1000 + c as u64);
@@ -105,7 +140,7 @@ fn main() {
         let elapsed = start.elapsed();
         times.sort();
         rows.push((
-            format!("search k=10 over HTTP + guest, {clients} client(s): req/s; p50 / p99"),
+            format!("search k=10 over HTTP + guest, {clients} client(s), tenant {credential}: req/s; p50 / p99"),
             format!(
                 "{:.0}; {} / {}",
                 times.len() as f64 / elapsed.as_secs_f64(),
