@@ -151,11 +151,50 @@ pub struct StoredKey {
     pub revoked_at: Option<u64>,
 }
 
+/// A signing key as the admin API shows it: never its secret (shown once, at creation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub created_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+}
+
+/// Random bytes a new signing key is made of: 8 for its id, 32 for its HMAC key.
+pub const NEW_KEY_RANDOM_BYTES: usize = 40;
+
 impl StoredKey {
+    /// A new key made of `random` (from the platform's secure source), created at `now`.
+    pub fn generate(random: &[u8; NEW_KEY_RANDOM_BYTES], now: u64) -> StoredKey {
+        let (id, key) = random.split_at(8);
+        StoredKey {
+            id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            secret: URL_SAFE_NO_PAD.encode(key),
+            created_at: now,
+            revoked_at: None,
+        }
+    }
+
     /// The secret text the admin is shown once: `tvs_sk.{kid}.{key}`.
     pub fn secret_text(&self) -> String {
         format!("{SECRET_PREFIX}.{}.{}", self.id, self.secret)
     }
+
+    pub fn info(&self) -> KeyInfo {
+        KeyInfo {
+            id: self.id.clone(),
+            created_at: self.created_at,
+            revoked_at: self.revoked_at,
+        }
+    }
+}
+
+/// Revokes key `id` among `keys` at `now` (revoking twice keeps the first time); what it is
+/// now, or `None` when there is no such key.
+pub fn revoke(keys: &mut [StoredKey], id: &str, now: u64) -> Option<KeyInfo> {
+    let key = keys.iter_mut().find(|k| k.id == id)?;
+    key.revoked_at.get_or_insert(now);
+    Some(key.info())
 }
 
 /// The routing prefix's tenant (if the token has one) and the JWT.

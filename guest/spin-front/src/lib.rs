@@ -289,29 +289,11 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A signing key as the admin API shows it: never its secret.
-fn signing_key_info(key: &StoredKey) -> Value {
-    let mut info = json!({"id": key.id, "created_at": key.created_at});
-    if let Some(at) = key.revoked_at {
-        info["revoked_at"] = json!(at);
-    }
-    info
-}
-
 fn create_signing_key(request: &Request) -> Answer {
     require_admin(request)?;
-    let mut id = [0u8; 8];
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut id)
-        .and_then(|()| getrandom::fill(&mut secret))
-        .map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
-    use base64::Engine as _;
-    let key = StoredKey {
-        id: id.iter().map(|b| format!("{b:02x}")).collect(),
-        secret: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
-        created_at: now_secs(),
-        revoked_at: None,
-    };
+    let mut random = [0u8; tokens::NEW_KEY_RANDOM_BYTES];
+    getrandom::fill(&mut random).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+    let key = StoredKey::generate(&random, now_secs());
     change_signing_keys(|keys| keys.push(key.clone()))?;
     Ok((
         201,
@@ -322,18 +304,15 @@ fn create_signing_key(request: &Request) -> Answer {
 fn list_signing_keys(request: &Request) -> Result<Value, ApiError> {
     require_admin(request)?;
     let keys = stored_signing_keys()?.0;
-    Ok(json!({"signing_keys": keys.iter().map(signing_key_info).collect::<Vec<_>>()}))
+    Ok(json!({"signing_keys": keys.iter().map(StoredKey::info).collect::<Vec<_>>()}))
 }
 
 fn revoke_signing_key(request: &Request, id: &str) -> Result<Value, ApiError> {
     require_admin(request)?;
     let revoked_at = now_secs();
-    change_signing_keys(|keys| {
-        let key = keys.iter_mut().find(|k| k.id == id)?;
-        key.revoked_at.get_or_insert(revoked_at);
-        Some(signing_key_info(key))
-    })?
-    .ok_or_else(|| ApiError::not_found(format!("signing key {id} does not exist")))
+    change_signing_keys(|keys| tokens::revoke(keys, id, revoked_at))?
+        .map(|info| json!(info))
+        .ok_or_else(|| ApiError::not_found(format!("signing key {id} does not exist")))
 }
 
 /// What `PATCH /v1/tenants/{id}` may change on Spin: the document quota and the rate limits

@@ -133,14 +133,8 @@ impl Keys {
     /// What a bearer credential grants: a tenant key everything for its tenant, a token what
     /// its claims say.
     pub fn grant(&self, bearer: &str) -> Result<Grant, AuthError> {
-        // A token is a JWT (three segments, the first a JSON header: `eyJ…`), bare or after
-        // `tvs.{tenant}.`; anything else is judged as a key, `tvs.{tenant}.{secret}`.
-        let jwt = bearer
-            .strip_prefix("tvs.")
-            .and_then(|rest| rest.split_once('.'))
-            .map_or(bearer, |(_, after)| after);
-        let is_token = jwt.starts_with("eyJ") && jwt.split('.').count() == 3;
-        if is_token {
+        // Anything that is not a token is judged as a key, `tvs.{tenant}.{secret}`.
+        if tvs_guest_core::token::is_token(bearer) {
             return self.signing.verify(bearer).map_err(AuthError::Token);
         }
         match self.key_tenant(bearer) {

@@ -25,11 +25,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Serialize;
 use tvs_guest_core::token as rules;
 
 use tvs_store::remote::{Catalog, RemoteError, Replace, SharedObject};
@@ -55,13 +52,7 @@ pub struct Grant {
 }
 
 /// A signing key as the admin API shows it (never its secret, except once at creation).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SigningKeyInfo {
-    pub id: String,
-    pub created_at: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revoked_at: Option<u64>,
-}
+pub type SigningKeyInfo = rules::KeyInfo;
 
 /// Why a signing key could not be created or revoked.
 #[derive(Debug, thiserror::Error)]
@@ -104,12 +95,6 @@ fn parse_keys(bytes: &[u8], from: &str) -> io::Result<Vec<StoredKey>> {
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn random_bytes(n: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf).map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(buf)
 }
 
 impl SigningKeys {
@@ -215,16 +200,11 @@ impl SigningKeys {
     /// Creates a signing key; returns it and its secret text (`tvs_sk.{kid}.{key}`), which is
     /// not kept anywhere the API can show again.
     pub fn create(&self) -> Result<(SigningKeyInfo, String), SigningKeyError> {
-        let id: String = random_bytes(8)?.iter().map(|b| format!("{b:02x}")).collect();
-        let secret = URL_SAFE_NO_PAD.encode(random_bytes(32)?);
-        let stored = StoredKey {
-            id: id.clone(),
-            secret: secret.clone(),
-            created_at: now_secs(),
-            revoked_at: None,
-        };
+        let mut random = [0u8; rules::NEW_KEY_RANDOM_BYTES];
+        getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
+        let stored = StoredKey::generate(&random, now_secs());
         self.update(|keys| keys.push(stored.clone()))?;
-        Ok((info(&stored), stored.secret_text()))
+        Ok((stored.info(), stored.secret_text()))
     }
 
     /// Every signing key, oldest first (with keys in object storage, as the bucket holds them
@@ -237,7 +217,7 @@ impl SigningKeys {
             .unwrap_or_else(|p| p.into_inner())
             .keys
             .iter()
-            .map(info)
+            .map(StoredKey::info)
             .collect())
     }
 
@@ -245,11 +225,7 @@ impl SigningKeys {
     /// such key; revoking twice keeps the first time.
     pub fn revoke(&self, id: &str) -> Result<Option<SigningKeyInfo>, SigningKeyError> {
         let revoked_at = now_secs();
-        self.update(|keys| {
-            let key = keys.iter_mut().find(|k| k.id == id)?;
-            key.revoked_at.get_or_insert(revoked_at);
-            Some(info(key))
-        })
+        self.update(|keys| rules::revoke(keys, id, revoked_at))
     }
 
     /// The HMAC key of `kid`, reading shared keys again when the copy here is stale or does not
@@ -299,16 +275,10 @@ impl SigningKeys {
     }
 }
 
-fn info(key: &StoredKey) -> SigningKeyInfo {
-    SigningKeyInfo {
-        id: key.id.clone(),
-        created_at: key.created_at,
-        revoked_at: key.revoked_at,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use jsonwebtoken::{EncodingKey, Header};
 
     use super::*;
