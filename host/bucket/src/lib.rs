@@ -854,6 +854,29 @@ impl OwnedTenant {
     fn lock(&self) -> std::sync::MutexGuard<'_, Owned> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Writes `manifest` over the one this owner last wrote (conditional on its version) and
+    /// keeps it as the owner's; returns the one it replaced, or `None` when the manifest
+    /// changed meanwhile (another node took the tenant over).
+    fn replace_manifest(
+        &self,
+        state: &mut Owned,
+        manifest: TenantManifest,
+    ) -> Result<Option<TenantManifest>, RemoteError> {
+        let (store, path, tag) = (
+            self.shared.store.clone(),
+            self.shared.manifest_path(&self.id),
+            state.tag.clone(),
+        );
+        let body = manifest.clone();
+        let written = self
+            .shared
+            .run(async move { put_manifest(&store, &path, &body, PutMode::Update(tag)).await })?;
+        Ok(written.map(|tag| {
+            state.tag = tag;
+            std::mem::replace(&mut state.manifest, manifest)
+        }))
+    }
 }
 
 impl TenantLog for OwnedTenant {
@@ -946,17 +969,8 @@ impl TenantLog for OwnedTenant {
         let mut manifest = state.manifest.clone();
         manifest.first_wal = covered;
         manifest.snapshot = Some(sid.clone());
-        let written_manifest = manifest.clone();
-        let (store, path, tag) = (
-            self.shared.store.clone(),
-            self.shared.manifest_path(&self.id),
-            state.tag.clone(),
-        );
-        let written = self
-            .shared
-            .run(async move { put_manifest(&store, &path, &manifest, PutMode::Update(tag)).await });
-        let tag = match written {
-            Ok(Some(tag)) => tag,
+        let old = match self.replace_manifest(&mut state, manifest) {
+            Ok(Some(old)) => old,
             Ok(None) => {
                 self.shared.delete_under(dir.clone());
                 return Err(self.fenced("the manifest changed under a snapshot publish".into()));
@@ -966,10 +980,8 @@ impl TenantLog for OwnedTenant {
                 return Err(e);
             }
         };
-        let old = std::mem::replace(&mut state.manifest, written_manifest);
         let old_snapshot = old.snapshot;
         let old_wal = old.first_wal..covered;
-        state.tag = tag;
         state.tail_objects = 0;
         state.tail_bytes = 0;
         drop(state);
@@ -997,21 +1009,8 @@ impl TenantLog for OwnedTenant {
         let mut state = self.lock();
         let mut manifest = state.manifest.clone();
         manifest.config = Some(config.clone());
-        let written_manifest = manifest.clone();
-        let (store, path, tag) = (
-            self.shared.store.clone(),
-            self.shared.manifest_path(&self.id),
-            state.tag.clone(),
-        );
-        match self
-            .shared
-            .run(async move { put_manifest(&store, &path, &manifest, PutMode::Update(tag)).await })?
-        {
-            Some(tag) => {
-                state.manifest = written_manifest;
-                state.tag = tag;
-                Ok(())
-            }
+        match self.replace_manifest(&mut state, manifest)? {
+            Some(_) => Ok(()),
             // Only a takeover (or a delete, which is one) changes the manifest under its owner.
             None => Err(self.fenced("the manifest changed under a config update".into())),
         }
