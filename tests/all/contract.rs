@@ -1093,11 +1093,8 @@ fn spin_caps_tenants_by_its_variable_and_needs_an_admin_key() {
         (429, &json!("rate_limited")),
         "{answer}"
     );
-    let retry_after: u64 = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("retry-after: ").map(str::to_owned))
+    let retry_after: u64 = crate::http::header(&head, "retry-after")
         .expect("a Retry-After header")
-        .trim()
         .parse()
         .expect("seconds");
     assert!((1..=2).contains(&retry_after), "{head}");

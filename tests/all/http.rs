@@ -126,6 +126,14 @@ pub(crate) fn request_with_head(
     (status, head.to_owned(), value)
 }
 
+/// The value of header `name` (lower case) in a response head.
+pub(crate) fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+    })
+}
+
 /// A `Transfer-Encoding: chunked` body's bytes (hyper sends bodies of unknown length so).
 pub(crate) fn dechunk(mut rest: &str) -> String {
     let mut body = String::new();

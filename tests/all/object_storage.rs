@@ -95,11 +95,7 @@ fn node_of(addr: SocketAddr, key: &str) -> Option<String> {
     if !raw.starts_with("HTTP/1.1 200") {
         return None;
     }
-    raw.lines().find_map(|line| {
-        line.to_ascii_lowercase()
-            .strip_prefix("x-tvs-node: ")
-            .map(str::to_owned)
-    })
+    crate::http::header(raw.split("\r\n\r\n").next()?, "x-tvs-node")
 }
 
 #[test]

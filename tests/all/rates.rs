@@ -8,20 +8,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::http::{ADMIN, Server, call, create_tenant, ingest, request_with_head};
+use crate::http::{ADMIN, Server, call, create_tenant, header, ingest, request_with_head};
 
 /// Status, `Retry-After` and JSON body of one request.
 fn send(addr: SocketAddr, method: &str, path: &str, key: &str, body: &str) -> (u16, Option<u64>, Value) {
     let (status, head, value) =
         request_with_head(addr, method, path, Some(key), Some("application/json"), body.as_bytes());
-    let retry_after = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("retry-after:")
-                .map(|v| v.trim().to_owned())
-        })
-        .map(|v| v.parse().expect("seconds"));
+    let retry_after = header(&head, "retry-after").map(|v| v.parse().expect("seconds"));
     (status, retry_after, value)
 }
 
