@@ -138,28 +138,17 @@ impl Rates {
         // Read without the lock, which every tenant's requests take.
         let fresh = if stale { self.read(tenant) } else { None };
         let mut tenants = lock();
-        let rates = match tenants.entry(tenant.clone()) {
-            std::collections::hash_map::Entry::Occupied(entry) => {
-                let rates = entry.into_mut();
-                match fresh {
-                    Some(limits) => rates.renew(limits, self.clock),
-                    // Unreachable: the limits last read hold until the next try, a TTL from now,
-                    // so that requests do not each wait on the bucket's timeouts.
-                    None if stale => rates.read_at = Instant::now(),
-                    None => {}
-                }
-                rates
-            }
-            // Object storage unreachable at the first request: the server's defaults until it
-            // answers (read again at the next request).
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                let mut rates = TenantRates::new(fresh.unwrap_or(self.defaults), self.clock);
-                if fresh.is_none() {
-                    rates.read_at = Instant::now().checked_sub(SHARED_LIMITS_TTL).unwrap_or(rates.read_at);
-                }
-                entry.insert(rates)
-            }
-        };
+        // Object storage unreachable at a tenant's first request: the server's defaults.
+        let rates = tenants
+            .entry(tenant.clone())
+            .or_insert_with(|| TenantRates::new(fresh.unwrap_or(self.defaults), self.clock));
+        match fresh {
+            Some(limits) => rates.renew(limits, self.clock),
+            // Unreachable: what is held stays until the next try, a TTL from now, so that
+            // requests do not each wait on the bucket's timeouts.
+            None if stale => rates.read_at = Instant::now(),
+            None => {}
+        }
         f(rates)
     }
 
