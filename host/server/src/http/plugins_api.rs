@@ -15,10 +15,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tvs_runtime::plugins::{CallReport, PluginError, PluginKind, Plugins};
 
-use crate::http::{ApiError, App, from_json_rejection, tenant_for, with_store};
+use super::App;
+use super::documents_api::{ingest_document_json, ingest_documents};
+use super::error::{ApiError, from_json_rejection};
+use super::request::{tenant_for, with_store};
+use super::search_api::{hit_json, hits_from_json};
 use crate::tokens::Scope;
 
-pub(crate) fn routes(app: &Arc<App>) -> Router<Arc<App>> {
+pub(super) fn routes(app: &Arc<App>) -> Router<Arc<App>> {
     let upload_limit = app
         .plugins
         .as_ref()
@@ -258,19 +262,19 @@ async fn test(
                 (result.map(Value::String), report)
             }
             PluginKind::IngestTransform => {
-                let documents = crate::http::ingest_documents(input.get("documents").cloned().unwrap_or(Value::Null))?;
+                let documents = ingest_documents(input.get("documents").cloned().unwrap_or(Value::Null))?;
                 let (result, report) = plugins.call_transform(store, &name, &documents);
                 (
-                    result.map(|docs| Value::Array(docs.into_iter().map(crate::http::ingest_document_json).collect())),
+                    result.map(|docs| Value::Array(docs.into_iter().map(ingest_document_json).collect())),
                     report,
                 )
             }
             PluginKind::Reranker => {
                 let query = input.get("query").and_then(Value::as_str).map(str::to_owned);
-                let hits = crate::http::hits_from_json(input.get("hits").cloned().unwrap_or(Value::Null))?;
+                let hits = hits_from_json(input.get("hits").cloned().unwrap_or(Value::Null))?;
                 let (result, report) = plugins.call_rerank(store, &name, query.as_deref(), &hits);
                 (
-                    result.map(|hits| Value::Array(hits.into_iter().map(crate::http::hit_json).collect())),
+                    result.map(|hits| Value::Array(hits.into_iter().map(hit_json).collect())),
                     report,
                 )
             }
