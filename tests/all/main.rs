@@ -16,6 +16,7 @@ mod object_storage;
 mod plugins;
 mod pool;
 mod rates;
+mod readme;
 mod seaweed;
 mod spin_host;
 mod spin_storage;

@@ -1,6 +1,6 @@
 //! The composition of tvs on Spin, done at build time so that any Spin 3.x host runs one
 //! self-contained component (Spin's own `[component.x.dependencies]` composes one level only,
-//! and gives each dependency its own instance: see the README, "Deploy on Spin").
+//! and gives each dependency its own instance: see docs/spin.md, "How it works").
 //!
 //! ```text
 //! storage (tvs:spin/storage) ──collection, embedder──▶ handler (guest/handler, unchanged)
