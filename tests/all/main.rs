@@ -20,6 +20,7 @@ mod readme;
 mod seaweed;
 mod spin_host;
 mod spin_storage;
+mod spin_up;
 mod store;
 mod support;
 mod tenants;

@@ -1,5 +1,6 @@
-//! A host that behaves as Spin 3.x does for the tvs component, since the Spin CLI cannot run
-//! here: `spin build` (the build commands of the root `spin.toml`, each through `sh -c` in its
+//! A host that behaves as Spin 3.x does for the tvs component, beside the real Spin of
+//! `spin_up`: it can inject what Spin cannot (failing or cut-off stores) and runs where no Spin
+//! CLI is. `spin build` (the build commands of the root `spin.toml`, each through `sh -c` in its
 //! `workdir`), and `spin up`'s HTTP trigger (wasmtime 48 + wasmtime-wasi-http 48 serving
 //! `wasi:http/incoming-handler@0.2.0` on loopback with a fresh instance per request), with the
 //! `fermyon:spin` 2.0 interfaces tvs uses, from the WIT vendored from spin-sdk 5.2.0:
@@ -12,8 +13,8 @@
 //! - llm: `generate-embeddings` of the models listed in `ai_models`, answered by tvs's own
 //!   MiniLM (Spin runs the same sentence-transformers weights).
 //!
-//! What only Spin itself can show (its manifest loader, its sqlite key-value, `spin deploy`) is
-//! listed in the README.
+//! What only a Spin platform can show (`spin deploy`, a cloud's limits) is listed in
+//! docs/spin.md.
 
 use std::collections::BTreeMap;
 use std::future::Future;
