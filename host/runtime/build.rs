@@ -51,8 +51,13 @@ fn main() {
     let mut generated = String::from("// Paths of the guest components built by build.rs.\n");
     for (name, crate_dir, stem) in GUESTS {
         let crate_dir = root.join(crate_dir);
+        // Only paths that exist: cargo counts a watched path that is missing as changed, and
+        // rebuilt this crate and everything above it on every build (no guest has its own `wit`).
         for watched in ["src", "Cargo.toml", "Cargo.lock", "wit"] {
-            println!("cargo:rerun-if-changed={}", crate_dir.join(watched).display());
+            let path = crate_dir.join(watched);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
         }
         let status = Command::new(&cargo)
             .args([
