@@ -747,7 +747,8 @@ fn run(api: &mut dyn Api) -> Vec<(u16, Value)> {
 /// (`bytes`: the HNSW index's resident size vs none; `usage`: tokens counted by tvs, not passed
 /// through Spin's embedder; `max_documents`: every Spin tenant has one, from the `max_documents`
 /// variable when created without, while `tvs serve` shows only one that was set (both show a
-/// set one, asserted below); `max_bytes`, `stored_bytes`: quotas Spin does not offer), and
+/// set one, asserted below); `max_bytes`, `stored_bytes`: quotas Spin does not offer; `index`:
+/// how Spin's clustered layout is read), and
 /// parse-error wording
 /// (axum's vs serde's) cut to its prefix.
 fn comparable(value: &Value) -> Value {
@@ -757,7 +758,14 @@ fn comparable(value: &Value) -> Value {
                 .filter(|(k, _)| {
                     !matches!(
                         k.as_str(),
-                        "api_key" | "bytes" | "usage" | "max_documents" | "max_bytes" | "stored_bytes" | "secret"
+                        "api_key"
+                            | "bytes"
+                            | "usage"
+                            | "max_documents"
+                            | "max_bytes"
+                            | "stored_bytes"
+                            | "secret"
+                            | "index"
                     )
                 })
                 .map(|(k, v)| {

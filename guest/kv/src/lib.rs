@@ -1,45 +1,65 @@
-//! A tenant's collection stored in a key-value store with Spin's limits (values ≤ 1 MB, keys
-//! ≤ 255 bytes): the storage of tvs on Spin, where the only durable state is the key-value
-//! store and many instances of the component may write one tenant at once. Pure Rust over the
-//! [`KeyValue`] trait, so it runs inside a Wasm component and is tested natively, crashes and
-//! concurrent writers included.
+//! A tenant's collection in a key-value store with Spin's limits (values ≤ 1 MB, keys ≤ 255
+//! bytes): the storage of tvs on Spin, where the only durable state is the key-value store, an
+//! instance lives one request, and many instances may write one tenant at once. A request reads
+//! only what it needs: a search reads the head, the clusters nearest its query and the texts of
+//! its hits, never the whole tenant. Pure Rust over the [`KeyValue`] trait, so it runs inside a
+//! Wasm component and is tested natively, crashes and concurrent writers included; the same
+//! values can be read from any store with gets by key (object storage too).
 //!
-//! Layout, for tenant `t` (keys ≤ 120 bytes):
+//! Layout, for tenant `t` (keys ≤ 130 bytes; values named `v/{seq}-{nonce}/…` are immutable):
 //! ```text
-//! tvs/t/config                 the tenant's shape: dims, metric, embedding model, document cap,
-//!                              rate limits
-//! tvs/t/rate                   the rate limits' token buckets (changed by compare-and-swap)
-//! tvs/t/head                   {"generation": g, "segments": [names], "compacted": n}: the commit point
-//! tvs/t/log/{g}/{seq}-{nonce}  a segment of generation g: JSON lines, ≤ 1,000,000 bytes, never rewritten
+//! tvs/t/config          the tenant's shape: dims, metric, model, document cap, rate limits
+//! tvs/t/rate            the rate limits' token buckets (changed by compare-and-swap)
+//! tvs/t/head            the commit point (JSON): rows assigned, live count, the tail (pages of
+//!                       rows not yet clustered) and its ids, the dead-rows bitmap, the manifest
+//! tvs/t/v/…/p{n}        a tail page: rows of one write, with vectors, metadata and texts
+//! tvs/t/v/…/m           the manifest (JSON): clusters and their parts, text pages, id shards,
+//!                       the calibrated clusters to read per search and the recall they give
+//! tvs/t/v/…/k{n}        the centroids (f32), in values of at most 250,000 floats
+//! tvs/t/v/…/c{c}-{n}    a part of cluster c: rows with vectors, ids and metadata
+//! tvs/t/v/…/x{n}        a text page: rows' ids, metadata and texts, each tagged with its cluster
+//! tvs/t/v/…/i{s}        a shard of the map from document id to row
+//! tvs/t/v/…/d           the bitmap of clustered rows that are deleted or replaced
+//! tvs/t/v/…/q           the calibration: held-out queries and their true neighbours
 //! ```
-//! Records are the document log's: `{"op":"upsert","id","text","metadata","vector"}` (vector as
-//! base64 of little-endian f32) and `{"op":"delete","ids":[...]}`.
 //!
-//! A write (one `set` per key is atomic, and `head` changes only by compare-and-swap):
-//! 1. its records go to new segments, under names no other writer can pick (a random nonce);
-//! 2. `head` is swapped from the value the writer read to one that lists them: the write is
-//!    acknowledged when the swap succeeds. If another writer swapped first, the writer deletes its
-//!    segments, reads what changed, re-checks its request (quota, which ids exist) and tries
-//!    again.
+//! A document version is a *row* (numbered in write order). A write puts its rows in a new tail
+//! page, then swaps `head` by compare-and-swap from the value it read: acknowledged when the
+//! swap succeeds. A writer that loses the swap deletes what it wrote, reads again, re-checks its
+//! request (quota, which ids exist) and retries. Once the tail holds enough rows, the writer
+//! that finds it so *folds* it into the clusters (after its own write is acknowledged): every
+//! row goes to its nearest centroid as a new part of that cluster, clusters with too many parts
+//! are rewritten whole without their dead rows, clusters grown too large split in two, texts go
+//! to text pages, ids to the id shards, and the calibration measures how many clusters a search
+//! must read for recall@10 ≥ 0.95; all under new names, committed by one swap of `head`. So a
+//! crash at any point leaves `head` naming only complete values, and nothing rewrites a value a
+//! reader may be reading. Values a head no longer names are deleted after the swap; what a
+//! crash leaves behind, by a later fold.
 //!
-//! A crash before the swap leaves `head` as it was: the new segments are named by no head, so
-//! nothing of the unacknowledged write is visible, whole or half. A crash after it loses nothing.
-//! Segments are never rewritten, so no writer can damage what another committed. Compaction
-//! (after writes, when many small segments or dead records have piled up) writes generation g+1
-//! whole and swaps `head` the same way, then deletes the keys of older generations (a reader that
-//! finds a segment gone reads `head` again; leftovers of a crash are deleted by the next
-//! compaction).
+//! A search reads the centroids, the calibrated number of nearest clusters (more while a filter
+//! has matched fewer than `k`), scans them and the tail exactly, and reads the text pages of its
+//! hits: its distances and scores are exact, only which clusters it reads is approximate.
 
-use std::collections::BTreeMap;
+mod encoding;
+mod fold;
+pub mod ivf;
+mod search;
+mod v1;
 
-use base64::Engine as _;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tvs_guest_core::documents as document_rules;
 use tvs_guest_core::filter::Filter;
 use tvs_guest_core::rate::{self, Buckets, Limits, Refusal};
 
-/// Largest segment value: under Spin's 1 MB (1,048,576 bytes) with room to spare.
+use encoding::{Bitmap, Page};
+use ivf::Centroids;
+
+/// Largest value written: under Spin's 1 MB (1,048,576 bytes) with room to spare.
 pub const SEGMENT_MAX: usize = 1_000_000;
 
 /// A key-value store as Spin offers it. A `set` is atomic for its key.
@@ -56,8 +76,6 @@ pub trait KeyValue {
 /// Attempts of one write against concurrent writers: each failed attempt means another write
 /// was committed, so the store as a whole always makes progress.
 const WRITE_ATTEMPTS: usize = 64;
-/// Segments written one per write, beyond those compaction wrote, before compaction runs.
-const COMPACT_AFTER_SEGMENTS: usize = 32;
 
 /// Why a key-value operation or a request failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -77,6 +95,10 @@ pub enum KvError {
     TenantExists(String),
     #[error("too many concurrent writes to tenant {0}; retry")]
     Busy(String),
+    /// A value the head named was replaced by a commit while this request read it; the request
+    /// reads the head again and starts over (only seen when that keeps happening).
+    #[error("tenant {0} kept changing while it was read; retry")]
+    HeadMoved(String),
 }
 
 /// Distance metric, as `tvs:store/types.metric`.
@@ -94,12 +116,61 @@ pub struct Config {
     pub dims: usize,
     pub metric: Metric,
     pub embedding_model: String,
-    /// Live documents at most: every request of a Spin component reads the whole tenant.
+    /// Live documents at most.
     pub max_documents: u64,
     /// Requests and ingest bytes per second; unlimited when absent.
     #[serde(default, skip_serializing_if = "Limits::is_unlimited")]
     pub rate_limits: Limits,
 }
+
+/// How the clustered layout is shaped: the defaults suit Spin; tests shrink them to exercise
+/// folds, splits and merges on a few documents.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tuning {
+    /// Rows in the tail (live or not) at which a write folds it into the clusters; every search
+    /// scans the tail exactly, so this bounds that scan.
+    pub fold_rows: usize,
+    /// Tail pages at which a write folds the tail (single-document writes make one page each).
+    pub fold_pages: usize,
+    /// Rows a cluster of a new index aims at.
+    pub cluster_rows: usize,
+    /// A cluster with more rows splits in two.
+    pub split_rows: usize,
+    /// Parts of a cluster beyond which a fold rewrites it as one (without its dead rows).
+    pub max_parts: usize,
+    /// Clusters one fold splits at most (the largest first).
+    pub max_splits: usize,
+    /// Bytes of a text page (a hit reads one).
+    pub text_page_bytes: usize,
+    /// Ids per shard of the id map beyond which the shards double.
+    pub shard_ids: usize,
+    /// Held-out queries the calibration measures recall with.
+    pub calibration_queries: usize,
+    /// The recall@10 the calibrated number of clusters reaches on the held-out queries.
+    pub recall_target: f32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            fold_rows: 2_000,
+            fold_pages: 64,
+            cluster_rows: 400,
+            split_rows: 1_000,
+            max_parts: 4,
+            max_splits: 16,
+            text_page_bytes: 64 << 10,
+            shard_ids: 8_192,
+            calibration_queries: 64,
+            recall_target: 0.96,
+        }
+    }
+}
+
+/// Neighbours the recall is measured on.
+const CALIBRATION_K: usize = 10;
+/// True neighbours kept per query, so deletes leave ten.
+const TRUTH_KEEP: usize = 20;
 
 /// The buckets as stored in `tvs/t/rate`, with the limits they were filled for (buckets of
 /// other limits start full again).
@@ -111,15 +182,6 @@ struct StoredBuckets {
 
 /// Attempts at a compare-and-swap of the buckets before a request is answered busy.
 const RATE_ATTEMPTS: usize = 16;
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Head {
-    generation: u64,
-    /// The segments of generation `generation`, in log order: `{seq}-{nonce}`.
-    segments: Vec<String>,
-    /// How many of `segments` compaction wrote; the others were written one per write.
-    compacted: usize,
-}
 
 /// A stored document.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,100 +201,192 @@ pub struct Hit {
     pub distance: f32,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-enum Record {
-    Upsert {
-        id: String,
-        text: String,
-        metadata: Map<String, Value>,
-        vector: String,
-    },
-    Delete {
-        ids: Vec<String>,
-    },
+/// What a tenant's index looks like now, for stats and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct IndexInfo {
+    /// Rows in clusters (deleted ones included until their cluster is rewritten).
+    pub clustered_rows: u64,
+    /// Rows in the tail, scanned exactly by every search.
+    pub tail_rows: u64,
+    pub clusters: u64,
+    /// Clusters a search reads.
+    pub nprobe: u64,
+    /// recall@10 of reading `nprobe` clusters, measured on held-out vectors.
+    pub recall: f32,
+    /// Values the tenant takes in the store (head, config and what the head names).
+    pub values: u64,
 }
 
-fn encode_vector(vector: &[f32]) -> String {
-    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+/// What one operation read from the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Reads {
+    pub gets: u64,
+    pub bytes: u64,
+    /// Time spent waiting on the store's gets, and decoding what they returned.
+    pub get_micros: u64,
+    pub decode_micros: u64,
 }
 
-fn decode_vector(text: &str) -> Option<Vec<f32>> {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
-    (bytes.len() % 4 == 0).then(|| {
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    })
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TailPage {
+    key: String,
+    first_row: u32,
+    rows: u32,
 }
 
-/// One tenant's collection, loaded whole from the store (what a Spin request does).
-#[derive(Debug)]
-pub struct KvCollection<K: KeyValue> {
-    kv: K,
-    tenant: String,
-    config: Config,
-    head: Head,
-    /// `head` as stored: what the next swap expects to find.
-    head_bytes: Vec<u8>,
-    docs: BTreeMap<String, Document>,
-    records: u64,
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Head {
+    format: u32,
+    /// Commits so far: names of a commit's values start with the seq it makes.
+    seq: u64,
+    next_row: u32,
+    count: u64,
+    tail: Vec<TailPage>,
+    /// Ids written or deleted since the last fold: their live row, or `None` when deleted.
+    tail_ids: BTreeMap<String, Option<u32>>,
+    dead: Option<String>,
+    manifest: Option<String>,
 }
 
-fn key(tenant: &str, rest: &str) -> String {
-    format!("tvs/{tenant}/{rest}")
+const FORMAT: u32 = 2;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Cluster {
+    parts: Vec<String>,
+    /// Rows in its parts, dead ones included.
+    rows: u32,
+    /// The cluster this one split from: rows tagged with that cluster may be here now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    split_from: Option<u32>,
 }
 
-fn segment_key(tenant: &str, generation: u64, name: &str) -> String {
-    key(tenant, &format!("log/{generation}/{name}"))
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TextPage {
+    key: String,
+    first_row: u32,
+    last_row: u32,
 }
 
-/// A segment name no concurrent writer picks: its position and 64 random bits (std seeds its
-/// hash keys from the platform's random source, WASI's in a component).
-fn segment_name(seq: usize) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let nonce = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    format!("{seq}-{nonce:016x}")
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Manifest {
+    /// Rows below were folded; the tail's rows are at or above it.
+    watermark: u32,
+    /// The centroids' values, in order.
+    centroids: Vec<String>,
+    clusters: Vec<Cluster>,
+    texts: Vec<TextPage>,
+    shards: Vec<String>,
+    calibration: Option<String>,
+    nprobe: u32,
+    recall: f32,
+    /// Live clustered rows when the queries were last drawn (drawn again as that doubles).
+    calibrated_rows: u64,
+    folds: u64,
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, KvError> {
     serde_json::to_vec(value).map_err(|e| KvError::Store(e.to_string()))
 }
 
+fn key_of(tenant: &str, rest: &str) -> String {
+    format!("tvs/{tenant}/{rest}")
+}
+
+/// 64 random bits (std seeds its hash keys from the platform's random source, WASI's in a
+/// component), so concurrent writers never pick the same names.
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+/// FNV-1a: the shard of an id must not change between versions or platforms.
+fn shard_of(id: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+/// The commit seq a value's key was written for (`…/v/{seq}-{nonce}/…`).
+fn seq_of(value_key: &str) -> Option<u64> {
+    let rest = value_key.split("/v/").nth(1)?;
+    rest.split('-').next()?.parse().ok()
+}
+
+fn metric_norm(metric: Metric, v: &[f32]) -> f32 {
+    match metric {
+        Metric::Cos => ivf::norm(v),
+        Metric::Ip | Metric::L2 => 0.0,
+    }
+}
+
+/// One tenant's collection: its head as last read, and the immutable values read so far
+/// (cached by key, so never stale).
+#[derive(Debug)]
+pub struct KvCollection<K: KeyValue> {
+    kv: K,
+    tenant: String,
+    config: Config,
+    tuning: Tuning,
+    head: Head,
+    /// `head` as stored: what the next swap expects to find.
+    head_bytes: Vec<u8>,
+    /// Values read and decoded, by key (values never change under a key).
+    cache: HashMap<String, Rc<dyn Any>>,
+    reads: Reads,
+}
+
+/// The values one write attempt made (deleted again when its swap fails).
+#[derive(Debug, Default)]
+struct Written(Vec<String>);
+
 impl<K: KeyValue> KvCollection<K> {
     /// Creates tenant `tenant` with `config` (the head is swapped in last: a crash leaves no
     /// tenant, and of two creators one gets `TenantExists`).
-    pub fn create(mut kv: K, tenant: &str, config: Config) -> Result<Self, KvError> {
-        if kv.get(&key(tenant, "head"))?.is_some() {
+    pub fn create(kv: K, tenant: &str, config: Config) -> Result<Self, KvError> {
+        Self::create_tuned(kv, tenant, config, Tuning::default())
+    }
+
+    pub fn create_tuned(mut kv: K, tenant: &str, config: Config, tuning: Tuning) -> Result<Self, KvError> {
+        if kv.get(&key_of(tenant, "head"))?.is_some() {
             return Err(KvError::TenantExists(tenant.into()));
         }
-        kv.set(&key(tenant, "config"), &to_json(&config)?)?;
-        let head = Head::default();
+        kv.set(&key_of(tenant, "config"), &to_json(&config)?)?;
+        let head = Head {
+            format: FORMAT,
+            ..Head::default()
+        };
         let head_bytes = to_json(&head)?;
-        if !kv.compare_and_swap(&key(tenant, "head"), None, &head_bytes)? {
+        if !kv.compare_and_swap(&key_of(tenant, "head"), None, &head_bytes)? {
             return Err(KvError::TenantExists(tenant.into()));
         }
         Ok(Self {
             kv,
             tenant: tenant.into(),
             config,
+            tuning,
             head,
             head_bytes,
-            docs: BTreeMap::new(),
-            records: 0,
+            cache: HashMap::new(),
+            reads: Reads::default(),
         })
     }
 
-    /// Loads tenant `tenant`: its config, then every committed record.
+    /// Opens tenant `tenant`: its config and head, nothing more. A tenant of the first layout
+    /// is carried over to this one here, once (by compare-and-swap, like any write).
     pub fn open(kv: K, tenant: &str) -> Result<Self, KvError> {
-        let config: Config = match kv.get(&key(tenant, "config"))? {
+        Self::open_tuned(kv, tenant, Tuning::default())
+    }
+
+    pub fn open_tuned(kv: K, tenant: &str, tuning: Tuning) -> Result<Self, KvError> {
+        let config: Config = match kv.get(&key_of(tenant, "config"))? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| KvError::Corrupt {
                 tenant: tenant.into(),
                 reason: format!("config: {e}"),
             })?,
-            None if kv.get(&key(tenant, "head"))?.is_none() => return Err(KvError::NoTenant(tenant.into())),
+            None if kv.get(&key_of(tenant, "head"))?.is_none() => return Err(KvError::NoTenant(tenant.into())),
             None => {
                 return Err(KvError::Corrupt {
                     tenant: tenant.into(),
@@ -244,140 +398,221 @@ impl<K: KeyValue> KvCollection<K> {
             kv,
             tenant: tenant.into(),
             config,
+            tuning,
             head: Head::default(),
             head_bytes: Vec::new(),
-            docs: BTreeMap::new(),
-            records: 0,
+            cache: HashMap::new(),
+            reads: Reads::default(),
         };
         collection.reload()?;
         Ok(collection)
     }
 
-    fn corrupt(&self, reason: String) -> KvError {
+    fn corrupt(&self, reason: impl Into<String>) -> KvError {
         KvError::Corrupt {
             tenant: self.tenant.clone(),
-            reason,
+            reason: reason.into(),
         }
     }
 
-    /// Reads `head` and the segments it names that are not loaded yet (all of them when the
-    /// generation changed). A segment that is gone was compacted away after `head` was read, so
-    /// `head` is read again.
+    /// Reads `head` again (after losing a swap, or to see other writers' commits).
     fn reload(&mut self) -> Result<(), KvError> {
         for _ in 0..WRITE_ATTEMPTS {
-            let Some(head_bytes) = self.kv.get(&key(&self.tenant, "head"))? else {
+            let Some(bytes) = self.kv.get(&key_of(&self.tenant, "head"))? else {
                 return Err(KvError::NoTenant(self.tenant.clone()));
             };
-            if head_bytes == self.head_bytes {
-                return Ok(());
-            }
-            let head: Head = serde_json::from_slice(&head_bytes).map_err(|e| self.corrupt(format!("head: {e}")))?;
-            let extends = head.generation == self.head.generation
-                && !self.head_bytes.is_empty()
-                && head.segments.starts_with(&self.head.segments);
-            let (mut docs, mut records, from) = if extends {
-                (std::mem::take(&mut self.docs), self.records, self.head.segments.len())
-            } else {
-                (BTreeMap::new(), 0, 0)
-            };
-            let mut missing = false;
-            for name in &head.segments[from..] {
-                let Some(bytes) = self.kv.get(&segment_key(&self.tenant, head.generation, name))? else {
-                    missing = true;
-                    break;
-                };
-                for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    let record: Record =
-                        serde_json::from_slice(line).map_err(|e| self.corrupt(format!("segment {name}: {e}")))?;
-                    records += 1;
-                    apply(&mut docs, record).map_err(|e| self.corrupt(e))?;
+            self.reads.gets += 1;
+            self.reads.bytes += bytes.len() as u64;
+            match serde_json::from_slice::<Head>(&bytes) {
+                Ok(head) if head.format == FORMAT => {
+                    self.head = head;
+                    self.head_bytes = bytes;
+                    return Ok(());
                 }
+                Ok(head) => return Err(self.corrupt(format!("head of unknown format {}", head.format))),
+                Err(_) => match v1::parse_head(&bytes) {
+                    Some(old) => self.carry_over(&bytes, &old)?,
+                    None => return Err(self.corrupt("head is neither of this layout nor of the first")),
+                },
             }
-            if missing {
-                // Compaction replaced this generation meanwhile: start over from the new head.
-                self.head = Head::default();
-                self.head_bytes.clear();
-                continue;
-            }
-            self.head = head;
-            self.head_bytes = head_bytes;
-            self.docs = docs;
-            self.records = records;
-            return Ok(());
         }
-        Err(self.corrupt("head names segments that keep disappearing".into()))
+        Err(self.corrupt("the head keeps changing while it is read"))
     }
 
-    /// Runs `plan` on the current state and commits the records it returns, again on fresh state
-    /// whenever another writer committed first; returns what `plan` returned with the records
-    /// that were committed.
-    fn write<R>(&mut self, plan: impl Fn(&Self) -> Result<(Vec<Vec<u8>>, R), KvError>) -> Result<R, KvError> {
-        for _ in 0..WRITE_ATTEMPTS {
-            let (lines, result) = plan(self)?;
-            if lines.is_empty() {
-                return Ok(result);
-            }
-            let mut values: Vec<Vec<u8>> = vec![Vec::new()];
-            for line in &lines {
-                if line.len() > SEGMENT_MAX {
-                    return Err(KvError::InvalidInput(format!(
-                        "a document of {} bytes is larger than a key-value value may be ({SEGMENT_MAX})",
-                        line.len()
-                    )));
-                }
-                let last = values.last_mut().expect("one value at least");
-                if last.len() + line.len() > SEGMENT_MAX {
-                    values.push(line.clone());
-                } else {
-                    last.extend_from_slice(line);
-                }
-            }
-            let mut head = self.head.clone();
-            let mut written = Vec::new();
-            for value in &values {
-                let name = segment_name(head.segments.len());
-                let segment = segment_key(&self.tenant, head.generation, &name);
-                self.kv.set(&segment, value)?;
-                written.push(segment);
-                head.segments.push(name);
-            }
-            let head_bytes = to_json(&head)?;
-            if self
-                .kv
-                .compare_and_swap(&key(&self.tenant, "head"), Some(&self.head_bytes), &head_bytes)?
-            {
-                for line in &lines {
-                    let record: Record = serde_json::from_slice(line).map_err(|e| KvError::Store(e.to_string()))?;
-                    self.records += 1;
-                    apply(&mut self.docs, record).map_err(KvError::Store)?;
-                }
-                self.head = head;
-                self.head_bytes = head_bytes;
-                self.compact_if_due()?;
-                return Ok(result);
-            }
-            // Another write went first: ours is named by no head; drop it and look again.
-            for segment in written {
-                self.kv.delete(&segment)?;
-            }
-            self.reload()?;
+    /// Writes a tenant of the first layout as tail pages of this one and swaps its head for
+    /// theirs; the old segments are deleted once the swap is done. Losing the swap is fine: the
+    /// caller reads the head again.
+    fn carry_over(&mut self, old_bytes: &[u8], old: &v1::Head) -> Result<(), KvError> {
+        let Some(docs) = v1::documents(&self.kv, &self.tenant, old)? else {
+            return Ok(());
+        };
+        let mut head = Head {
+            format: FORMAT,
+            seq: 1,
+            count: docs.len() as u64,
+            ..Head::default()
+        };
+        let prefix = self.value_prefix(&Head::default());
+        let mut written = Written::default();
+        let documents: Vec<&Document> = docs.values().collect();
+        let result = self.write_rows(&mut head, &prefix, &documents, &mut written);
+        if let Err(e) = result {
+            self.discard(written);
+            return Err(e);
         }
-        Err(KvError::Busy(self.tenant.clone()))
+        let head_bytes = to_json(&head)?;
+        if self
+            .kv
+            .compare_and_swap(&key_of(&self.tenant, "head"), Some(old_bytes), &head_bytes)?
+        {
+            for segment in v1::segment_keys(&self.tenant, old) {
+                let _ = self.kv.delete(&segment);
+            }
+        } else {
+            self.discard(written);
+        }
+        Ok(())
+    }
+
+    /// The prefix of the values a commit on top of `head` writes.
+    fn value_prefix(&self, head: &Head) -> String {
+        key_of(&self.tenant, &format!("v/{:020}-{:016x}", head.seq + 1, nonce()))
+    }
+
+    fn discard(&mut self, written: Written) {
+        for k in written.0 {
+            let _ = self.kv.delete(&k);
+        }
+    }
+
+    fn put(&mut self, key: String, value: &[u8], written: &mut Written) -> Result<(), KvError> {
+        if value.len() > SEGMENT_MAX {
+            return Err(KvError::Store(format!("a value of {} bytes is too large", value.len())));
+        }
+        self.kv.set(&key, value)?;
+        written.0.push(key);
+        Ok(())
+    }
+
+    /// An immutable value the head names, decoded, and kept for the rest of the request when
+    /// `keep` (small values read again: manifest, centroids, shards, pages of texts). Cluster
+    /// parts are not kept: a search reads each once, and a fold or a full scan would otherwise
+    /// hold the whole tenant.
+    fn decoded<T: 'static>(
+        &mut self,
+        key: &str,
+        keep: bool,
+        decode: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<Rc<T>, KvError> {
+        if let Some(v) = self.cache.get(key).and_then(|v| v.clone().downcast::<T>().ok()) {
+            return Ok(v);
+        }
+        let started = std::time::Instant::now();
+        let got = self.kv.get(key)?;
+        self.reads.get_micros += started.elapsed().as_micros() as u64;
+        let Some(bytes) = got else {
+            // Gone because a newer head no longer names it (compaction deleted it), or damage.
+            let head = self.kv.get(&key_of(&self.tenant, "head"))?;
+            return Err(if head.as_deref() == Some(self.head_bytes.as_slice()) {
+                self.corrupt(format!("{key} is named but missing"))
+            } else {
+                KvError::HeadMoved(self.tenant.clone())
+            });
+        };
+        self.reads.gets += 1;
+        self.reads.bytes += bytes.len() as u64;
+        let started = std::time::Instant::now();
+        let value = Rc::new(decode(&bytes).map_err(|e| self.corrupt(format!("{key}: {e}")))?);
+        self.reads.decode_micros += started.elapsed().as_micros() as u64;
+        if keep {
+            self.cache.insert(key.to_owned(), value.clone());
+        }
+        Ok(value)
+    }
+
+    fn page(&mut self, key: &str) -> Result<Rc<Page>, KvError> {
+        self.decoded(key, true, Page::decode)
+    }
+
+    /// A cluster part, read without keeping it.
+    fn part(&mut self, key: &str) -> Result<Rc<Page>, KvError> {
+        self.decoded(key, false, Page::decode)
+    }
+
+    fn manifest(&mut self) -> Result<Option<Rc<Manifest>>, KvError> {
+        let Some(name) = self.head.manifest.clone() else {
+            return Ok(None);
+        };
+        self.decoded(&name, true, |bytes| {
+            serde_json::from_slice::<Manifest>(bytes).map_err(|e| e.to_string())
+        })
+        .map(Some)
+    }
+
+    fn centroids(&mut self, manifest: &Manifest) -> Result<Rc<Centroids>, KvError> {
+        let mut data = Vec::new();
+        for name in &manifest.centroids {
+            data.extend_from_slice(&self.decoded(name, true, encoding::decode_floats)?);
+        }
+        Ok(Rc::new(Centroids {
+            dims: self.config.dims,
+            data,
+        }))
+    }
+
+    fn dead(&mut self) -> Result<Rc<Bitmap>, KvError> {
+        let Some(name) = self.head.dead.clone() else {
+            return Ok(Rc::new(Bitmap::default()));
+        };
+        self.decoded(&name, true, Bitmap::decode)
+    }
+
+    fn shard(&mut self, name: &str) -> Result<Rc<Vec<(String, u32)>>, KvError> {
+        self.decoded(name, true, encoding::decode_ids)
+    }
+
+    /// The live row of document `id`, if it exists.
+    fn live_row(&mut self, id: &str) -> Result<Option<u32>, KvError> {
+        if let Some(entry) = self.head.tail_ids.get(id) {
+            return Ok(*entry);
+        }
+        let Some(manifest) = self.manifest()? else {
+            return Ok(None);
+        };
+        let name = &manifest.shards[shard_of(id, manifest.shards.len())];
+        let shard = self.shard(name)?;
+        let row = shard
+            .binary_search_by(|(i, _)| i.as_str().cmp(id))
+            .ok()
+            .map(|i| shard[i].1);
+        match row {
+            Some(row) if !self.dead()?.contains(row) => Ok(Some(row)),
+            _ => Ok(None),
+        }
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Changes the tenant's document cap: its config key alone (the head and the log stay as
-    /// they are). A write that loaded the old config before this may still pass the old cap.
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
+    /// What this collection has read from the store since it was opened.
+    pub fn reads(&self) -> Reads {
+        self.reads
+    }
+
+    /// Changes the tenant's document cap: its config key alone (the head stays as it is). A
+    /// write that loaded the old config before this may still pass the old cap.
     pub fn set_max_documents(&mut self, limit: u64) -> Result<(), KvError> {
         if limit == 0 {
             return Err(KvError::InvalidInput("max_documents must be at least 1".into()));
         }
         let mut config = self.config.clone();
         config.max_documents = limit;
-        self.kv.set(&key(&self.tenant, "config"), &to_json(&config)?)?;
+        self.kv.set(&key_of(&self.tenant, "config"), &to_json(&config)?)?;
         self.config = config;
         Ok(())
     }
@@ -387,7 +622,7 @@ impl<K: KeyValue> KvCollection<K> {
         limits.validate().map_err(KvError::InvalidInput)?;
         let mut config = self.config.clone();
         config.rate_limits = limits;
-        self.kv.set(&key(&self.tenant, "config"), &to_json(&config)?)?;
+        self.kv.set(&key_of(&self.tenant, "config"), &to_json(&config)?)?;
         self.config = config;
         Ok(())
     }
@@ -400,7 +635,7 @@ impl<K: KeyValue> KvCollection<K> {
         if limits.is_unlimited() {
             return Ok(Ok(()));
         }
-        let rate_key = key(&self.tenant, "rate");
+        let rate_key = key_of(&self.tenant, "rate");
         for _ in 0..RATE_ATTEMPTS {
             let current = self.kv.get(&rate_key)?;
             let mut buckets = current
@@ -420,18 +655,185 @@ impl<K: KeyValue> KvCollection<K> {
     }
 
     pub fn count(&self) -> u64 {
-        self.docs.len() as u64
+        self.head.count
     }
 
-    /// Committed log segments (values) the tenant takes in the store.
-    pub fn segments(&self) -> u64 {
-        self.head.segments.len() as u64
+    /// The index as it stands, and the values the tenant takes in the store.
+    pub fn index_info(&mut self) -> Result<IndexInfo, KvError> {
+        self.reading(Self::index_info_once)
     }
 
-    fn line(record: &Record) -> Vec<u8> {
-        let mut line = serde_json::to_vec(record).unwrap_or_default();
-        line.push(b'\n');
-        line
+    fn index_info_once(&mut self) -> Result<IndexInfo, KvError> {
+        let tail_rows: u64 = self.head.tail.iter().map(|p| u64::from(p.rows)).sum();
+        let mut values = 2 + self.head.tail.len() as u64 + u64::from(self.head.dead.is_some());
+        let Some(manifest) = self.manifest()? else {
+            return Ok(IndexInfo {
+                clustered_rows: 0,
+                tail_rows,
+                clusters: 0,
+                nprobe: 0,
+                recall: 1.0,
+                values,
+            });
+        };
+        values += 2
+            + u64::from(manifest.calibration.is_some())
+            + manifest.shards.len() as u64
+            + manifest.texts.len() as u64
+            + manifest.clusters.iter().map(|c| c.parts.len() as u64).sum::<u64>();
+        Ok(IndexInfo {
+            clustered_rows: manifest.clusters.iter().map(|c| u64::from(c.rows)).sum(),
+            tail_rows,
+            clusters: manifest.clusters.len() as u64,
+            nprobe: u64::from(manifest.nprobe),
+            recall: manifest.recall,
+            values,
+        })
+    }
+
+    /// Runs `plan` on the current head and commits the head it returns (with the values it
+    /// wrote), again on a fresh head whenever another writer committed first; returns what
+    /// `plan` returned. A plan that changes nothing writes nothing.
+    fn write<R>(
+        &mut self,
+        mut plan: impl FnMut(&mut Self, &mut Head, &str, &mut Written) -> Result<(bool, R), KvError>,
+    ) -> Result<R, KvError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let mut head = self.head.clone();
+            let prefix = self.value_prefix(&head);
+            let mut written = Written::default();
+            let (changed, result) = match plan(self, &mut head, &prefix, &mut written) {
+                Ok(planned) => planned,
+                Err(KvError::HeadMoved(_)) => {
+                    self.discard(written);
+                    self.reload()?;
+                    continue;
+                }
+                Err(e) => {
+                    self.discard(written);
+                    return Err(e);
+                }
+            };
+            if !changed {
+                self.discard(written);
+                return Ok(result);
+            }
+            head.seq += 1;
+            let head_bytes = to_json(&head)?;
+            if self
+                .kv
+                .compare_and_swap(&key_of(&self.tenant, "head"), Some(&self.head_bytes), &head_bytes)?
+            {
+                self.head = head;
+                self.head_bytes = head_bytes;
+                // The write is acknowledged; a fold that fails is tried again by a later write.
+                if self.fold_due() {
+                    let _ = self.fold(false);
+                }
+                return Ok(result);
+            }
+            // Another write went first: what this one wrote is named by no head.
+            self.discard(written);
+            self.reload()?;
+        }
+        Err(KvError::Busy(self.tenant.clone()))
+    }
+
+    fn tail_rows(&self) -> usize {
+        self.head.tail.iter().map(|p| p.rows as usize).sum()
+    }
+
+    fn fold_due(&self) -> bool {
+        self.tail_rows() >= self.tuning.fold_rows || self.head.tail.len() >= self.tuning.fold_pages
+    }
+
+    /// Puts `documents` as new rows in tail pages of `head` (at most [`SEGMENT_MAX`] each).
+    fn write_rows(
+        &mut self,
+        head: &mut Head,
+        prefix: &str,
+        documents: &[&Document],
+        written: &mut Written,
+    ) -> Result<(), KvError> {
+        let dims = self.config.dims;
+        let metric = self.config.metric;
+        let mut page = Page::new(dims);
+        let mut bytes = 0usize;
+        let mut first_row = head.next_row;
+        let mut pages = 0usize;
+        for doc in documents {
+            let metadata = serde_json::to_string(&doc.metadata).map_err(|e| KvError::Store(e.to_string()))?;
+            let size = Page::row_bytes(dims, &doc.id, &metadata, &doc.text);
+            if size + 64 > SEGMENT_MAX {
+                return Err(KvError::InvalidInput(format!(
+                    "a document of {size} bytes is larger than a key-value value may be ({SEGMENT_MAX})"
+                )));
+            }
+            if !page.is_empty() && bytes + size + 64 > SEGMENT_MAX {
+                self.flush_tail_page(head, prefix, &mut pages, &mut page, first_row, written)?;
+                first_row = head.next_row;
+                bytes = 0;
+            }
+            let row = head.next_row;
+            head.next_row = row
+                .checked_add(1)
+                .ok_or_else(|| KvError::InvalidInput("this tenant has used every row number".into()))?;
+            page.push(
+                row,
+                &doc.vector,
+                metric_norm(metric, &doc.vector),
+                &doc.id,
+                &metadata,
+                &doc.text,
+            );
+            head.tail_ids.insert(doc.id.clone(), Some(row));
+            bytes += size;
+        }
+        if !page.is_empty() {
+            self.flush_tail_page(head, prefix, &mut pages, &mut page, first_row, written)?;
+        }
+        Ok(())
+    }
+
+    fn flush_tail_page(
+        &mut self,
+        head: &mut Head,
+        prefix: &str,
+        pages: &mut usize,
+        page: &mut Page,
+        first_row: u32,
+        written: &mut Written,
+    ) -> Result<(), KvError> {
+        let name = format!("{prefix}/p{pages}");
+        *pages += 1;
+        self.put(name.clone(), &page.encode(), written)?;
+        head.tail.push(TailPage {
+            key: name,
+            first_row,
+            rows: page.len() as u32,
+        });
+        *page = Page::new(self.config.dims);
+        Ok(())
+    }
+
+    /// Marks clustered `rows` dead in a new bitmap of `head`.
+    fn kill(&mut self, head: &mut Head, prefix: &str, rows: &[u32], written: &mut Written) -> Result<(), KvError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut dead = (*self.dead()?).clone();
+        for &row in rows {
+            dead.insert(row);
+        }
+        let name = format!("{prefix}/d");
+        self.put(name.clone(), &dead.encode(), written)?;
+        head.dead = Some(name);
+        Ok(())
+    }
+
+    /// The watermark below which rows are clustered (0 before the first fold).
+    fn watermark(&mut self) -> Result<u32, KvError> {
+        Ok(self.manifest()?.map_or(0, |m| m.watermark))
     }
 
     /// Inserts or replaces documents by id, all or none; durable when it returns.
@@ -445,166 +847,120 @@ impl<K: KeyValue> KvCollection<K> {
             let metadata_bytes = serde_json::to_vec(&doc.metadata).map_or(0, |json| json.len());
             document_rules::check_metadata_size(metadata_bytes).map_err(invalid)?;
         }
-        let lines: Vec<Vec<u8>> = documents
+        // Of one id written twice in a batch, the last is kept (as a log applied in order).
+        let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, d) in documents.iter().enumerate() {
+            last.insert(&d.id, i);
+        }
+        let kept: Vec<&Document> = documents
             .iter()
-            .map(|d| {
-                Self::line(&Record::Upsert {
-                    id: d.id.clone(),
-                    text: d.text.clone(),
-                    metadata: d.metadata.clone(),
-                    vector: encode_vector(&d.vector),
-                })
-            })
+            .enumerate()
+            .filter(|(i, d)| last[d.id.as_str()] == *i)
+            .map(|(_, d)| d)
             .collect();
-        let mut distinct: Vec<&str> = documents.iter().map(|d| d.id.as_str()).collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        self.write(|c| {
-            let new = distinct.iter().filter(|id| !c.docs.contains_key(**id)).count() as u64;
-            if c.count() + new > c.config.max_documents {
+        self.write(|c, head, prefix, written| {
+            let watermark = c.watermark()?;
+            let mut replaced = Vec::new();
+            let mut new = 0u64;
+            for d in &kept {
+                match c.live_row(&d.id)? {
+                    Some(row) if row < watermark => replaced.push(row),
+                    Some(_) => {}
+                    None => new += 1,
+                }
+            }
+            if head.count + new > c.config.max_documents {
                 return Err(KvError::QuotaExceeded(c.config.max_documents));
             }
-            Ok((lines.clone(), ()))
+            head.count += new;
+            c.kill(head, prefix, &replaced, written)?;
+            c.write_rows(head, prefix, &kept, written)?;
+            Ok((true, ()))
         })?;
         Ok(documents.into_iter().map(|d| d.id).collect())
     }
 
+    /// Plans the delete of those of `ids` that exist under `head`; returns how many.
+    fn plan_delete(
+        &mut self,
+        head: &mut Head,
+        prefix: &str,
+        written: &mut Written,
+        ids: &[String],
+    ) -> Result<(bool, u64), KvError> {
+        let watermark = self.watermark()?;
+        let mut distinct: Vec<&String> = ids.iter().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut clustered = Vec::new();
+        let mut deleted = 0u64;
+        for id in distinct {
+            if let Some(row) = self.live_row(id)? {
+                if row < watermark {
+                    clustered.push(row);
+                }
+                head.tail_ids.insert(id.clone(), None);
+                deleted += 1;
+            }
+        }
+        if deleted == 0 {
+            return Ok((false, 0));
+        }
+        head.count -= deleted;
+        self.kill(head, prefix, &clustered, written)?;
+        Ok((true, deleted))
+    }
+
     /// Deletes documents by id; returns how many existed.
     pub fn delete(&mut self, ids: &[String]) -> Result<u64, KvError> {
-        self.write(|c| {
-            let mut existing: Vec<String> = ids.iter().filter(|id| c.docs.contains_key(*id)).cloned().collect();
-            existing.sort_unstable();
-            existing.dedup();
-            let count = existing.len() as u64;
-            let lines = if existing.is_empty() {
-                Vec::new()
-            } else {
-                vec![Self::line(&Record::Delete { ids: existing })]
-            };
-            Ok((lines, count))
-        })
+        self.write(|c, head, prefix, written| c.plan_delete(head, prefix, written, ids))
     }
 
-    /// Deletes every document whose metadata matches `filter` (when the delete commits); returns
-    /// how many.
+    /// Deletes every document whose metadata matches `filter`; returns how many. Reads the
+    /// whole tenant (metadata lives beside the vectors, not in an index), again on each retry.
     pub fn delete_where(&mut self, filter: &Filter) -> Result<u64, KvError> {
-        self.write(|c| {
-            let ids: Vec<String> = c
-                .docs
-                .values()
-                .filter(|d| filter.matches(&d.metadata))
-                .map(|d| d.id.clone())
-                .collect();
-            let count = ids.len() as u64;
-            let lines = if ids.is_empty() {
-                Vec::new()
-            } else {
-                vec![Self::line(&Record::Delete { ids })]
-            };
-            Ok((lines, count))
+        self.write(|c, head, prefix, written| {
+            let mut ids = Vec::new();
+            c.for_each_live_row(|page, i| {
+                let metadata: Map<String, Value> = serde_json::from_str(&page.metadata[i]).unwrap_or_default();
+                if filter.matches(&metadata) {
+                    ids.push(page.ids[i].clone());
+                }
+            })?;
+            c.plan_delete(head, prefix, written, &ids)
         })
     }
 
-    /// Documents by id, in the order asked; missing ids skipped.
-    pub fn get(&self, ids: &[String]) -> Vec<Document> {
-        ids.iter().filter_map(|id| self.docs.get(id).cloned()).collect()
-    }
-
-    /// Exact k-NN among the documents matching `filter`, nearest first (ties by id).
-    pub fn search(&self, vector: &[f32], k: usize, filter: Option<&Filter>) -> Result<Vec<Hit>, KvError> {
-        document_rules::check_vector(vector, self.config.dims, self.config.metric == Metric::Cos)
-            .map_err(|reason| KvError::InvalidInput(format!("invalid query: query {reason}")))?;
-        let mut scored: Vec<(f32, &Document)> = self
-            .docs
-            .values()
-            .filter(|d| filter.is_none_or(|f| f.matches(&d.metadata)))
-            .map(|d| (distance(self.config.metric, vector, &d.vector), d))
-            .collect();
-        scored.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
-        Ok(scored
-            .into_iter()
-            .take(k)
-            .map(|(distance, d)| Hit {
-                score: score(self.config.metric, distance),
-                distance,
-                document: d.clone(),
-            })
-            .collect())
-    }
-
-    /// Records in the log per live document; compaction pays off past 2.
-    pub fn dead_ratio(&self) -> f64 {
-        self.records as f64 / (self.docs.len().max(1)) as f64
-    }
-
-    /// Compacts when writes have left many small segments or more dead records than live ones.
-    fn compact_if_due(&mut self) -> Result<(), KvError> {
-        let small = self.head.segments.len() - self.head.compacted.min(self.head.segments.len());
-        if small > COMPACT_AFTER_SEGMENTS || (self.records > 1000 && self.dead_ratio() > 2.0) {
-            self.compact()?;
+    /// Calls `f` with every live row (cluster parts, then tail pages) of the current head.
+    fn for_each_live_row(&mut self, mut f: impl FnMut(&Page, usize)) -> Result<(), KvError> {
+        let dead = self.dead()?;
+        if let Some(manifest) = self.manifest()? {
+            for cluster in &manifest.clusters {
+                for part in &cluster.parts {
+                    let page = self.part(part)?;
+                    for i in 0..page.len() {
+                        if !dead.contains(page.rows[i]) && self.is_current(&page.ids[i], page.rows[i]) {
+                            f(&page, i);
+                        }
+                    }
+                }
+            }
+        }
+        for tail in self.head.tail.clone() {
+            let page = self.page(&tail.key)?;
+            for i in 0..page.len() {
+                if self.head.tail_ids.get(&page.ids[i]) == Some(&Some(page.rows[i])) {
+                    f(&page, i);
+                }
+            }
         }
         Ok(())
     }
 
-    /// Writes the live documents as generation g+1 and swaps it in, then deletes the keys of
-    /// older generations. When another writer swapped `head` first, its new segments are dropped
-    /// and nothing else changes (the next write compacts).
-    pub fn compact(&mut self) -> Result<(), KvError> {
-        let generation = self.head.generation + 1;
-        let mut values: Vec<Vec<u8>> = vec![Vec::new()];
-        for d in self.docs.values() {
-            let line = Self::line(&Record::Upsert {
-                id: d.id.clone(),
-                text: d.text.clone(),
-                metadata: d.metadata.clone(),
-                vector: encode_vector(&d.vector),
-            });
-            let last = values.last_mut().expect("one value at least");
-            if last.len() + line.len() > SEGMENT_MAX {
-                values.push(line);
-            } else {
-                last.extend_from_slice(&line);
-            }
-        }
-        let mut head = Head {
-            generation,
-            segments: Vec::new(),
-            compacted: values.len(),
-        };
-        let mut written = Vec::new();
-        for value in &values {
-            let name = segment_name(head.segments.len());
-            let segment = segment_key(&self.tenant, generation, &name);
-            self.kv.set(&segment, value)?;
-            written.push(segment);
-            head.segments.push(name);
-        }
-        let head_bytes = to_json(&head)?;
-        if !self
-            .kv
-            .compare_and_swap(&key(&self.tenant, "head"), Some(&self.head_bytes), &head_bytes)?
-        {
-            for segment in written {
-                self.kv.delete(&segment)?;
-            }
-            return self.reload();
-        }
-        self.head = head;
-        self.head_bytes = head_bytes;
-        self.records = self.docs.len() as u64;
-        // Older generations are garbage now (their readers read `head` again). This
-        // generation's unnamed keys may be another writer's segments in flight: left alone.
-        let prefix = key(&self.tenant, "log/");
-        let current = format!("{prefix}{generation}/");
-        for stale in self
-            .kv
-            .keys()?
-            .into_iter()
-            .filter(|k| k.starts_with(&prefix) && !k.starts_with(&current))
-        {
-            self.kv.delete(&stale)?;
-        }
-        Ok(())
+    /// Whether a clustered row not marked dead is still its id's row (not deleted or replaced
+    /// since the last fold).
+    fn is_current(&self, id: &str, row: u32) -> bool {
+        self.head.tail_ids.get(id).is_none_or(|entry| *entry == Some(row))
     }
 
     /// Gives the store back (tests reopen it).
@@ -613,49 +969,9 @@ impl<K: KeyValue> KvCollection<K> {
     }
 }
 
-/// Applies one record to the documents.
-fn apply(docs: &mut BTreeMap<String, Document>, record: Record) -> Result<(), String> {
-    match record {
-        Record::Upsert {
-            id,
-            text,
-            metadata,
-            vector,
-        } => {
-            let vector = decode_vector(&vector).ok_or("a vector is not base64 of f32s")?;
-            docs.insert(
-                id.clone(),
-                Document {
-                    id,
-                    text,
-                    metadata,
-                    vector,
-                },
-            );
-        }
-        Record::Delete { ids } => {
-            for id in ids {
-                docs.remove(&id);
-            }
-        }
-    }
-    Ok(())
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// Lower is closer, as tvs's host computes it.
 pub fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
-    match metric {
-        Metric::L2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
-        Metric::Ip => 1.0 - dot(a, b),
-        Metric::Cos => {
-            let norms = dot(a, a).sqrt() * dot(b, b).sqrt();
-            if norms == 0.0 { 1.0 } else { 1.0 - dot(a, b) / norms }
-        }
-    }
+    ivf::distance_with_norms(metric, a, ivf::norm(a), b, ivf::norm(b))
 }
 
 /// The FAISS/LangChain score of a distance: squared L2, the inner product, the cosine.

@@ -1,14 +1,14 @@
 //! The key-value layout under power cuts: a store that stops taking writes after its N-th
-//! `set`, for every N of a workload, must reopen to exactly what was acknowledged; under
-//! concurrent writers: every acknowledged write is there; and search must equal a brute-force
-//! model.
+//! `set`, for every N of a workload that folds, splits and merges clusters, must reopen to
+//! exactly what was acknowledged; under concurrent writers: every acknowledged write is there;
+//! and search must equal a brute-force model.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 use tvs_guest_core::filter::Filter;
-use tvs_kv_collection::{Config, Document, KeyValue, KvCollection, KvError, Metric, SEGMENT_MAX};
+use tvs_kv_collection::{Config, Document, KeyValue, KvCollection, KvError, Metric, SEGMENT_MAX, Tuning};
 
 /// Spin's key-value store in memory; every `set` after the first `sets_left` fails.
 #[derive(Debug, Default, Clone)]
@@ -65,6 +65,23 @@ fn config() -> Config {
     }
 }
 
+/// Folds every few rows and splits small clusters, so a short workload goes through every
+/// step of the layout.
+fn small() -> Tuning {
+    Tuning {
+        fold_rows: 4,
+        fold_pages: 3,
+        cluster_rows: 2,
+        split_rows: 4,
+        max_parts: 2,
+        max_splits: 2,
+        text_page_bytes: 200,
+        shard_ids: 2,
+        calibration_queries: 4,
+        recall_target: 0.96,
+    }
+}
+
 fn doc(id: &str, seed: u32, text_bytes: usize) -> Document {
     let metadata: Map<String, Value> = json!({"seed": seed, "even": seed.is_multiple_of(2)})
         .as_object()
@@ -115,43 +132,86 @@ fn workload(c: &mut KvCollection<MemoryKv>, model: &mut Model, step: usize) -> R
             c.upsert(vec![d.clone()])?;
             model.insert(d.id.clone(), d);
         }
+        7 => {
+            // Enough single writes to fold twice and split.
+            for i in 0..9 {
+                let d = doc(&format!("e{i}"), 20 + i, 15);
+                c.upsert(vec![d.clone()])?;
+                model.insert(d.id.clone(), d);
+            }
+        }
+        8 => {
+            c.delete(&["e2".into(), "d0".into()])?;
+            model.remove("e2");
+            model.remove("d0");
+            let d = doc("e5", 77, 5);
+            c.upsert(vec![d.clone()])?;
+            model.insert(d.id.clone(), d);
+        }
         _ => unreachable!(),
     }
     Ok(())
 }
 
-const STEPS: usize = 7;
+const STEPS: usize = 9;
 
-fn contents(c: &KvCollection<MemoryKv>, ids: impl Iterator<Item = String>) -> Model {
-    let ids: Vec<String> = ids.collect();
-    c.get(&ids).into_iter().map(|d| (d.id.clone(), d)).collect()
+fn all_ids() -> Vec<String> {
+    (0..8)
+        .map(|i| format!("d{i}"))
+        .chain((0..9).map(|i| format!("e{i}")))
+        .chain(["after".to_owned(), "probe".to_owned()])
+        .collect()
+}
+
+fn contents(c: &mut KvCollection<MemoryKv>) -> Model {
+    c.get(&all_ids(), true)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id.clone(), d))
+        .collect()
+}
+
+/// Every live document, as a search that must return all of them sees it.
+fn searched(c: &mut KvCollection<MemoryKv>) -> Model {
+    let everything = Filter::parse(&json!({})).unwrap();
+    c.search(&[0.5, 0.5, 0.5, 0.5], 1000, Some(&everything))
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.document.id.clone(), h.document))
+        .collect()
 }
 
 #[test]
 fn a_cut_after_any_set_reopens_to_exactly_what_was_acknowledged() {
     // The number of sets of the whole workload, counted on a store that never fails.
     let mut kv = MemoryKv::default();
-    let mut c = KvCollection::create(kv.clone(), "t", config()).unwrap();
+    let mut c = KvCollection::create_tuned(kv.clone(), "t", config(), small()).unwrap();
     let mut model = Model::new();
     for step in 0..STEPS {
         workload(&mut c, &mut model, step).unwrap();
         if step == 1 {
-            assert_eq!(
-                c.segments(),
-                3,
-                "1.2 MB of documents take two segments beside the first write's"
-            );
+            // The first write folded into clusters; 1.2 MB of documents wait in the tail.
+            let info = c.index_info().unwrap();
+            assert_eq!((info.clustered_rows, info.tail_rows), (5, 3), "{info:?}");
         }
     }
+    let info = c.index_info().unwrap();
+    assert!(info.clusters >= 3, "clusters split as they grew: {info:?}");
     kv = c.into_store();
-    let all_ids: Vec<String> = (0..8).map(|i| format!("d{i}")).chain(["after".to_owned()]).collect();
-    let full = KvCollection::open(kv.clone(), "t").unwrap();
-    assert_eq!(contents(&full, all_ids.iter().cloned()), model);
-    assert!(
-        kv.map.keys().all(|k| !k.starts_with("tvs/t/log/0/")),
-        "compaction removed generation 0"
-    );
+    let mut full = KvCollection::open_tuned(kv.clone(), "t", small()).unwrap();
+    assert_eq!(contents(&mut full), model);
+    assert_eq!(searched(&mut full), model);
     assert!(kv.map.values().all(|v| v.len() <= SEGMENT_MAX));
+    // After a compaction, the store holds what the head names and nothing else.
+    full.compact().unwrap();
+    let values = full.index_info().unwrap().values;
+    let kv = full.into_store();
+    assert_eq!(
+        kv.map.keys().filter(|k| k.starts_with("tvs/t/")).count() as u64,
+        values,
+        "{:#?}",
+        kv.map.keys()
+    );
 
     let mut cuts = 0;
     for budget in 0.. {
@@ -161,7 +221,7 @@ fn a_cut_after_any_set_reopens_to_exactly_what_was_acknowledged() {
         };
         let mut acked = Model::new();
         let mut finished = false;
-        match KvCollection::create(kv.clone(), "t", config()) {
+        match KvCollection::create_tuned(kv.clone(), "t", config(), small()) {
             Err(_) => {
                 // The creation was never acknowledged: there is no tenant, and it can be created.
                 kv.sets_left = None;
@@ -182,21 +242,30 @@ fn a_cut_after_any_set_reopens_to_exactly_what_was_acknowledged() {
                 finished = done == STEPS;
                 kv = c.into_store();
                 kv.sets_left = None;
-                let reopened = KvCollection::open(kv.clone(), "t")
+                let mut reopened = KvCollection::open_tuned(kv.clone(), "t", small())
                     .unwrap_or_else(|e| panic!("cut after {budget} sets: the tenant does not open: {e}"));
                 assert_eq!(
-                    contents(&reopened, all_ids.iter().cloned()),
+                    contents(&mut reopened),
                     acked,
                     "cut after {budget} sets: not what was acknowledged"
                 );
+                assert_eq!(searched(&mut reopened), acked, "cut after {budget} sets: search");
                 assert_eq!(reopened.count(), acked.len() as u64, "cut after {budget} sets");
-                // And it takes writes again.
-                let mut reopened = reopened;
+                // And it takes writes again, folding what the cut left unfolded.
                 reopened.upsert(vec![doc("probe", 1, 5)]).unwrap();
-                let again = KvCollection::open(reopened.into_store(), "t").unwrap();
+                reopened.compact().unwrap();
+                let mut again = KvCollection::open_tuned(reopened.into_store(), "t", small()).unwrap();
                 assert_eq!(
                     again.count(),
                     acked.len() as u64 + u64::from(!acked.contains_key("probe"))
+                );
+                let mut expected = acked.clone();
+                let probe = doc("probe", 1, 5);
+                expected.insert(probe.id.clone(), probe);
+                assert_eq!(
+                    searched(&mut again),
+                    expected,
+                    "cut after {budget} sets: after compaction"
                 );
             }
         }
@@ -205,7 +274,7 @@ fn a_cut_after_any_set_reopens_to_exactly_what_was_acknowledged() {
             break;
         }
     }
-    assert!(cuts > 10, "only {cuts} cut points");
+    assert!(cuts > 60, "only {cuts} cut points");
 }
 
 #[test]
@@ -320,24 +389,114 @@ fn concurrent_writers_lose_no_acknowledged_write() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let reopened = KvCollection::open(kv.clone(), "t").unwrap();
+    let mut reopened = KvCollection::open(kv.clone(), "t").unwrap();
     let acked: Vec<String> = acked.into_iter().flatten().collect();
     assert_eq!(acked.len(), WRITERS * WRITES * 9 / 10);
-    let present = reopened.get(&acked);
+    let present = reopened.get(&acked, false).unwrap();
     assert_eq!(present.len(), acked.len(), "acknowledged writes went missing");
     assert_eq!(reopened.count(), acked.len() as u64, "acknowledged deletes came back");
-    // 320 writes compacted along the way; no key of an old generation is left.
-    let head: Value = serde_json::from_slice(&kv.get("tvs/t/head").unwrap().unwrap()).unwrap();
-    let generation = head["generation"].as_u64().unwrap();
-    assert!(generation > 0, "compaction ran");
-    assert!(
-        kv.keys()
-            .unwrap()
-            .iter()
-            .filter(|k| k.starts_with("tvs/t/log/"))
-            .all(|k| k.starts_with(&format!("tvs/t/log/{generation}/"))),
-        "old generations were deleted"
+    // 320 single writes folded along the way; a compaction leaves only what the head names.
+    assert!(reopened.index_info().unwrap().clusters >= 1, "the tail was folded");
+    reopened.compact().unwrap();
+    let values = reopened.index_info().unwrap().values;
+    assert_eq!(
+        kv.keys().unwrap().iter().filter(|k| k.starts_with("tvs/t/")).count() as u64,
+        values,
+        "values no head names were deleted"
     );
+    assert_eq!(reopened.get(&acked, false).unwrap().len(), acked.len());
+}
+
+/// Searches and gets running beside writers that fold, split and merge clusters: every read
+/// succeeds (a value deleted under it sends it back to a fresh head), never shows one document
+/// twice or a version nobody wrote, and the end state is what was acknowledged.
+#[test]
+fn reads_beside_folding_writers_see_one_consistent_tenant() {
+    let kv = SharedKv::default();
+    let tuning = Tuning {
+        fold_rows: 12,
+        fold_pages: 6,
+        cluster_rows: 6,
+        split_rows: 14,
+        ..small()
+    };
+    let mut config = config();
+    config.max_documents = 10_000;
+    KvCollection::create_tuned(kv.clone(), "t", config, tuning).unwrap();
+    const WRITERS: usize = 3;
+    const WRITES: usize = 60;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (acked, searches) = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (kv, done) = (kv.clone(), &done);
+                scope.spawn(move || {
+                    let everything = Filter::parse(&json!({})).unwrap();
+                    let mut searches = 0;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let mut c = KvCollection::open_tuned(kv.clone(), "t", tuning).unwrap();
+                        let hits = c.search(&[0.1, 0.2, 0.3, 0.4], 10_000, Some(&everything)).unwrap();
+                        let mut ids: Vec<&str> = hits.iter().map(|h| h.document.id.as_str()).collect();
+                        ids.sort_unstable();
+                        let n = ids.len();
+                        ids.dedup();
+                        assert_eq!(ids.len(), n, "a document came back twice");
+                        for h in &hits {
+                            let (w, i): (u32, u32) = h.document.id[1..]
+                                .split_once('-')
+                                .map(|(w, i)| (w.parse().unwrap(), i.parse().unwrap()))
+                                .unwrap();
+                            assert_eq!(
+                                h.document,
+                                doc(&h.document.id, w * 1000 + i, 3),
+                                "a version nobody wrote"
+                            );
+                        }
+                        searches += 1;
+                    }
+                    searches
+                })
+            })
+            .collect();
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let kv = kv.clone();
+                scope.spawn(move || {
+                    let mut acked = Vec::new();
+                    for n in 0..WRITES {
+                        let mut c = KvCollection::open_tuned(kv.clone(), "t", tuning).unwrap();
+                        let id = format!("w{w}-{n}");
+                        c.upsert(vec![doc(&id, (w * 1000 + n) as u32, 3)]).unwrap();
+                        acked.push(id);
+                        if n % 7 == 6 {
+                            let gone = acked.remove(acked.len() / 2);
+                            assert_eq!(c.delete(&[gone]).unwrap(), 1);
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let acked: Vec<String> = writers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let searches: usize = readers.into_iter().map(|h| h.join().unwrap()).sum();
+        (acked, searches)
+    });
+    assert!(searches > 10, "only {searches} searches ran beside the writers");
+    let mut c = KvCollection::open_tuned(kv.clone(), "t", tuning).unwrap();
+    let info = c.index_info().unwrap();
+    assert!(info.clusters > 3, "the writers folded and split: {info:?}");
+    let everything = Filter::parse(&json!({})).unwrap();
+    let mut found: Vec<String> = c
+        .search(&[0.0; 4], 10_000, Some(&everything))
+        .unwrap()
+        .into_iter()
+        .map(|h| h.document.id)
+        .collect();
+    found.sort();
+    let mut acked = acked;
+    acked.sort();
+    assert_eq!(found, acked);
 }
 
 /// Rate limits on Spin: the buckets outlive the instance (one per request) in `tvs/t/rate`, a

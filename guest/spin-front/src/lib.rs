@@ -83,10 +83,24 @@ fn json_response(status: u16, body: &Value) -> Response {
         .build()
 }
 
+/// `x-tvs-kv-reads` on an answer: what the storage read from the key-value store for it, and
+/// its memory, so what a request costs on Spin can be seen from outside (the Spin bench reads it).
+fn with_usage(mut response: Response) -> Response {
+    let usage = tenant::usage();
+    response.set_header(
+        "x-tvs-kv-reads",
+        format!(
+            "gets={}; bytes={}; get-us={}; decode-us={}; storage-memory={}",
+            usage.gets, usage.bytes, usage.get_micros, usage.decode_micros, usage.memory_bytes
+        ),
+    );
+    response
+}
+
 #[http_component]
 fn handle(request: Request) -> Response {
     match route(&request) {
-        Ok((status, body)) => json_response(status, &body),
+        Ok((status, body)) => with_usage(json_response(status, &body)),
         Err(e) => {
             let body = json!({"error": {"code": e.code, "message": e.message}});
             match e.retry_after {
@@ -792,6 +806,14 @@ fn stats(request: &Request) -> Result<Value, ApiError> {
         && !limits.is_unlimited()
     {
         stats["rate_limits"] = json!(limits);
+    }
+    // How a search reads this tenant on Spin: the estimate of its recall, and what it costs.
+    if let Some(index) = tenant::index_info() {
+        stats["index"] = json!({
+            "clustered": index.clustered_rows, "unclustered": index.tail_rows,
+            "clusters": index.clusters, "clusters_per_search": index.nprobe,
+            "estimated_recall_at_10": index.recall, "key_value_values": index.values,
+        });
     }
     Ok(stats)
 }

@@ -1,7 +1,8 @@
 //! The storage of tvs on Spin (world `tvs:spin/storage`): `tvs:store/collection` over Spin's
 //! key-value store and `tvs:store/embedder` over Spin's `generate-embeddings`. One instance
-//! serves one request; `tenant.bind` (called by the front after it checked the key) loads that
-//! tenant, and every collection and embedder call works on it. The layout and commit protocol
+//! serves one request; `tenant.bind` (called by the front after it checked the key) opens that
+//! tenant (its config and head), and every collection and embedder call works on it, reading
+//! only the values it needs. The layout and commit protocol
 //! are `tvs-kv-collection`'s; a tenant's key hash is one more key, `tvs/{tenant}/key`, outside
 //! that layout's log, and the signing keys of tenant tokens are `tvs.signing_keys` (no tenant's
 //! keys start so), replaced by compare-and-swap.
@@ -14,7 +15,9 @@ wit_bindgen::generate!({
 
 use std::cell::RefCell;
 
-use exports::tvs::spin::tenant::{AdmitError, Guest as TenantGuest, RateLimits, RateRefusal, Shape, TenantError};
+use exports::tvs::spin::tenant::{
+    AdmitError, Guest as TenantGuest, IndexState, InstanceUsage, RateLimits, RateRefusal, Shape, TenantError,
+};
 use exports::tvs::store::collection::Guest as CollectionGuest;
 use exports::tvs::store::embedder::Guest as EmbedderGuest;
 use fermyon::spin::key_value::{Error as KvStoreError, Store};
@@ -202,6 +205,28 @@ impl TenantGuest for SpinCollection {
         Ok(())
     }
 
+    fn index_info() -> Option<IndexState> {
+        with_bound(|c| c.index_info().map_err(to_wit)).ok().map(|i| IndexState {
+            clustered_rows: i.clustered_rows,
+            tail_rows: i.tail_rows,
+            clusters: i.clusters,
+            nprobe: i.nprobe,
+            recall: i.recall,
+            values: i.values,
+        })
+    }
+
+    fn usage() -> InstanceUsage {
+        let reads = with_bound(|c| Ok(c.reads())).unwrap_or_default();
+        InstanceUsage {
+            gets: reads.gets,
+            bytes: reads.bytes,
+            get_micros: reads.get_micros,
+            decode_micros: reads.decode_micros,
+            memory_bytes: (core::arch::wasm32::memory_size(0) * 65_536) as u64,
+        }
+    }
+
     fn max_documents() -> Option<u64> {
         with_bound(|c| Ok(c.config().max_documents)).ok()
     }
@@ -361,7 +386,8 @@ impl CollectionGuest for SpinCollection {
 
     fn get(ids: Vec<String>, include_vectors: bool) -> Result<Vec<Document>, Error> {
         with_bound(|c| {
-            Ok(c.get(&ids)
+            Ok(c.get(&ids, include_vectors)
+                .map_err(to_wit)?
                 .into_iter()
                 .map(|d| Document {
                     id: d.id,

@@ -1,5 +1,7 @@
 //! A minimal keep-alive HTTP/1.1 client for the benches: no client library between the
 //! measurement and the server, one request in flight per connection.
+// Each bench includes this file and uses part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -8,6 +10,8 @@ use std::net::{SocketAddr, TcpStream};
 pub struct Connection {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// The headers of the last response (names in lower case).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Connection {
@@ -17,15 +21,31 @@ impl Connection {
         Connection {
             reader: BufReader::new(stream.try_clone().expect("clone")),
             writer: stream,
+            headers: Vec::new(),
         }
     }
 
     /// Posts a JSON body with a bearer key; returns the status and the response body.
     pub fn post(&mut self, path: &str, key: &str, body: &str) -> (u16, Vec<u8>) {
+        self.send("POST", path, key, body)
+    }
+
+    /// Gets `path` with a bearer key; returns the status and the response body.
+    pub fn get(&mut self, path: &str, key: &str) -> (u16, Vec<u8>) {
+        self.send("GET", path, key, "")
+    }
+
+    /// The last response's header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn send(&mut self, method: &str, path: &str, key: &str, body: &str) -> (u16, Vec<u8>) {
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: tvs\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: tvs\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
+        self.headers.clear();
         self.writer.write_all(head.as_bytes()).expect("send head");
         self.writer.write_all(body.as_bytes()).expect("send body");
         let mut status_line = String::new();
@@ -45,6 +65,8 @@ impl Connection {
                 break;
             }
             if let Some((name, value)) = line.split_once(':') {
+                self.headers
+                    .push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
                 if name.eq_ignore_ascii_case("content-length") {
                     length = value.trim().parse().expect("a length");
                 } else if name.eq_ignore_ascii_case("transfer-encoding") {
