@@ -63,9 +63,8 @@ fn brute_force(docs: &[Document], query: &[f32], k: usize, keep: impl Fn(&Docume
     scored.into_iter().take(k).map(|(_, id)| id.to_owned()).collect()
 }
 
-#[test]
-fn a_tenant_of_20k_embedding_like_vectors_is_searched_at_the_calibrated_recall_reading_a_small_part() {
-    let docs = corpus(20_000);
+/// A tenant of client vectors holding `docs`, written in batches of `batch`.
+fn filled(docs: &[Document], batch: usize) -> KvCollection<MemoryKv> {
     let config = Config {
         dims: DIMS,
         metric: Metric::Cos,
@@ -74,9 +73,16 @@ fn a_tenant_of_20k_embedding_like_vectors_is_searched_at_the_calibrated_recall_r
         rate_limits: Default::default(),
     };
     let mut c = KvCollection::create(MemoryKv::default(), "t", config).unwrap();
-    for batch in docs.chunks(200) {
+    for batch in docs.chunks(batch) {
         c.upsert(batch.to_vec()).unwrap();
     }
+    c
+}
+
+#[test]
+fn a_tenant_of_20k_embedding_like_vectors_is_searched_at_the_calibrated_recall_reading_a_small_part() {
+    let docs = corpus(20_000);
+    let mut c = filled(&docs, 200);
     let info = c.index_info().unwrap();
     assert_eq!(c.count(), 20_000);
     assert!(info.clusters >= 20, "{info:?}");
@@ -132,17 +138,7 @@ fn a_tenant_of_20k_embedding_like_vectors_is_searched_at_the_calibrated_recall_r
 #[test]
 fn deletes_and_replacements_are_seen_by_search_and_get_after_folds() {
     let docs = corpus(3_000);
-    let config = Config {
-        dims: DIMS,
-        metric: Metric::Cos,
-        embedding_model: "none".into(),
-        max_documents: 10_000,
-        rate_limits: Default::default(),
-    };
-    let mut c = KvCollection::create(MemoryKv::default(), "t", config).unwrap();
-    for batch in docs.chunks(500) {
-        c.upsert(batch.to_vec()).unwrap();
-    }
+    let mut c = filled(&docs, 500);
     assert!(c.index_info().unwrap().clusters > 1);
     // A clustered document replaced by a far-away vector, one deleted.
     let mut moved = docs[10].clone();
