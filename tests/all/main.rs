@@ -10,6 +10,7 @@ mod embeddings;
 mod faults;
 mod guests;
 mod http;
+mod js_client;
 mod langchain;
 mod model_based;
 mod object_storage;
