@@ -128,8 +128,12 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tuning {
     /// Rows in the tail (live or not) at which a write folds it into the clusters; every search
-    /// scans the tail exactly, so this bounds that scan.
+    /// scans the tail exactly, so this bounds that scan. A larger tenant lets its tail grow to
+    /// `1/fold_share` of its documents, up to `max_fold_rows`: a fold writes a part to nearly
+    /// every cluster (a key-value write each), so bigger folds cost less per document.
     pub fold_rows: usize,
+    pub fold_share: usize,
+    pub max_fold_rows: usize,
     /// Tail pages at which a write folds the tail (single-document writes make one page each).
     pub fold_pages: usize,
     /// Rows a cluster of a new index aims at.
@@ -154,6 +158,8 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             fold_rows: 2_000,
+            fold_share: 25,
+            max_fold_rows: 5_000,
             fold_pages: 64,
             cluster_rows: 400,
             split_rows: 1_000,
@@ -744,7 +750,8 @@ impl<K: KeyValue> KvCollection<K> {
     }
 
     fn fold_due(&self) -> bool {
-        self.tail_rows() >= self.tuning.fold_rows || self.head.tail.len() >= self.tuning.fold_pages
+        let share = (self.head.count as usize / self.tuning.fold_share.max(1)).min(self.tuning.max_fold_rows);
+        self.tail_rows() >= self.tuning.fold_rows.max(share) || self.head.tail.len() >= self.tuning.fold_pages
     }
 
     /// Puts `documents` as new rows in tail pages of `head` (at most [`SEGMENT_MAX`] each).

@@ -70,6 +70,8 @@ fn config() -> Config {
 fn small() -> Tuning {
     Tuning {
         fold_rows: 4,
+        fold_share: 25,
+        max_fold_rows: 4,
         fold_pages: 3,
         cluster_rows: 2,
         split_rows: 4,

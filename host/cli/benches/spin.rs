@@ -84,18 +84,30 @@ fn documents(vectors: &[Vec<f32>], from: usize) -> String {
     json!({ "documents": docs }).to_string()
 }
 
-/// Ingests `vectors` in batches of [`BATCH`]; returns documents per second and the largest
-/// storage memory a write reported (Spin only: the writes that fold hold the most).
-fn fill(addr: SocketAddr, key: &str, vectors: &[Vec<f32>]) -> (f64, u64) {
+/// Ingests `vectors` in batches of [`BATCH`]; returns documents per second over the whole fill
+/// and over its last tenth (the rate at this size, folds included), and the largest storage
+/// memory a write reported (Spin only: the writes that fold hold the most).
+fn fill(addr: SocketAddr, key: &str, vectors: &[Vec<f32>]) -> (f64, f64, u64) {
     let started = Instant::now();
+    // The batches of the last tenth (rounded down to a whole batch).
+    let last_tenth = (vectors.len() - vectors.len() / 10) / BATCH * BATCH;
+    let mut tenth_started = started;
     let mut memory = 0;
     for (b, chunk) in vectors.chunks(BATCH).enumerate() {
+        if b * BATCH == last_tenth {
+            tenth_started = Instant::now();
+        }
         let mut conn = Connection::open(addr);
         let (status, reply) = conn.post("/v1/documents", key, &documents(chunk, b * BATCH));
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
         memory = kv_reads(&conn).map_or(memory, |r| memory.max(r.memory));
     }
-    (vectors.len() as f64 / started.elapsed().as_secs_f64(), memory)
+    let tenth = vectors.len() - last_tenth;
+    (
+        vectors.len() as f64 / started.elapsed().as_secs_f64(),
+        tenth as f64 / tenth_started.elapsed().as_secs_f64(),
+        memory,
+    )
 }
 
 fn cosine_distance(a: &[f32], b: &[f32]) -> f32 {
@@ -121,6 +133,8 @@ fn truth(vectors: &[Vec<f32>], query: &[f32], keep: impl Fn(usize) -> bool) -> H
 #[derive(Debug, Default)]
 struct Measured {
     ingest_docs_per_s: f64,
+    /// Over the last tenth of the fill: the rate at this size.
+    ingest_at_size: f64,
     /// The largest storage memory an ingest request reported (Spin only).
     ingest_memory: u64,
     search: (Duration, Duration),
@@ -192,9 +206,10 @@ fn measure(
     truths: &[HashSet<String>],
     settle: impl FnOnce(),
 ) -> Measured {
-    let (ingest_docs_per_s, ingest_memory) = fill(addr, key, vectors);
+    let (ingest_docs_per_s, ingest_at_size, ingest_memory) = fill(addr, key, vectors);
     let mut measured = Measured {
         ingest_docs_per_s,
+        ingest_at_size,
         ingest_memory,
         ..Measured::default()
     };
@@ -347,13 +362,18 @@ fn main() {
         );
     }
     println!("\n## Writes: ingest in batches of {BATCH}, and single-document upserts (p50)\n");
-    println!("| documents | spin up ingest | tvs serve ingest | spin up single write | tvs serve single write |");
+    println!("Ingest over the whole fill, and over its last tenth (the rate at that size).\n");
+    println!(
+        "| documents | spin up ingest (whole / last tenth) | tvs serve ingest (whole / last tenth) | spin up single write | tvs serve single write |"
+    );
     println!("|---:|---:|---:|---|---|");
     for (docs, s, t) in &rows {
         println!(
-            "| {docs} | {:.0} docs/s | {:.0} docs/s | {} | {} |",
+            "| {docs} | {:.0} / {:.0} docs/s | {:.0} / {:.0} docs/s | {} | {} |",
             s.ingest_docs_per_s,
+            s.ingest_at_size,
             t.ingest_docs_per_s,
+            t.ingest_at_size,
             ms(s.single_write),
             ms(t.single_write)
         );
