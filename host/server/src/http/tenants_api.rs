@@ -112,6 +112,7 @@ pub(super) async fn create_tenant(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     after: Option<String>,
     limit: Option<usize>,
