@@ -183,8 +183,8 @@ export interface Stats {
 
 export type PluginKind = "function" | "ingest-transform" | "reranker";
 
-export interface UploadedPlugin {
-  name: string;
+/** One compiled version of a plugin, as the server describes it. */
+export interface PluginBuild {
   version: number;
   kind: PluginKind;
   sha256: string;
@@ -193,13 +193,11 @@ export interface UploadedPlugin {
   exports: string[];
 }
 
-export interface PluginVersion {
-  version: number;
-  kind: PluginKind;
-  sha256: string;
-  bytes: number;
-  imports: string[];
-  exports: string[];
+export interface UploadedPlugin extends PluginBuild {
+  name: string;
+}
+
+export interface PluginVersion extends PluginBuild {
   /** Seconds since the epoch. */
   uploadedAt: number;
   artifact?: { engine: string; sha256: string };

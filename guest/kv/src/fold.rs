@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::encoding::{self, Bitmap, Calibration, Neighbour, Page};
 use crate::{
     CALIBRATION_K, Cluster, Head, KeyValue, KvCollection, KvError, Manifest, SEGMENT_MAX, TRUTH_KEEP, TextPage,
-    Written, distance, ivf, key_of, seq_of, shard_of, to_json,
+    Written, distance, is_current, ivf, key_of, seq_of, shard_of, to_json,
 };
 
 impl<K: KeyValue> KvCollection<K> {
@@ -199,7 +199,7 @@ impl<K: KeyValue> KvCollection<K> {
             for name in &cluster.parts {
                 let page = self.part(name)?;
                 for i in 0..page.len() {
-                    if !dead.contains(page.rows[i]) && self.is_current_in(head, &page.ids[i], page.rows[i]) {
+                    if !dead.contains(page.rows[i]) && is_current(head, &page.ids[i], page.rows[i]) {
                         members.push_from(&page, i, false);
                     }
                 }
@@ -357,11 +357,6 @@ impl<K: KeyValue> KvCollection<K> {
         Ok(Some(obsolete))
     }
 
-    /// Whether clustered `row` is still its id's row under `head` (as [`Self::is_current`]).
-    pub(crate) fn is_current_in(&self, head: &Head, id: &str, row: u32) -> bool {
-        head.tail_ids.get(id).is_none_or(|entry| *entry == Some(row))
-    }
-
     /// Writes `page` as parts of cluster `c` (numbered from `first`), each under the value limit.
     pub(crate) fn put_parts(
         &mut self,
@@ -424,7 +419,7 @@ impl<K: KeyValue> KvCollection<K> {
     ) -> Result<Calibration, KvError> {
         let metric = self.config.metric;
         let dims = self.config.dims;
-        let mut rng = ivf::Rng::new(head.seq ^ 0x7476_7363);
+        let mut rng = tvs_guest_core::rng::Rng::new(head.seq ^ 0x7476_7363);
         // Every live row streams past twice, a part at a time: queries are sampled by
         // reservoir, then their truth is found among all the others.
         let wanted = self.tuning.calibration_queries;
@@ -435,7 +430,7 @@ impl<K: KeyValue> KvCollection<K> {
             if sample.len() < wanted {
                 sample.push((row, v.to_vec()));
             } else {
-                let j = rng.below(seen);
+                let j = rng.below(seen as u64) as usize;
                 if j < wanted {
                     sample[j] = (row, v.to_vec());
                 }
@@ -446,7 +441,7 @@ impl<K: KeyValue> KvCollection<K> {
             for name in parts {
                 let page = self.part(name)?;
                 for i in 0..page.len() {
-                    if !dead.contains(page.rows[i]) && self.is_current_in(head, &page.ids[i], page.rows[i]) {
+                    if !dead.contains(page.rows[i]) && is_current(head, &page.ids[i], page.rows[i]) {
                         visit(page.rows[i], page.vector(i));
                     }
                 }
@@ -465,7 +460,7 @@ impl<K: KeyValue> KvCollection<K> {
                 let page = self.part(name)?;
                 for i in 0..page.len() {
                     let row = page.rows[i];
-                    if dead.contains(row) || !self.is_current_in(head, &page.ids[i], row) {
+                    if dead.contains(row) || !is_current(head, &page.ids[i], row) {
                         continue;
                     }
                     for (q, (own, vector)) in sample.iter().enumerate() {

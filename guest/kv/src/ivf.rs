@@ -3,6 +3,8 @@
 //! reads (`nprobe`) from the recall measured on held-out vectors. Deterministic for a seed, so
 //! a retried write computes the same index.
 
+use tvs_guest_core::rng::Rng;
+
 use crate::Metric;
 
 /// `a · b` with eight independent accumulators, which compilers turn into SIMD (wasm `simd128`
@@ -117,26 +119,6 @@ impl Centroids {
     }
 }
 
-/// SplitMix64, for sampling without a dependency: the same seed gives the same index.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-}
-
 /// A centroid as the mean of `members`, normalised for `cos`/`ip` (spherical k-means).
 fn mean(metric: Metric, dims: usize, members: impl Iterator<Item = impl AsRef<[f32]>>) -> Option<Vec<f32>> {
     let mut sum = vec![0.0f32; dims];
@@ -176,7 +158,7 @@ pub fn kmeans(metric: Metric, dims: usize, vectors: &[&[f32]], k: usize, iterati
         return centroids;
     }
     let normalised = |v: &[f32]| -> Vec<f32> { mean(metric, dims, std::iter::once(v)).unwrap_or_else(|| v.to_vec()) };
-    centroids.push(&normalised(vectors[rng.below(vectors.len())]));
+    centroids.push(&normalised(vectors[rng.below(vectors.len() as u64) as usize]));
     // Distance of each vector to its nearest seed so far, kept up to date as seeds are added.
     let mut nearest: Vec<f32> = vectors
         .iter()
@@ -185,7 +167,7 @@ pub fn kmeans(metric: Metric, dims: usize, vectors: &[&[f32]], k: usize, iterati
     while centroids.len() < k {
         let mut best = (f32::NEG_INFINITY, 0);
         for _ in 0..8 {
-            let candidate = rng.below(vectors.len());
+            let candidate = rng.below(vectors.len() as u64) as usize;
             if nearest[candidate] > best.0 {
                 best = (nearest[candidate], candidate);
             }

@@ -321,6 +321,12 @@ fn seq_of(value_key: &str) -> Option<u64> {
     rest.split('-').next()?.parse().ok()
 }
 
+/// Whether `row` is still the row of document `id` under `head`: not deleted or replaced since
+/// the last fold (clustered rows deleted or replaced are also in the dead bitmap).
+fn is_current(head: &Head, id: &str, row: u32) -> bool {
+    head.tail_ids.get(id).is_none_or(|entry| *entry == Some(row))
+}
+
 fn metric_norm(metric: Metric, v: &[f32]) -> f32 {
     match metric {
         Metric::Cos => ivf::norm(v),
@@ -946,7 +952,7 @@ impl<K: KeyValue> KvCollection<K> {
                 for part in &cluster.parts {
                     let page = self.part(part)?;
                     for i in 0..page.len() {
-                        if !dead.contains(page.rows[i]) && self.is_current(&page.ids[i], page.rows[i]) {
+                        if !dead.contains(page.rows[i]) && is_current(&self.head, &page.ids[i], page.rows[i]) {
                             f(&page, i);
                         }
                     }
@@ -962,12 +968,6 @@ impl<K: KeyValue> KvCollection<K> {
             }
         }
         Ok(())
-    }
-
-    /// Whether a clustered row not marked dead is still its id's row (not deleted or replaced
-    /// since the last fold).
-    fn is_current(&self, id: &str, row: u32) -> bool {
-        self.head.tail_ids.get(id).is_none_or(|entry| *entry == Some(row))
     }
 
     /// Gives the store back (tests reopen it).

@@ -10,7 +10,7 @@ use tvs_guest_core::documents as document_rules;
 use tvs_guest_core::filter::Filter;
 
 use crate::encoding::Page;
-use crate::{Document, Hit, KeyValue, KvCollection, KvError, Manifest, Metric, WRITE_ATTEMPTS, ivf, score};
+use crate::{Document, Hit, KeyValue, KvCollection, KvError, Manifest, Metric, WRITE_ATTEMPTS, is_current, ivf, score};
 
 /// A candidate hit while a search runs: ordered by distance, then id, the worst on top.
 #[derive(Debug)]
@@ -238,7 +238,7 @@ impl<K: KeyValue> KvCollection<K> {
                         let distance =
                             ivf::distance_with_norms(metric, vector, query_norm, page.vector(i), page.norms[i]);
                         if top.admits(distance, &page.ids[i])
-                            && self.is_current(&page.ids[i], row)
+                            && is_current(&self.head, &page.ids[i], row)
                             && matches(&page.metadata[i])
                         {
                             top.push(Candidate {
